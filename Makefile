@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO ?= demo
+
+.PHONY: install demo test bench clean
+
+# Re-runs only when the pins, the build or the C++ sources change.
+$(STAMP): requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m engine.synth --demo $(DEMO)/slides
+	$(PY) -m engine.tile --slides $(DEMO)/slides --out $(DEMO)/patches.zarr --quiet
+	@echo "patch store: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks tiling
+
+clean:
+	rm -rf $(DEMO) build *.egg-info engine/_native*.so

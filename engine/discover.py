@@ -1,0 +1,41 @@
+"""Finding slides in a folder, naming them in a store, and recognising them again on resume."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
+    ".png", ".jpg", ".jpeg",
+}
+
+
+def find_slides(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(slides, ignored): files under `folder` with a slide suffix, and the other files, sorted."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    slides = [p for p in files if p.suffix.lower() in SLIDE_SUFFIXES]
+    return slides, [p for p in files if p.suffix.lower() not in SLIDE_SUFFIXES]
+
+
+def slide_ids(paths: list[Path], root: Path) -> dict[Path, str]:
+    """The file stem, unless two files share it; then their paths relative to `root` (with '/'
+    as '__'), which are unique and stay the same when the folder is tiled again."""
+    stems = Counter(p.stem for p in paths)
+    ids = {}
+    for p in paths:
+        ids[p] = p.stem if stems[p.stem] == 1 else p.relative_to(root).as_posix().replace("/", "__")
+    return ids
+
+
+def fingerprint(path: Path, span: int = 1 << 20) -> str:
+    """Size plus a hash of the first and last MiB: cheap on 3 GB slides, and changes when a file
+    is replaced or re-copied incompletely."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
+    return f"{size}:{h.hexdigest()[:32]}"

@@ -1,0 +1,208 @@
+"""The patch store: the only code that knows its Zarr v3 layout.
+
+    STORE.zarr/                 attrs: format, version, patch_size, created_by, params
+      slides/<slide_id>/        attrs: provenance, n_patches, status ("writing" until "complete")
+        images  uint8 (N, P, P, 3)   chunks of one patch, sharded, lossless
+        coords  int64 (N, 2)         level-0 x, y of the top-left corner
+        tissue  float32 (N,)         tissue fraction of the patch
+        mask    uint8 (h, w)         tissue mask at thumbnail scale; attrs: downsample
+
+A slide group becomes "complete" only after all of it is flushed; readers see complete groups only,
+and a resumed run deletes and redoes the rest.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+FORMAT = "histogen-patches"
+VERSION = 1
+COMPLETE, WRITING = "complete", "writing"
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Lossless compression of the image shards. JPEG-decoded H&E barely compresses losslessly
+    (about 1.03x with zstd), so the default is the fastest codec that still shrinks background."""
+
+    name: str = "zstd"  # zstd | lz4 | none
+    level: int = -1
+
+    def compressors(self):
+        if self.name == "zstd":
+            return [ZstdCodec(level=self.level)]
+        if self.name == "lz4":
+            return [BloscCodec(cname="lz4", clevel=max(1, self.level), shuffle="noshuffle")]
+        if self.name == "none":
+            return None
+        raise StoreError(f"unknown codec {self.name!r}; choose zstd, lz4 or none")
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
+
+
+def _jsonable(d: dict) -> dict:
+    """Attributes go through JSON: tuples become lists, so compare in that form."""
+    return json.loads(json.dumps(d))
+
+
+class PatchStore:
+    def __init__(self, group: zarr.Group, path: Path):
+        self.root = group
+        self.path = path
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path) -> "PatchStore":
+        """Open an existing store for reading (and for adding embeddings)."""
+        path = Path(path)
+        try:
+            root = zarr.open_group(str(path), mode="r+")
+        except Exception as e:
+            raise StoreError(f"{path}: not a patch store ({e}); make one with python -m engine.tile") from e
+        if root.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path}: not a histogen patch store (format {root.attrs.get('format')!r})")
+        return cls(root, path)
+
+    @classmethod
+    def create_or_resume(cls, path, patch_size: int, params: dict, overwrite: bool = False) -> "PatchStore":
+        """A new store, or the existing one made with the same params (to resume it). A store made
+        with other params is never touched unless `overwrite` is set."""
+        path = Path(path)
+        params = _jsonable(params)
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        if path.exists():
+            store = cls.open(path)
+            old = store.root.attrs.get("params", {})
+            if old != params:
+                raise StoreError(
+                    f"{path} was made with other parameters ({_diff(old, params)}); "
+                    "write to a new --out, or pass --overwrite to replace it"
+                )
+            return store
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            root = zarr.open_group(str(path), mode="w-")
+        except Exception as e:
+            raise StoreError(f"cannot write {path} ({e}); choose an --out in a writable folder") from e
+        from engine import __version__
+
+        root.attrs.update(
+            {"format": FORMAT, "version": VERSION, "patch_size": patch_size, "created_by": f"histogen {__version__}", "params": params}
+        )
+        root.create_group("slides")
+        return cls(root, path)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.root.attrs["patch_size"])
+
+    def _slides(self) -> zarr.Group:
+        return self.root["slides"]
+
+    def status(self, slide_id: str) -> str | None:
+        slides = self._slides()
+        return slides[slide_id].attrs.get("status") if slide_id in slides else None
+
+    def slide_ids(self, complete_only: bool = True) -> list[str]:
+        ids = sorted(name for name, _ in self._slides().groups())
+        return [i for i in ids if not complete_only or self.status(i) == COMPLETE]
+
+    def slide(self, slide_id: str) -> zarr.Group:
+        if self.status(slide_id) != COMPLETE:
+            raise StoreError(f"{self.path}: slide {slide_id!r} is not complete in this store")
+        return self._slides()[slide_id]
+
+    def attrs(self, slide_id: str) -> dict:
+        return dict(self._slides()[slide_id].attrs)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def begin_slide(self, slide_id: str, attrs: dict, capacity: int, codec: Codec, shard: int = 16) -> "SlideWriter":
+        """Start (or restart) a slide group; whatever an earlier, unfinished run left is dropped."""
+        slides = self._slides()
+        if slide_id in slides:
+            del slides[slide_id]
+        group = slides.create_group(slide_id)
+        group.attrs.update(_jsonable({**attrs, "status": WRITING}))
+        p = self.patch_size
+        images = group.create_array(
+            "images",
+            shape=(max(capacity, 0), p, p, 3),
+            chunks=(1, p, p, 3),
+            shards=(shard, p, p, 3),
+            dtype="uint8",
+            compressors=codec.compressors(),
+            fill_value=0,
+        )
+        return SlideWriter(group, images, shard)
+
+
+class SlideWriter:
+    """Appends patches in whole shards (zarr pays per call and per partial shard) and marks the
+    group complete only in `finish`."""
+
+    def __init__(self, group: zarr.Group, images: zarr.Array, shard: int):
+        self.group, self.images, self.shard = group, images, shard
+        self.n = 0
+        self._buf: list[np.ndarray] = []
+        self._buffered = 0
+        self._coords: list[np.ndarray] = []
+        self._tissue: list[np.ndarray] = []
+
+    def append(self, images: np.ndarray, coords: np.ndarray, tissue: np.ndarray) -> None:
+        if len(images) == 0:
+            return
+        self._buf.append(images)
+        self._buffered += len(images)
+        self._coords.append(np.asarray(coords, np.int64).reshape(-1, 2))
+        self._tissue.append(np.asarray(tissue, np.float32).reshape(-1))
+        if self._buffered >= self.shard:
+            self._flush(whole_shards_only=True)
+
+    def _flush(self, whole_shards_only: bool) -> None:
+        if not self._buffered:
+            return
+        data = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
+        take = (len(data) // self.shard) * self.shard if whole_shards_only else len(data)
+        if take:
+            end = self.n + take
+            if end > self.images.shape[0]:
+                self.images.resize((end,) + self.images.shape[1:])
+            self.images[self.n : end] = data[:take]
+            self.n = end
+        rest = data[take:]
+        self._buf = [rest] if len(rest) else []
+        self._buffered = len(rest)
+
+    def finish(self, mask: np.ndarray, mask_attrs: dict, attrs: dict) -> int:
+        """Flush everything, then write coords/tissue/mask, then mark the group complete."""
+        self._flush(whole_shards_only=False)
+        if self.images.shape[0] != self.n:
+            self.images.resize((self.n,) + self.images.shape[1:])
+        coords = np.concatenate(self._coords) if self._coords else np.zeros((0, 2), np.int64)
+        tissue = np.concatenate(self._tissue) if self._tissue else np.zeros((0,), np.float32)
+        assert len(coords) == len(tissue) == self.n
+        self.group.create_array("coords", data=coords, chunks=(max(1, min(len(coords), 65536)), 2))
+        self.group.create_array("tissue", data=tissue, chunks=(max(1, min(len(tissue), 65536)),))
+        m = self.group.create_array("mask", data=np.ascontiguousarray(mask, np.uint8))
+        m.attrs.update(_jsonable(mask_attrs))
+        self.group.attrs.update(_jsonable({**attrs, "n_patches": self.n}))
+        self.group.attrs["status"] = COMPLETE  # last: a reader trusts a group only after this
+        return self.n

@@ -40,6 +40,10 @@ class SlideError(Exception):
     """A slide that cannot be opened or read; the message names the file and what to do."""
 
 
+class TruncatedSlideError(SlideError):
+    """The file ends before its own tiles do: no other reader can do better with it."""
+
+
 @dataclass(frozen=True)
 class Mpp:
     x: float
@@ -240,6 +244,10 @@ class TiffSlide(Slide):
             pages = tiff_levels(self._tif)
         except Exception as e:
             raise SlideError(f"{path}: not a TIFF that tifffile reads ({e})") from e
+        size = os.path.getsize(path)
+        end = max(int(o) + int(c) for p in pages for o, c in zip(p.dataoffsets, p.databytecounts))
+        if end > size:
+            raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); copy it again")
         self._pages = pages
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: OrderedDict = OrderedDict()
@@ -479,6 +487,8 @@ def open_slide(path, backend: str = "auto") -> Slide:
     for name in order:
         try:
             slide = factories[name](path)
+        except TruncatedSlideError:
+            raise
         except SlideError as e:
             errors.append(str(e).removeprefix(f"{path}: "))
             continue

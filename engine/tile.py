@@ -25,7 +25,7 @@ from engine import __version__
 from engine.check import CheckParams, check_patches
 from engine.discover import SLIDE_SUFFIXES, find_slides, fingerprint, slide_ids
 from engine.mask import MaskParams, tissue_mask
-from engine.plan import plan_tiles
+from engine.plan import PlanParams, plan_tiles
 from engine.qa import qa_picture
 from engine.slide import BACKENDS, Slide, SlideError, open_slide
 from engine.store import Codec, PatchStore, StoreError
@@ -35,9 +35,7 @@ log = logging.getLogger("engine.tile")
 
 @dataclass(frozen=True)
 class TileConfig:
-    patch_size: int = 512
-    stride: int | None = None  # in output pixels; None = patch_size (no overlap)
-    min_tissue: float = 0.5  # tissue fraction of a tile on the mask to be cut
+    plan: PlanParams = field(default_factory=PlanParams)  # patch size, stride (output pixels), min tissue
     mpp: float | None = None  # target µm/px; None = level 0 as it is
     assume_mpp: float | None = None  # overrides the slide's own (missing or wrong) MPP
     mask_downsample: float = 16.0  # level-0 pixels per mask pixel
@@ -81,15 +79,16 @@ def geometry(slide: Slide, cfg: TileConfig) -> tuple[Geometry, dict]:
         mpp_x = mpp_y = None
         source = "missing"
     info = {"mpp_x": mpp_x, "mpp_y": mpp_y, "mpp_source": source}
-    stride = cfg.stride or cfg.patch_size
+    size = cfg.plan.patch_size
+    stride = cfg.plan.stride or size
     if cfg.mpp is None:
-        return Geometry(0, cfg.patch_size, cfg.patch_size, stride, 1.0), info
+        return Geometry(0, size, size, stride, 1.0), info
     if mpp_x is None:
         raise SlideError(f"{slide.path}: no usable MPP in its metadata, but --mpp {cfg.mpp} was asked; pass --assume-mpp VALUE if you know the scan resolution")
     ds = cfg.mpp / ((mpp_x + mpp_y) / 2)
     level = slide.best_level_for_downsample(ds)
-    read = round(cfg.patch_size * ds / slide.level_downsamples[level])
-    return Geometry(level, read, round(cfg.patch_size * ds), round(stride * ds), ds), info
+    read = round(size * ds / slide.level_downsamples[level])
+    return Geometry(level, read, round(size * ds), round(stride * ds), ds), info
 
 
 @dataclass
@@ -166,7 +165,7 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     geom, mpp_info = geometry(slide, cfg)
     thumb = slide.thumbnail(cfg.mask_downsample)
     mres = tissue_mask(thumb, cfg.mask)
-    coords, mask_fraction = plan_tiles(mres.mask, slide.dimensions, geom.tile0, geom.stride0, cfg.min_tissue)
+    coords, _ = plan_tiles(mres.mask, slide.dimensions, geom.tile0, geom.stride0, cfg.plan.min_tissue)
     attrs = {
         **provenance,
         "backend": slide.backend,
@@ -187,7 +186,7 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     kept, rejected, failed = [], [], []
 
     def work(batch):
-        patches, ok, errors = read_batch(slide, batch, geom, cfg.patch_size)
+        patches, ok, errors = read_batch(slide, batch, geom, cfg.plan.patch_size)
         fractions, keep = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
         return batch, patches, fractions, keep & ok, ok, errors
 
@@ -242,7 +241,7 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
         raise FileNotFoundError(
             f"{slides_dir}: no slides found (looked for {', '.join(sorted(SLIDE_SUFFIXES))}); point --slides at a folder of slides"
         )
-    store = PatchStore.create_or_resume(out, cfg.patch_size, cfg.store_params(), overwrite=overwrite)
+    store = PatchStore.create_or_resume(out, cfg.plan.patch_size, cfg.store_params(), overwrite=overwrite)
     if qa_dir is None and cfg.qa:
         qa_dir = out.with_suffix(".qa")
     ids = slide_ids(paths, slides_dir)
@@ -278,9 +277,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.tile", description=__doc__.split("\n\n")[0])
     p.add_argument("--slides", required=True, type=Path, help="folder of slides (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="patch store to write or resume (STORE.zarr)")
-    p.add_argument("--patch-size", type=int, default=d.patch_size)
+    p.add_argument("--patch-size", type=int, default=d.plan.patch_size)
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
-    p.add_argument("--min-tissue", type=float, default=d.min_tissue, help="minimum tissue fraction of a patch on the mask")
+    p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
     p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px to use where a slide's metadata has none or a wrong one")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend)
@@ -298,11 +297,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, format="%(levelname)s %(message)s")
-    if a.patch_size <= 0 or (a.stride is not None and a.stride <= 0) or not 0 <= a.min_tissue <= 1:
-        log.error("--patch-size and --stride must be positive and --min-tissue within 0..1")
+    try:
+        plan = PlanParams(a.patch_size, a.stride, a.min_tissue)
+    except ValueError as e:
+        log.error("%s", e)
         return 2
     cfg = TileConfig(
-        patch_size=a.patch_size, stride=a.stride, min_tissue=a.min_tissue, mpp=a.mpp, assume_mpp=a.assume_mpp,
+        plan=plan, mpp=a.mpp, assume_mpp=a.assume_mpp,
         codec=Codec(a.codec), backend=a.backend, batch_size=a.batch_size, workers=max(1, a.workers), qa=not a.no_qa,
     )
     try:

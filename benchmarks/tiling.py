@@ -1,0 +1,149 @@
+"""Tiling throughput: end-to-end patches/s of `engine.tile` on a large JPEG slide, against
+
+1. a baseline written the common way: OpenSlide `read_region` per patch, a numpy tissue check on
+   every pixel, one Zarr write per patch (same mask, same plan, same codec);
+2. the decode ceiling: libjpeg-turbo (imagecodecs) decoding exactly the source tiles those patches
+   cover, once each, on all cores, from bytes already in memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import report
+from engine import synth
+from engine.check import patch_tissue_reference
+from engine.mask import tissue_mask_reference
+from engine.plan import plan_tiles_reference
+from engine.store import PatchStore
+from engine.tile import TileConfig, tile_slides
+
+CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+def make_slide(work: Path, size: int) -> Path:
+    """A large Aperio-style SVS: the real CMU slide mosaicked where ../shared is there."""
+    name = f"{'cmu-mosaic' if CMU.is_file() else 'synthetic'}-{size}.svs"
+    path = work / "slides" / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        if CMU.is_file():
+            synth.mosaic_svs(tmp, CMU, size, size)
+        else:
+            synth.write_svs(tmp, synth.SynthSpec(width=size, height=size, seed=11))
+        tmp.rename(path)
+    return path
+
+
+def run_engine(slide: Path, work: Path, cfg: TileConfig) -> tuple[float, int]:
+    out = work / f"store-{cfg.backend}.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out.with_suffix(".qa"), ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = tile_slides(slide.parent, out, cfg, show_progress=False)
+    seconds = time.perf_counter() - t0
+    assert summary.count("done") == 1, summary.text()
+    return seconds, summary.n_patches
+
+
+def run_baseline(slide: Path, work: Path, cfg: TileConfig) -> tuple[float, int]:
+    import openslide
+    import zarr
+
+    out = work / "baseline.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    osr = openslide.OpenSlide(str(slide))
+    w0, h0 = osr.dimensions
+    thumb = np.asarray(osr.get_thumbnail((round(w0 / cfg.mask_downsample), round(h0 / cfg.mask_downsample))).convert("RGB"))
+    mres = tissue_mask_reference(thumb, cfg.mask)
+    p = cfg.plan.patch_size
+    coords, _ = plan_tiles_reference(mres.mask, (w0, h0), p, p, cfg.plan.min_tissue)
+    arr = zarr.create_array(str(out), shape=(len(coords), p, p, 3), chunks=(1, p, p, 3), dtype="uint8",
+                            compressors=cfg.codec.compressors())
+    n = 0
+    for x, y in coords.tolist():
+        patch = np.asarray(osr.read_region((x, y), 0, (p, p)).convert("RGB"))
+        frac = patch_tissue_reference(patch[None], mres.threshold, cfg.mask.white, cfg.mask.dark, cfg.mask.pen_margin, step=1)
+        if frac[0] >= cfg.check.min_tissue:
+            arr[n] = patch
+            n += 1
+    return time.perf_counter() - t0, n
+
+
+def source_tiles(slide: Path, coords: np.ndarray, patch: int):
+    """Compressed bytes of every level-0 tile the patches cover, once each, and the JPEG tables."""
+    import tifffile
+
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[0]
+        tw, th = page.tilewidth, page.tilelength
+        across = -(-page.imagewidth // tw)
+        idx = set()
+        for x, y in coords.tolist():
+            for r in range(y // th, (y + patch - 1) // th + 1):
+                for c in range(x // tw, (x + patch - 1) // tw + 1):
+                    idx.add(r * across + c)
+        fh = tif.filehandle
+        blobs = []
+        for i in sorted(idx):
+            fh.seek(page.dataoffsets[i])
+            blobs.append(fh.read(page.databytecounts[i]))
+        return blobs, page.jpegtables
+
+
+def run_ceiling(slide: Path, coords: np.ndarray, patch: int, repeats: int = 3) -> tuple[float, int]:
+    import imagecodecs
+
+    blobs, tables = source_tiles(slide, coords, patch)
+    decode = lambda b: imagecodecs.jpeg8_decode(b, tables=tables, colorspace=2, outcolorspace=2)
+    best = float("inf")
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in pool.map(decode, blobs, chunksize=16):
+                pass
+            best = min(best, time.perf_counter() - t0)
+    return best, len(blobs)
+
+
+def main(argv, work: Path, out: Path) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks tiling")
+    p.add_argument("--size", type=int, default=20480, help="slide side in pixels (>= 20000 for the reported figures)")
+    p.add_argument("--skip-baseline", action="store_true")
+    a = p.parse_args(argv)
+    work.mkdir(parents=True, exist_ok=True)
+    slide = make_slide(work, a.size)
+    rows = []
+    results = {}
+    for backend in ("auto", "cucim", "openslide"):
+        cfg = TileConfig(backend=backend)
+        seconds, n = run_engine(slide, work, cfg)
+        results[backend] = n / seconds
+        rows.append({"name": f"engine.tile --backend {backend}", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+    store = PatchStore.open(work / "store-auto.zarr")
+    coords = store.slide(store.slide_ids()[0])["coords"][:]
+    cfg = TileConfig()
+    if not a.skip_baseline:
+        seconds, n = run_baseline(slide, work, cfg)
+        results["baseline"] = n / seconds
+        rows.append({"name": "baseline: OpenSlide per patch, numpy check, write per patch", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+    seconds, ntiles = run_ceiling(slide, coords, cfg.plan.patch_size)
+    results["ceiling"] = len(coords) / seconds
+    rows.append({"name": f"ceiling: imagecodecs decode of the {ntiles} source tiles, all cores", "patches": len(coords), "seconds": seconds, "patches/s": len(coords) / seconds})
+    for r in rows:
+        r["x baseline"] = r["patches/s"] / results["baseline"] if "baseline" in results else ""
+        r["of ceiling"] = r["patches/s"] / results["ceiling"]
+    extra = {"slide": f"{slide.name} ({a.size}x{a.size}, 240 px JPEG tiles)"}
+    if "baseline" in results:
+        extra["goal x baseline >= 4"] = results["auto"] / results["baseline"]
+    extra["goal of ceiling >= 0.6"] = results["auto"] / results["ceiling"]
+    print(report.write(out, "tiling", rows, extra))
+    return 0

@@ -1,0 +1,203 @@
+"""Tissue mask of a low-resolution slide thumbnail.
+
+Per-pixel rule (shared with engine.check, native copy in csrc/pixel.hpp), for
+RGB uint8 with mx/mn the max/min channel and
+sat = 0 if mx == 0 else 255 * (mx - mn) // mx:
+  white  mn >= white                                  -> not tissue
+  dark   mx < dark                                    -> not tissue
+  pen    g >= r + m, or (b >= r + m and b >= g + m and r <= g + m // 2)
+                                                      -> not tissue (ink)
+  else   tissue iff sat >= threshold.
+
+Pipeline: Otsu threshold on the saturation of non-white/dark/pen pixels
+(clamped), raw mask, closing then opening with a square element (dilation pads
+with 0, erosion with 1 so the border does not eat tissue), fill enclosed
+4-connected background holes, drop 8-connected specks. Everything is integer
+so the native kernel and the numpy reference agree exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from engine import _native
+
+# Pixel classes, in the order the rule tests them (csrc/pixel.hpp).
+WHITE, DARK, PEN, CANDIDATE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    white: int = 220  # min channel >= white: background glass
+    dark: int = 50  # max channel < dark: black background / ink
+    pen_margin: int = 30  # channel dominance that marks green/blue ink
+    saturation: int | None = None  # fixed threshold; None = Otsu
+    min_saturation: int = 20  # Otsu result is clamped to [min, max]
+    max_saturation: int = 40  # Otsu alone splits pale eosin from haematoxylin and drops the pale tissue
+    close_radius: int = 2  # square side 2r+1; 0 skips
+    open_radius: int = 2
+    max_hole_area: int = 0  # largest hole filled (mask pixels); 0 = no limit
+    min_object_area: int = 16  # smaller tissue components are dropped
+
+    def __post_init__(self) -> None:
+        for name in ("white", "dark"):
+            _check_int(name, getattr(self, name), 0, 256)
+        _check_int("pen_margin", self.pen_margin, 0, 255)
+        if self.saturation is not None:
+            _check_int("saturation", self.saturation, 0, 255)
+        _check_int("min_saturation", self.min_saturation, 0, 255)
+        _check_int("max_saturation", self.max_saturation, self.min_saturation, 255)
+        for name in ("close_radius", "open_radius", "max_hole_area", "min_object_area"):
+            _check_int(name, getattr(self, name), 0, None)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    mask: np.ndarray  # uint8 (H, W) of 0/1
+    threshold: int  # saturation threshold actually used
+    pen_fraction: float  # fraction of all pixels flagged as pen ink
+
+
+def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
+    """Tissue mask of an RGB thumbnail (H, W, 3) uint8 (native kernel)."""
+    params = params or MaskParams()
+    rgb = _validate_rgb(rgb)
+    mask, threshold, pen = _native.tissue_mask(
+        rgb,
+        params.white,
+        params.dark,
+        params.pen_margin,
+        -1 if params.saturation is None else params.saturation,
+        params.min_saturation,
+        params.max_saturation,
+        params.close_radius,
+        params.open_radius,
+        params.max_hole_area,
+        params.min_object_area,
+    )
+    return MaskResult(mask, int(threshold), pen / (rgb.shape[0] * rgb.shape[1]))
+
+
+# ----------------------------------------------------------------------------
+# Plain numpy/scipy reference of the same algorithm (tests compare against it).
+
+
+def pixel_classes_reference(
+    rgb: np.ndarray, white: int, dark: int, pen_margin: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel class (WHITE/DARK/PEN/CANDIDATE) and saturation, both (H, W)."""
+    r, g, b = (rgb[..., k].astype(np.int32) for k in range(3))
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    sat = np.where(mx == 0, 0, (255 * (mx - mn)) // np.maximum(mx, 1))
+    m = pen_margin
+    pen = (g >= r + m) | ((b >= r + m) & (b >= g + m) & (r <= g + m // 2))
+    cls = np.full(r.shape, CANDIDATE, np.uint8)
+    # Assign in reverse rule order so the earlier rule wins.
+    cls[pen] = PEN
+    cls[mx < dark] = DARK
+    cls[mn >= white] = WHITE
+    return cls, sat
+
+
+def otsu_reference(hist: np.ndarray) -> int | None:
+    """Otsu threshold t (class 1 = values >= t) of a 256-bin histogram; None if empty.
+
+    Maximises (n1*s0 - n0*s1)^2 / (n0*n1), which is proportional to the
+    between-class variance; ties go to the smallest t.
+    """
+    hist = hist.astype(np.int64)
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    occupied = np.flatnonzero(hist)
+    if len(occupied) == 1:
+        return int(occupied[0])
+    t = np.arange(1, 256)
+    n0 = np.cumsum(hist)[:-1]  # pixels with value < t
+    s0 = np.cumsum(hist * np.arange(256))[:-1]
+    n1, s1 = total - n0, int(hist @ np.arange(256)) - s0
+    a = (n1 * s0 - n0 * s1).astype(np.float64)
+    valid = (n0 > 0) & (n1 > 0)
+    score = a[valid] * a[valid] / (n0[valid].astype(np.float64) * n1[valid].astype(np.float64))
+    return int(t[valid][np.argmax(score)])  # argmax: first maximum
+
+
+def _box(mask: np.ndarray, r: int, dilate: bool) -> np.ndarray:
+    """Square (2r+1) dilation (pad 0) or erosion (pad 1) of a 0/1 mask."""
+    if r == 0:
+        return mask
+    padded = np.pad(mask, r, constant_values=0 if dilate else 1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 1, 2 * r + 1))
+    out = windows.max(axis=(2, 3)) if dilate else windows.min(axis=(2, 3))
+    return out.astype(np.uint8)
+
+
+def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
+    """Readable reference of tissue_mask; results are identical."""
+    params = params or MaskParams()
+    rgb = _validate_rgb(rgb)
+    cls, sat = pixel_classes_reference(rgb, params.white, params.dark, params.pen_margin)
+    if params.saturation is not None:
+        threshold = params.saturation
+    else:
+        t = otsu_reference(np.bincount(sat[cls == CANDIDATE], minlength=256))
+        threshold = (
+            params.min_saturation
+            if t is None
+            else min(max(t, params.min_saturation), params.max_saturation)
+        )
+    mask = ((cls == CANDIDATE) & (sat >= threshold)).astype(np.uint8)
+
+    mask = _box(_box(mask, params.close_radius, True), params.close_radius, False)
+    mask = _box(_box(mask, params.open_radius, False), params.open_radius, True)
+
+    # Holes: 4-connected background components not touching the border.
+    labels, _ = ndimage.label(mask == 0, structure=ndimage.generate_binary_structure(2, 1))
+    area = np.bincount(labels.ravel())
+    enclosed = np.ones(len(area), bool)
+    enclosed[0] = False  # label 0 is tissue, not a hole
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    enclosed[border] = False
+    if params.max_hole_area > 0:
+        enclosed &= area <= params.max_hole_area
+    mask[enclosed[labels]] = 1
+
+    # Specks: 8-connected tissue components smaller than min_object_area.
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    area = np.bincount(labels.ravel())
+    small = area < params.min_object_area
+    small[0] = False
+    mask[small[labels]] = 0
+
+    pen_fraction = int(np.count_nonzero(cls == PEN)) / cls.size
+    return MaskResult(mask, int(threshold), pen_fraction)
+
+
+# ----------------------------------------------------------------------------
+
+
+def _validate_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8, got dtype {rgb.dtype}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must have shape (H, W, 3), got {rgb.shape}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"rgb must not be empty, got shape {rgb.shape}")
+    return np.ascontiguousarray(rgb)
+
+
+def _check_int(name: str, value, lo: int, hi: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be in {bound}, got {value}")

@@ -1,0 +1,250 @@
+"""The tiler end to end: real readers, real stores on disk, bad input that never stops a run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+
+from engine import synth
+from engine.check import patch_tissue_reference
+from engine.mask import MaskParams, tissue_mask_reference
+from engine.plan import PlanParams, plan_tiles_reference
+from engine.slide import open_slide
+from engine.store import PatchStore
+from engine.tile import TileConfig, main, tile_slides
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(workers=2, batch_size=8)
+
+
+def expected_patches(path, cfg: TileConfig):
+    """The tiler's answer derived independently: numpy reference mask, plan and check on a
+    direct OpenSlide read."""
+    with open_slide(path, "openslide") as s:
+        thumb = s.thumbnail(cfg.mask_downsample)
+        mres = tissue_mask_reference(thumb, cfg.mask)
+        size = cfg.plan.patch_size
+        coords, _ = plan_tiles_reference(mres.mask, s.dimensions, size, cfg.plan.stride or size, cfg.plan.min_tissue)
+        patches = s.read_regions([tuple(c) for c in coords.tolist()], 0, (size, size)) if len(coords) else np.zeros((0, size, size, 3), np.uint8)
+    m = cfg.mask
+    frac = patch_tissue_reference(patches, mres.threshold, m.white, m.dark, m.pen_margin, cfg.check.step)
+    keep = frac >= cfg.check.min_tissue
+    return coords[keep], patches[keep], frac[keep]
+
+
+def test_real_slide_exact(tmp_path, cmu_svs):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(cmu_svs, slides)
+    cfg = TileConfig(**FAST)
+    summary = tile_slides(slides, tmp_path / "p.zarr", cfg)
+    assert summary.count("done") == 1 and summary.count("failed") == 0
+    g = PatchStore.open(tmp_path / "p.zarr").slide("CMU-1-Small-Region")
+    coords, patches, frac = expected_patches(cmu_svs, cfg)
+    assert g.attrs["n_patches"] == len(coords) == 6  # six 512 px tissue patches on this 2220x2967 slide
+    np.testing.assert_array_equal(g["coords"][:], coords)
+    np.testing.assert_array_equal(g["images"][:], patches)  # JPEG decoded by the same libjpeg-turbo
+    np.testing.assert_allclose(g["tissue"][:], frac, atol=1e-6)
+    assert (coords % 512 == 0).all() and (coords[:, 0] + 512 <= 2220).all() and (coords[:, 1] + 512 <= 2967).all()
+    mask = g["mask"][:]
+    ds = g["mask"].attrs["downsample"]
+    centres = ((coords + 256) / np.array(ds)).astype(int)
+    assert mask[centres[:, 1], centres[:, 0]].all()  # every patch centre lies in tissue
+    assert g.attrs["mpp_x"] == pytest.approx(0.499) and g.attrs["mpp_source"] == "aperio.MPP"
+    assert g.attrs["backend"] in ("tifffile", "cucim")
+    assert (tmp_path / "p.qa" / "CMU-1-Small-Region.png").is_file()
+
+
+def test_backends_write_the_same_store(tmp_path, svs_slide):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(svs_slide, slides)
+    stores = {}
+    for backend in ("tifffile", "openslide", "cucim"):
+        tile_slides(slides, tmp_path / f"{backend}.zarr", TileConfig(backend=backend, qa=False, **FAST))
+        stores[backend] = PatchStore.open(tmp_path / f"{backend}.zarr").slide("aperio")
+    ref = stores["openslide"]
+    assert ref.attrs["n_patches"] > 5
+    for b, g in stores.items():
+        np.testing.assert_array_equal(g["coords"][:], ref["coords"][:])
+        assert np.abs(g["images"][:].astype(int) - ref["images"][:]).max() <= 3, b
+
+
+def test_target_mpp_reads_the_right_level_and_resizes(tmp_path, tiff_slide, svs_slide):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(tiff_slide, slides)  # 0.5 µm/px, levels 1, 2, 4
+    shutil.copy(svs_slide, slides)  # 0.25 µm/px, levels 1, 4
+    cfg = TileConfig(plan=PlanParams(256), mpp=1.0, qa=False, **FAST)
+    assert tile_slides(slides, tmp_path / "p.zarr", cfg).count("done") == 2
+    store = PatchStore.open(tmp_path / "p.zarr")
+    cam, ape = store.slide("camelyon"), store.slide("aperio")
+    # CAMELYON: 1.0 µm/px is exactly level 1: read 256 px there, no resize.
+    assert (cam.attrs["level"], cam.attrs["read_size"], cam.attrs["tile0"]) == (1, 256, 512)
+    with open_slide(tiff_slide, "openslide") as s:
+        x, y = cam["coords"][0]
+        direct = s.read_region((int(x), int(y)), 1, (256, 256))
+    assert np.abs(cam["images"][0].astype(int) - direct).max() <= 3
+    # Aperio at 0.25 µm/px: 4x is level 1 (downsample 4): read 256 there as well.
+    assert (ape.attrs["level"], ape.attrs["read_size"], ape.attrs["tile0"]) == (1, 256, 1024)
+    # 0.5 µm/px from the Aperio slide: level 0, 512 px read and resized to 256.
+    cfg2 = TileConfig(plan=PlanParams(256), mpp=0.5, qa=False, **FAST)
+    tile_slides(slides, tmp_path / "q.zarr", cfg2)
+    g = PatchStore.open(tmp_path / "q.zarr").slide("aperio")
+    assert (g.attrs["level"], g.attrs["read_size"]) == (0, 512)
+    from PIL import Image
+
+    x, y = g["coords"][0]
+    with open_slide(svs_slide) as s:
+        want = np.asarray(Image.fromarray(s.read_region((int(x), int(y)), 0, (512, 512))).resize((256, 256), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(g["images"][0], want)
+
+
+def test_stride_gives_overlapping_grid(tmp_path, tiff_slide):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(tiff_slide, slides)
+    tile_slides(slides, tmp_path / "p.zarr", TileConfig(plan=PlanParams(512, 256), qa=False, **FAST))
+    c = PatchStore.open(tmp_path / "p.zarr").slide("camelyon")["coords"][:]
+    assert (c % 256 == 0).all() and ((c % 512) != 0).any()
+    assert len(np.unique(c, axis=0)) == len(c)
+
+
+@pytest.fixture()
+def messy_folder(tmp_path, svs_slide, tiff_slide):
+    """Every kind of trouble in one folder, beside two good slides."""
+    d = tmp_path / "slides"
+    (d / "a").mkdir(parents=True)
+    (d / "b").mkdir()
+    shutil.copy(svs_slide, d / "a" / "case.svs")  # same stem as b/case.tif
+    shutil.copy(tiff_slide, d / "b" / "case.tif")
+    (d / "notes.txt").write_text("not a slide")
+    (d / "fake.svs").write_text("not a slide either")
+    cut = d / "cut.svs"
+    shutil.copy(svs_slide, cut)
+    synth.truncate(cut, 0.4)
+    bad = d / "corrupt.svs"
+    shutil.copy(svs_slide, bad)
+    synth.corrupt_tile(bad)
+    synth.write_tiled_tiff(d / "blank.tif", synth.SynthSpec(width=1536, height=1024, seed=5, tissue=False), levels=(1, 4))
+    return d
+
+
+def test_bad_input_never_stops_the_run(tmp_path, messy_folder, caplog):
+    out = tmp_path / "p.zarr"
+    rc = main(["--slides", str(messy_folder), "--out", str(out), "--quiet", "--workers", "2"])
+    assert rc == 1  # something failed
+    store = PatchStore.open(out)
+    assert set(store.slide_ids()) == {"a__case.svs", "b__case.tif", "corrupt", "blank"}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all(len(e.splitlines()) == 1 for e in errors)
+    assert any("fake.svs" in e for e in errors) and any("cut.svs" in e for e in errors)
+    assert any("notes.txt" in r.getMessage() for r in caplog.records)  # told, not failed
+    # No tissue: a complete group with 0 patches.
+    assert store.slide("blank").attrs["n_patches"] == 0 and store.slide("blank")["images"].shape[0] == 0
+    # The corrupt tile costs only the patches over it, recorded with their coordinates.
+    bad, good = store.slide("corrupt"), store.slide("a__case.svs")
+    failed = bad.attrs["failed_patches"]
+    assert bad.attrs["n_failed"] == len(failed) >= 1 and "does not decode" in failed[0]["error"]
+    lost = {(f["x"], f["y"]) for f in failed}
+    want = [tuple(c) for c in good["coords"][:].tolist() if tuple(c) not in lost]
+    assert [tuple(c) for c in bad["coords"][:].tolist()] == want
+    # What was written before is intact: rerunning skips the complete slides and fails the same two.
+    caplog.clear()
+    assert main(["--slides", str(messy_folder), "--out", str(out), "--quiet"]) == 1
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 2
+
+
+def test_run_level_errors_are_one_line_exit_2(tmp_path, capsys, caplog, svs_slide):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--slides", str(empty), "--out", str(tmp_path / "p.zarr")]) == 2
+    assert "no slides found" in caplog.text and "--slides" in caplog.text
+    assert main(["--slides", str(tmp_path / "nope"), "--out", str(tmp_path / "p.zarr")]) == 2
+    slides = tmp_path / "s"
+    slides.mkdir()
+    shutil.copy(svs_slide, slides)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    caplog.clear()
+    assert main(["--slides", str(slides), "--out", str(blocker / "p.zarr")]) == 2
+    assert "cannot write" in caplog.text
+    assert main(["--slides", str(slides), "--out", str(tmp_path / "p.zarr"), "--patch-size", "0"]) == 2
+
+
+def test_missing_mpp_only_matters_with_a_target(tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    synth.write_tiled_tiff(slides / "bare.tif", synth.SynthSpec(width=2048, height=2048, seed=6, mpp=None), levels=(1, 2))
+    assert main(["--slides", str(slides), "--out", str(tmp_path / "a.zarr"), "--quiet", "--no-qa"]) == 0
+    assert PatchStore.open(tmp_path / "a.zarr").slide("bare").attrs["mpp_source"] == "missing"
+    summary = tile_slides(slides, tmp_path / "b.zarr", TileConfig(mpp=1.0, qa=False))
+    assert summary.count("failed") == 1 and "--assume-mpp" in summary.results[0].error and "bare.tif" in summary.results[0].error
+    summary = tile_slides(slides, tmp_path / "c.zarr", TileConfig(mpp=1.0, assume_mpp=0.5, qa=False))
+    g = PatchStore.open(tmp_path / "c.zarr").slide("bare")
+    assert summary.count("done") == 1 and g.attrs["level"] == 1 and g.attrs["mpp_source"] == "--assume-mpp"
+
+
+def test_other_parameters_never_overwrite(tmp_path, svs_slide, caplog):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(svs_slide, slides)
+    out = tmp_path / "p.zarr"
+    assert main(["--slides", str(slides), "--out", str(out), "--quiet"]) == 0
+    before = PatchStore.open(out).slide("aperio")["images"][:]
+    assert main(["--slides", str(slides), "--out", str(out), "--quiet", "--stride", "256"]) == 2
+    assert "other parameters" in caplog.text and "--overwrite" in caplog.text
+    np.testing.assert_array_equal(PatchStore.open(out).slide("aperio")["images"][:], before)
+
+
+def _store_content(path):
+    store = PatchStore.open(path)
+    out = {}
+    for sid in store.slide_ids():
+        g = store.slide(sid)
+        a = {k: v for k, v in g.attrs.items() if k not in ("created_by",)}
+        out[sid] = (g["images"][:], g["coords"][:], g["tissue"][:], json.dumps(a, sort_keys=True))
+    return out
+
+
+def test_killed_run_resumes_redoing_only_unfinished_slides(tmp_path, svs_slide, tiff_slide):
+    """A real `python -m engine.tile` process killed with SIGKILL once its first slide is
+    complete; the same command then finishes the rest and gives the store a clean run gives."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(3):
+        shutil.copy(svs_slide, slides / f"s{i}.svs")
+    shutil.copy(tiff_slide, slides / "t.tif")
+    out = tmp_path / "p.zarr"
+    cmd = [sys.executable, "-m", "engine.tile", "--slides", str(slides), "--out", str(out), "--quiet", "--workers", "1", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = out / "slides" / "s0" / "zarr.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if first.is_file() and '"complete"' in first.read_text():
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    if killed:
+        assert "skipped (already complete)" in resumed.stdout and " 0 skipped" not in resumed.stdout
+    clean = tmp_path / "clean.zarr"
+    assert main(["--slides", str(slides), "--out", str(clean), "--quiet", "--no-qa"]) == 0
+    a, b = _store_content(out), _store_content(clean)
+    assert a.keys() == b.keys() == {"s0", "s1", "s2", "t"}
+    for sid in a:
+        for x, y in zip(a[sid][:3], b[sid][:3]):
+            np.testing.assert_array_equal(x, y)

@@ -3,6 +3,8 @@
 Backends:
 - ``tifffile``: tifffile + imagecodecs, reading only the tiles a request covers and keeping decoded
   tiles in a bounded LRU cache, so neighbouring patches that share source tiles decode them once.
+  It decodes in the calling thread: callers get parallel decode by reading batches from several
+  threads (imagecodecs releases the GIL), which measured faster than a nested decode pool.
   Reads tiled and stripped TIFF/SVS in every codec imagecodecs has (JPEG, JPEG 2000, LZW, deflate,
   zstd, webp); on a CPU this is the fastest backend we measured (benchmarks/RESULTS.md).
 - ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
@@ -16,6 +18,7 @@ read; pixels come back as RGB uint8 (h, w, 3), with areas outside the slide whit
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -28,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+# tifffile logs damaged files at ERROR level itself; here they reach the user once, as a SlideError.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 BACKENDS = ("auto", "tifffile", "cucim", "openslide", "pil")
 MPP_RANGE = (0.05, 20.0)  # µm/px; anything outside is a broken header, not a microscope
@@ -236,7 +241,7 @@ class TiffSlide(Slide):
 
     backend = "tifffile"
 
-    def __init__(self, path, cache_bytes: int = 256 << 20, workers: int | None = None):
+    def __init__(self, path, cache_bytes: int = 256 << 20):
         import tifffile
 
         try:
@@ -253,7 +258,6 @@ class TiffSlide(Slide):
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes, self._cache_cap = 0, cache_bytes
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="decode")
         super().__init__(path, [(p.imagewidth, p.imagelength) for p in pages], tiff_mpp(self._tif))
 
     def _grid(self, page):
@@ -303,11 +307,13 @@ class TiffSlide(Slide):
 
     def _level_xy(self, x, y, level):
         ds = self.level_downsamples[level]
-        return int(x / ds), int(y / ds)
+        return math.floor(x / ds), math.floor(y / ds)  # as OpenSlide: floor, also left of 0
 
-    def _assemble(self, level, x, y, w, h, tiles) -> np.ndarray:
-        out = np.full((h, w, 3), 255, np.uint8)
+    def _assemble(self, level, x, y, w, h, tiles, out: np.ndarray) -> None:
+        """Copy the request's pixels from decoded tiles into `out` (h, w, 3)."""
         lw, lh = self.level_dimensions[level]
+        if x < 0 or y < 0 or x + w > lw or y + h > lh:
+            out[:] = 255  # partly outside the slide
         for index, tx, ty in self._tiles_for(level, x, y, w, h):
             tile = tiles[index]
             # Overlap of the tile (clipped to the image) with the request, in level coordinates.
@@ -315,7 +321,6 @@ class TiffSlide(Slide):
             ax1, ay1 = min(x + w, tx + tile.shape[1], lw), min(y + h, ty + tile.shape[0], lh)
             if ax1 > ax0 and ay1 > ay0:
                 out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
-        return out
 
     def _read(self, x, y, level, w, h):
         return self.read_regions([(x, y)], level, (w, h))[0]
@@ -324,15 +329,13 @@ class TiffSlide(Slide):
         w, h = (int(v) for v in size)
         regions = [self._level_xy(int(x), int(y), level) + (w, h) for x, y in locations]
         needed = sorted({i for r in regions for i, _, _ in self._tiles_for(level, *r)})
-        # Decode the union of tiles once, in parallel (imagecodecs releases the GIL).
-        tiles = dict(zip(needed, self._pool.map(lambda i: self._tile(level, i), needed)))
+        tiles = {i: self._tile(level, i) for i in needed}  # the union of tiles, each decoded once
         out = np.empty((len(regions), h, w, 3), np.uint8)
         for k, r in enumerate(regions):
-            out[k] = self._assemble(level, *r, tiles)
+            self._assemble(level, *r, tiles, out[k])
         return out
 
     def close(self):
-        self._pool.shutdown(wait=False)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -415,7 +418,17 @@ class CuCIMSlide(Slide):
                 batch = np.concatenate([self._host(b).reshape(-1, h, w, 3) for b in out])
         except Exception as e:
             raise SlideError(f"{self.path}: cuCIM failed reading {len(locs)} region(s) at level {level} ({e})") from e
-        return np.ascontiguousarray(batch[..., :3])
+        batch = np.ascontiguousarray(batch[..., :3])
+        # cuCIM fills outside the slide with black; the other readers (and the tiler) use white.
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        for k, (x, y) in enumerate(locs):
+            lx, ly = math.floor(x / ds), math.floor(y / ds)
+            batch[k, : max(0, -ly)] = 255
+            batch[k, max(0, lh - ly) :] = 255
+            batch[k, :, : max(0, -lx)] = 255
+            batch[k, :, max(0, lw - lx) :] = 255
+        return batch
 
     def close(self):
         self._img.close()

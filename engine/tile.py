@@ -25,6 +25,7 @@ from engine import __version__
 from engine.check import CheckParams, check_patches
 from engine.discover import SLIDE_SUFFIXES, find_slides, fingerprint, slide_ids
 from engine.mask import MaskParams, tissue_mask
+from engine.memory import reuse_freed_memory
 from engine.plan import PlanParams, plan_tiles
 from engine.qa import qa_picture
 from engine.slide import BACKENDS, Slide, SlideError, open_slide
@@ -236,12 +237,13 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
         raise FileNotFoundError(f"{slides_dir}: no such folder; point --slides at a folder of slides")
     paths, ignored = find_slides(slides_dir)
     if ignored:
-        log.info("ignoring %d file(s) without a slide suffix: %s", len(ignored), ", ".join(p.name for p in ignored[:5]))
+        log.warning("ignoring %d file(s) without a slide suffix: %s", len(ignored), ", ".join(p.name for p in ignored[:5]))
     if not paths:
         raise FileNotFoundError(
             f"{slides_dir}: no slides found (looked for {', '.join(sorted(SLIDE_SUFFIXES))}); point --slides at a folder of slides"
         )
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, cfg.store_params(), overwrite=overwrite)
+    reuse_freed_memory()
     if qa_dir is None and cfg.qa:
         qa_dir = out.with_suffix(".qa")
     ids = slide_ids(paths, slides_dir)

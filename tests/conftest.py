@@ -47,3 +47,14 @@ def tiff_slide(synth_dir) -> Path:
     path = synth_dir / "camelyon.tif"
     synth.write_tiled_tiff(path, synth.SynthSpec(width=2560, height=2048, seed=2, mpp=0.5, jpeg_quality=90), levels=(1, 2, 4))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    from engine.slide import cuda_available
+
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; its CPU twin runs everywhere")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,23 @@
+"""Process-wide allocator settings for the tiler's hot loop."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+# glibc mallopt parameters
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def reuse_freed_memory() -> bool:
+    """Keep large freed buffers (decoded tiles, patch batches, shard buffers) in the heap instead
+    of returning them to the OS. By default glibc maps every buffer over 128 KiB afresh and unmaps
+    it on free, so each one page-faults again; on virtualised hosts those faults serialise the
+    decode and write threads (measured: 3.0 s -> 2.1 s for 542 patches on the 2-core CI machine).
+    Returns False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, 256 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30) and mallopt(M_TOP_PAD, 64 << 20)
+    return bool(ok)

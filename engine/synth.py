@@ -45,6 +45,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SynthSpec:
+    """What to render: level-0 size, seed, content switches and metadata.
+    Hashable, so derived per-slide constants are cached per spec."""
+
     width: int = 4096
     height: int = 3072
     seed: int = 0
@@ -147,6 +150,7 @@ _MASK_SOFT = 0.005  # width of the tissue edge ramp, in field units
 _HOLE_THR = 0.70
 _NUC_CELLS = ((11, 0), (17, 5))  # (cell size, offset) of two nucleus grids
 _COARSE = 8  # spacing of the grid on which the low-frequency fields live
+_FRAY = 0.012  # fibre noise added to the tissue field: frayed, organic edges
 
 
 @dataclass(frozen=True)
@@ -240,8 +244,9 @@ def _coarse_fields(spec: SynthSpec, lay: _Layout, xs, ys) -> np.ndarray | None:
     gxs = np.arange(gx[0], gx[-1] + 2) * c
     gys = np.arange(gy[0], gy[-1] + 2) * c
     m = _mask_field(spec, gxs, gys, lay.mask_scale, lay.mask_octaves)
-    # interpolated values are convex combinations of grid values: exact test
-    if float(m.max()) <= lay.threshold:
+    # interpolated values are convex combinations of grid values, and the
+    # fibre fray moves the edge by at most _FRAY / 2: an exact test
+    if float(m.max()) + _FRAY / 2 + 1e-6 <= lay.threshold:
         return None
     s = spec.seed
     grid = np.stack([
@@ -313,16 +318,30 @@ def _nuclei(spec: SynthSpec, xs, ys) -> np.ndarray:
     return out
 
 
-_BAND_PIXELS = 1 << 16
+_BAND_PIXELS = 1 << 18
+
+
+def _raise_malloc_thresholds() -> None:
+    """glibc returns freed blocks above its mmap threshold to the OS, so each
+    MB-sized numpy temporary is page-faulted in afresh (half the render time,
+    and it serialises threads). Freeing one large block makes glibc raise the
+    mmap/trim thresholds itself (its documented dynamic behaviour, which any
+    process freeing a big array triggers anyway); do that once."""
+    global _MALLOC_RAISED
+    if not _MALLOC_RAISED:
+        _MALLOC_RAISED = True
+        np.empty(24 << 20, np.uint8)  # allocated and freed at once, never touched
+
+
+_MALLOC_RAISED = False
 
 
 def _render(spec: SynthSpec, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Render the pixels at level-0 coordinates ys x xs (ascending, integral
     float64), uint8 (len(ys), len(xs), 3).
 
-    Works in row bands of ~64k pixels: the float32 temporaries then stay
-    cache-sized and are recycled by malloc instead of being page-faulted in
-    afresh (2x faster than whole 512x512 windows)."""
+    Works in row bands of ~256k pixels so temporaries stay a few MB."""
+    _raise_malloc_thresholds()
     rows = max(1, _BAND_PIXELS // max(1, len(xs)))
     if len(ys) <= rows:
         return _render_band(spec, xs, ys)
@@ -359,7 +378,7 @@ def _tissue(spec: SynthSpec, lay: _Layout, xs, ys, fields, grain, g16):
     fv = _vnoise(xs, ys, 3.0, 26.0, _key(s, 12))
     fib = _lerp(fv, fh, orient)
     fib -= _F(0.5)
-    alpha = fib * _F(0.012)
+    alpha = fib * _F(_FRAY)
     alpha += m
     alpha -= _F(lay.threshold)
     alpha *= _F(1.0 / _MASK_SOFT)
@@ -430,7 +449,7 @@ def render_region(spec: SynthSpec, x: int, y: int, w: int, h: int) -> np.ndarray
 def _render_level(spec: SynthSpec, ds: int, x: int, y: int, w: int, h: int) -> np.ndarray:
     """Window (x, y, w, h) of the pyramid level with downsample ds: the
     rounded area mean of the level-0 render (exact expectation for tests)."""
-    return _reduced(lambda xs, ys: _render(spec, xs, ys), ds, x, y, w, h)
+    return _reduced(functools.partial(_render, spec), ds, x, y, w, h)
 
 
 # --------------------------------------------------------------------------
@@ -446,10 +465,21 @@ def _window(src: Source, x: int, y: int, w: int, h: int) -> np.ndarray:
 
 
 def _block_mean(a: np.ndarray, ds: int) -> np.ndarray:
-    """Rounded mean over ds x ds blocks (exact integer arithmetic)."""
+    """Rounded mean over ds x ds blocks (exact integer arithmetic). Strided
+    adds: ~10x faster than a reshape(...).sum(axis=(1, 3))."""
     h, w = a.shape[0] // ds, a.shape[1] // ds
-    s = a[:h * ds, :w * ds].reshape(h, ds, w, ds, 3).sum(axis=(1, 3), dtype=np.uint32)
-    return ((s + ds * ds // 2) // (ds * ds)).astype(np.uint8)
+    a = a[:h * ds, :w * ds]
+    acc = np.uint16 if ds * ds * 255 < 65536 else np.uint32
+    rows = a[0::ds].astype(acc)
+    for i in range(1, ds):
+        rows += a[i::ds]
+    s = rows[:, 0::ds].copy()
+    for i in range(1, ds):
+        s += rows[:, i::ds]
+    n = ds * ds
+    s += n // 2
+    s //= n
+    return s.astype(np.uint8)
 
 
 def _reduced(src: Source, ds: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -585,7 +615,7 @@ def _codec(compression: str, quality: int, aperio: bool) -> _Codec:
             return body
 
         return _Codec("jpeg", enc, dict(kw, jpegtables=tables), f"JPEG/RGB Q={quality}")
-    if c in ("jpeg2000", "j2k", "jp2k"):
+    if c == "jpeg2000":
         # APERIO_JP2000_RGB: raw J2K codestream, RGB (MCT inside the codestream)
         psnr = 30.0 + 0.2 * quality
 
@@ -596,7 +626,6 @@ def _codec(compression: str, quality: int, aperio: bool) -> _Codec:
     simple = {
         "lzw": (5, lambda a: imagecodecs.lzw_encode(a)),
         "deflate": (8, lambda a: imagecodecs.zlib_encode(a, level=6)),
-        "zlib": (8, lambda a: imagecodecs.zlib_encode(a, level=6)),
         "zstd": (50000, lambda a: imagecodecs.zstd_encode(a, level=5)),
         "webp": (50001, lambda a: imagecodecs.webp_encode(a, level=quality, lossless=False)),
     }
@@ -647,26 +676,33 @@ def _write_pyramid(path: Path, src: Source, width: int, height: int, tile: int, 
     raw = sum(w * h * 3 for _, w, h in dims)
     bigtiff = raw / (4 if lossy else 1) > 3.5 * 2**30
     workers = _workers()
+    # a job renders a strip of `per` tiles (~256k px): far fewer numpy calls
+    # per pixel, which is what lets the threads overlap (GIL)
+    per = max(1, _BAND_PIXELS // (tile * tile))
+    _raise_malloc_thresholds()
     with ThreadPoolExecutor(workers) as pool, tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
         for i, (ds, lw, lh) in enumerate(dims):
             def job(t, ds=ds, lw=lw, lh=lh):
                 ty, tx = t
                 x, y = tx * tile, ty * tile
-                w, h = min(tile, lw - x), min(tile, lh - y)
+                w, h = min(per * tile, lw - x), min(tile, lh - y)
+                parts = ()
                 if ds == 1:
                     a = _window(src, x, y, w, h)
                     parts = [(k, x // k, y // k, _block_mean(a, k)) for k in kept]
-                    return codec.encode(_pad(a, tile)), parts
-                if ds in kept:
-                    return codec.encode(_pad(kept[ds][y:y + h, x:x + w], tile)), ()
-                return codec.encode(_pad(_reduced(src, ds, x, y, w, h), tile)), ()
+                elif ds in kept:
+                    a = kept[ds][y:y + h, x:x + w]
+                else:
+                    a = _reduced(src, ds, x, y, w, h)
+                return [codec.encode(_pad(a[:, j:j + tile], tile)) for j in range(0, w, tile)], parts
 
             def tiles(job=job, lw=lw, lh=lh):
-                grid = ((ty, tx) for ty in range(-(-lh // tile)) for tx in range(-(-lw // tile)))
+                grid = ((ty, tx) for ty in range(-(-lh // tile))
+                        for tx in range(0, -(-lw // tile), per))
                 for data, parts in _ordered_map(pool, job, grid, 2 * workers + 2):
                     for k, kx, ky, r in parts:
                         kept[k][ky:ky + r.shape[0], kx:kx + r.shape[1]] = r
-                    yield data
+                    yield from data
 
             tif.write(tiles(), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
                       compression=codec.tag, metadata=None, **codec.kwargs,
@@ -741,6 +777,8 @@ def write_svs(path, spec: SynthSpec, tile: int = 240, levels=(1, 4, 16),
               compression: str = "jpeg") -> Path:
     """Aperio-style SVS: tiled level 0, stripped thumbnail as 2nd IFD, reduced
     levels as further tiled IFDs; compression "jpeg" or "jpeg2000" (33005)."""
+    if compression.lower() not in ("jpeg", "jpeg2000"):
+        raise ValueError(f"SVS compression must be jpeg or jpeg2000, not {compression!r}")
     return _write_aperio(path, functools.partial(_render, spec), spec.width, spec.height,
                          tile, levels, compression, spec.jpeg_quality, spec.mpp, spec.app_mag)
 
@@ -750,6 +788,8 @@ def write_tiled_tiff(path, spec: SynthSpec, tile: int = 512, levels=(1, 2, 4, 8,
     """CAMELYON16-style generic pyramidal TIFF: one tiled IFD per level in the
     main chain (lower ones marked reduced), resolution in pixels per cm;
     compression in jpeg, lzw, deflate, zstd, webp."""
+    if compression.lower() not in ("jpeg", "lzw", "deflate", "zstd", "webp"):
+        raise ValueError(f"unsupported compression {compression!r}")
     codec = _codec(compression, spec.jpeg_quality, aperio=False)
 
     def level_kw(i, ds, lw, lh):
@@ -809,7 +849,7 @@ def corrupt_tile(path, level: int = 0, index: int | None = None) -> int:
     junk = bytearray(rng.integers(0, 256, count, dtype=np.uint8).tobytes())
     # an invalid first marker/header for every codec (JPEG SOI, zlib CMF,
     # zstd/webp magic, J2K SOC) so decoders fail instead of guessing
-    junk[:4] = b"\x00\x00\x00\x00"[:count]
+    junk[:4] = bytes(min(4, count))
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(junk)

@@ -189,10 +189,12 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     def work(batch):
         patches, ok, errors = read_batch(slide, batch, geom, cfg.plan.patch_size)
         fractions, keep = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
-        return batch, patches, fractions, keep & ok, ok, errors
+        keep &= ok
+        return batch, writer.encode(patches[keep]), fractions, keep, ok, errors
 
-    # Batches are read and checked on worker threads (decoders and the native check release the
-    # GIL) while this thread writes finished ones in order; the deque bounds what is in flight.
+    # Batches are read, checked and compressed on worker threads (decoders, the native check and
+    # the codec release the GIL) while this thread writes finished ones in order as whole shards;
+    # the deque bounds what is in flight.
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="read") as pool:
         pending: deque = deque()
         it = iter(batches)
@@ -201,11 +203,11 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
             if len(pending) >= 2 * cfg.workers:
                 break
         while pending:
-            batch, patches, fractions, keep, ok, errors = pending.popleft().result()
+            batch, encoded, fractions, keep, ok, errors = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(work, nxt))
-            writer.append(patches[keep], batch[keep], fractions[keep])
+            writer.append(encoded, batch[keep], fractions[keep])
             kept.append(batch[keep])
             rejected.append(batch[ok & ~keep])
             failed += errors

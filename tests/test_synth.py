@@ -80,6 +80,18 @@ def test_render_deterministic_and_window_independent():
     assert not np.array_equal(a, render_region(SynthSpec(width=W, height=H, seed=4), 100, 50, 700, 500))
 
 
+def test_render_exact_in_any_window():
+    """Exact expectations for any region: random windows (tissue edges, pen,
+    1-px slivers) equal the same pixels of one big render."""
+    spec = SynthSpec(width=1500, height=1000, seed=11, pen=True)
+    big = render_region(spec, 0, 0, 1500, 1000)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        w, h = (int(v) for v in rng.integers(1, 300, 2))
+        x, y = int(rng.integers(0, 1500 - w)), int(rng.integers(0, 1000 - h))
+        assert np.array_equal(render_region(spec, x, y, w, h), big[y:y + h, x:x + w]), (x, y, w, h)
+
+
 def test_render_content_and_speed():
     spec = SynthSpec()  # default 4096 x 3072
     # the whole default slide, point-sampled every 8 px: rough tissue fraction
@@ -354,7 +366,6 @@ def test_cli(out, capsys):
     assert s.dimensions == (600, 500) and "openslide.mpp-x" not in s.properties
 
 
-@pytest.mark.slow
 def test_demo_slides(out):
     t = time.perf_counter()
     paths = demo_slides(out / "demo")
@@ -362,4 +373,15 @@ def test_demo_slides(out):
     vendors = [openslide.OpenSlide(p).properties["openslide.vendor"] for p in paths]
     assert vendors == ["aperio", "generic-tiff"]
     assert openslide.OpenSlide(paths[0]).dimensions == (6000, 4000)
-    assert took < 60
+    assert took < 60  # ~1-2 s on 2 cores
+
+
+def test_bad_arguments(out):
+    with pytest.raises(ValueError):
+        write_svs(out / "x.svs", SPEC, compression="lzw")
+    with pytest.raises(ValueError):
+        write_tiled_tiff(out / "x.tif", SPEC, compression="jpeg2000")
+    with pytest.raises(ValueError):
+        write_svs(out / "x.svs", SPEC, levels=(2, 4))
+    with pytest.raises(ValueError):
+        write_tiled_tiff(out / "x.tif", SPEC, tile=200)

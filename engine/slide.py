@@ -346,10 +346,8 @@ class OpenSlideSlide(Slide):
     backend = "openslide"
 
     def __init__(self, path, workers: int | None = None):
-        import openslide
-
         try:
-            self._osr = openslide.OpenSlide(str(path))
+            self._osr = self._open(path)
         except Exception as e:
             raise SlideError(f"{path}: OpenSlide cannot open it ({e})") from e
         props = self._osr.properties
@@ -360,10 +358,19 @@ class OpenSlideSlide(Slide):
         super().__init__(path, self._osr.level_dimensions, mpp)
         self.level_downsamples = tuple(self._osr.level_downsamples)
 
+    @staticmethod
+    def _open(path):
+        import openslide
+
+        return openslide.OpenSlide(str(path))
+
     def _read(self, x, y, level, w, h):
         try:
             img = self._osr.read_region((x, y), level, (w, h))
         except Exception as e:
+            # An OpenSlide handle that failed once fails every later read: start a fresh one so
+            # that one corrupt tile costs only the patches over it.
+            self._osr = self._open(self.path)
             raise SlideError(f"{self.path}: OpenSlide failed reading {w}x{h} at ({x}, {y}) level {level} ({e})") from e
         return _rgba_on_white(np.asarray(img))
 

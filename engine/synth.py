@@ -936,7 +936,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tissue", action="store_true")
     ap.add_argument("--quality", type=int, default=SynthSpec.jpeg_quality)
     ap.add_argument("--compression", default="jpeg")
+    ap.add_argument("--demo", action="store_true", help="write the built-in example slides instead")
     a = ap.parse_args(argv)
+    if a.demo:
+        for p in demo_slides(a.out_dir):
+            print(p)
+        return 0
     spec = SynthSpec(width=a.width, height=a.height, seed=a.seed, tissue=not a.no_tissue,
                      pen=a.pen, mpp=None if a.no_mpp else SynthSpec.mpp, jpeg_quality=a.quality)
     out = Path(a.out_dir)

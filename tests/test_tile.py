@@ -119,6 +119,35 @@ def test_stride_gives_overlapping_grid(tmp_path, tiff_slide):
     assert len(np.unique(c, axis=0)) == len(c)
 
 
+def corrupt_copy(svs_slide, dest, tmp_path):
+    """A copy of the slide with the source tile under the centre of one of its patches broken."""
+    shutil.copy(svs_slide, dest)
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    shutil.copy(svs_slide, probe)
+    tile_slides(probe, tmp_path / "probe.zarr", TileConfig(qa=False, **FAST))
+    x, y = PatchStore.open(tmp_path / "probe.zarr").slide("aperio")["coords"][1] + 256
+    with open_slide(svs_slide) as s:
+        synth.corrupt_tile(dest, index=int(y // 240 * -(-s.dimensions[0] // 240) + x // 240))
+    return dest
+
+
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+def test_corrupt_tile_costs_only_its_patches(tmp_path, svs_slide, backend):
+    """cuCIM is not in this list: it returns undefined pixels for a corrupt JPEG tile instead of
+    raising (seen with cucim 26.10), so only the patch check can catch what it returns."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    corrupt_copy(svs_slide, slides / "aperio.svs", tmp_path)
+    tile_slides(slides, tmp_path / "p.zarr", TileConfig(backend=backend, qa=False, **FAST))
+    bad, good = PatchStore.open(tmp_path / "p.zarr").slide("aperio"), PatchStore.open(tmp_path / "probe.zarr").slide("aperio")
+    lost = {(f["x"], f["y"]) for f in bad.attrs["failed_patches"]}
+    assert 1 <= len(lost) <= 4  # the patches over one 240 px tile
+    assert [tuple(c) for c in bad["coords"][:].tolist()] == [tuple(c) for c in good["coords"][:].tolist() if tuple(c) not in lost]
+    keep = [i for i, c in enumerate(good["coords"][:].tolist()) if tuple(c) not in lost]
+    assert np.abs(bad["images"][:].astype(int) - good["images"][:][keep]).max() <= 3
+
+
 @pytest.fixture()
 def messy_folder(tmp_path, svs_slide, tiff_slide):
     """Every kind of trouble in one folder, beside two good slides."""
@@ -132,16 +161,7 @@ def messy_folder(tmp_path, svs_slide, tiff_slide):
     cut = d / "cut.svs"
     shutil.copy(svs_slide, cut)
     synth.truncate(cut, 0.4)
-    bad = d / "corrupt.svs"
-    shutil.copy(svs_slide, bad)
-    # Break the source tile under the centre of a patch that the tiler cuts from this slide.
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    shutil.copy(svs_slide, probe)
-    tile_slides(probe, tmp_path / "probe.zarr", TileConfig(qa=False, **FAST))
-    x, y = PatchStore.open(tmp_path / "probe.zarr").slide("aperio")["coords"][1] + 256
-    with open_slide(svs_slide) as s:
-        synth.corrupt_tile(bad, index=int(y // 240 * -(-s.dimensions[0] // 240) + x // 240))
+    corrupt_copy(svs_slide, d / "corrupt.svs", tmp_path)
     synth.write_tiled_tiff(d / "blank.tif", synth.SynthSpec(width=1536, height=1024, seed=5, tissue=False), levels=(1, 4))
     return d
 

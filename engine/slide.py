@@ -17,6 +17,8 @@ read; pixels come back as RGB uint8 (h, w, 3), with areas outside the slide whit
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import os
@@ -64,8 +66,10 @@ def plausible_mpp(x: float, y: float, source: str) -> Mpp | None:
     return None
 
 
+@functools.cache  # importing cupy costs ~0.2 s: ask once per process
 def cuda_available() -> bool:
     try:
+        ctypes.CDLL("libcuda.so.1")  # no driver: no GPU, without importing cupy
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0

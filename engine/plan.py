@@ -52,8 +52,13 @@ def plan_tiles(
     min_tissue: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 tiles with tissue -> (coords int64 (N, 2) as x, y; fractions float32 (N,))."""
+    return _select(tile_fractions, mask, level0_size, tile0, stride0, min_tissue)
+
+
+def _select(fractions_of, mask, level0_size, tile0, stride0, min_tissue):
+    """The grid's tiles whose tissue fraction (by `fractions_of`) reaches `min_tissue`."""
     boxes = _grid(level0_size, tile0, stride0)
-    fractions = tile_fractions(mask, level0_size, boxes)
+    fractions = fractions_of(mask, level0_size, boxes)
     keep = fractions >= min_tissue
     return boxes[keep, :2].copy(), fractions[keep]
 
@@ -90,10 +95,7 @@ def plan_tiles_reference(
     stride0: int | None = None,
     min_tissue: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    boxes = _grid(level0_size, tile0, stride0)
-    fractions = tile_fractions_reference(mask, level0_size, boxes)
-    keep = fractions >= min_tissue
-    return boxes[keep, :2].copy(), fractions[keep]
+    return _select(tile_fractions_reference, mask, level0_size, tile0, stride0, min_tissue)
 
 
 # ----------------------------------------------------------------------------

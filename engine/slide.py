@@ -132,7 +132,7 @@ class Slide(ABC):
         lw, lh = self.level_dimensions[level]
         w0, h0 = self.dimensions
         tw, th = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
-        fx, fy = lw / tw, lh / th  # level pixels per thumbnail pixel
+        fy = lh / th  # level rows per thumbnail row
         ds = self.level_downsamples[level]
         out = np.empty((th, tw, 3), np.uint8)
         band = max(1, int(band_bytes // (lw * 3 * (fy + 1))))

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import openslide
 import pytest
 
 from engine import synth
 from engine.check import patch_tissue_reference
-from engine.mask import MaskParams, tissue_mask_reference
+from engine.mask import tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
 from engine.slide import open_slide
 from engine.store import PatchStore

@@ -74,7 +74,7 @@ def patch_tissue_reference(
     sampled = patches[:, ::step, ::step]
     cls, sat = pixel_classes_reference(sampled, white, dark, pen_margin)
     tissue = (cls == CANDIDATE) & (sat >= threshold)
-    count = tissue.reshape(len(patches), -1).sum(axis=1)
+    count = tissue.sum(axis=(1, 2))
     size = sampled.shape[1] * sampled.shape[2]
     fractions = count / size if size else np.zeros(len(patches))
     return fractions.astype(np.float32)

@@ -228,7 +228,7 @@ def _tiff_reason_not_for_cucim(tif) -> str | None:
     levels = tiff_levels(tif)
     for page in levels:
         if int(page.compression) not in CUCIM_COMPRESSIONS:
-            return f"its {page.compression.name} tiles are not readable by cuCIM"
+            return f"its {page.compression.name} tiles are outside what cuCIM decodes on the GPU"
     if tif.pages[0].subifds:
         return "its pyramid lives in SubIFDs, of which cuCIM sees only level 0"
     if not levels[0].is_tiled:

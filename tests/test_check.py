@@ -128,3 +128,10 @@ def test_params():
 def test_bad_input(fn, patches, step, match):
     with pytest.raises(ValueError, match=match):
         fn(patches, 20, step=step)
+
+
+def test_empty_batch_gives_empty_fractions():
+    empty = np.zeros((0, 16, 16, 3), np.uint8)
+    for fn in (patch_tissue, patch_tissue_reference):
+        out = fn(empty, 30)
+        assert out.dtype == np.float32 and out.shape == (0,)

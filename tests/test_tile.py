@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(workers=2, batch_size=8)
 
 
-def expected_patches(path, cfg: TileConfig):
+def expected_patches(path, cfg: TileConfig, backend: str = "openslide"):
     """The tiler's answer derived independently: numpy reference mask, plan and check on a
-    direct OpenSlide read."""
-    with open_slide(path, "openslide") as s:
+    direct read (OpenSlide where it opens the file)."""
+    with open_slide(path, backend) as s:
         thumb = s.thumbnail(cfg.mask_downsample)
         mres = tissue_mask_reference(thumb, cfg.mask)
         size = cfg.plan.patch_size
@@ -61,6 +61,21 @@ def test_real_slide_exact(tmp_path, cmu_svs):
     assert g.attrs["mpp_x"] == pytest.approx(0.499) and g.attrs["mpp_source"] == "aperio.MPP"
     assert g.attrs["backend"] in ("tifffile", "cucim")
     assert (tmp_path / "p.qa" / "CMU-1-Small-Region.png").is_file()
+
+
+def test_real_plain_tiff_without_mpp(tmp_path, kidney_tif):
+    """A non-tiled, uncompressed IHC TIFF with no resolution tags and almost no tissue."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(kidney_tif, slides)
+    cfg = TileConfig(plan=PlanParams(256), **FAST)
+    assert tile_slides(slides, tmp_path / "p.zarr", cfg).count("done") == 1
+    g = PatchStore.open(tmp_path / "p.zarr").slide("kidney-48-5")
+    coords, patches, _ = expected_patches(kidney_tif, cfg, backend="tifffile")  # OpenSlide refuses untiled TIFFs
+    assert g.attrs["n_patches"] == len(coords) and g.attrs["mpp_source"] == "missing"
+    np.testing.assert_array_equal(g["coords"][:], coords)
+    np.testing.assert_array_equal(g["images"][:], patches)
+    assert g["mask"][:].mean() < 0.2  # almost all background
 
 
 def test_backends_write_the_same_store(tmp_path, svs_slide):

@@ -16,7 +16,7 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
 
 
 def qa_picture(thumb: np.ndarray, mask: np.ndarray, downsample: float, tile0: int,
-               kept, rejected=(), failed=(), max_side: int = 1600) -> Image.Image:
+               kept, rejected=(), failed=(), max_side: int = 1024) -> Image.Image:
     """`downsample`: level-0 pixels per thumbnail pixel; coords are level-0 top-left corners."""
     img = thumb.copy()
     img[mask_outline(mask)] = OUTLINE

@@ -110,15 +110,20 @@ def _vnoise(xs: np.ndarray, ys: np.ndarray, sx: float, sy: float, key: int) -> n
     lx = np.arange(ix[0], ix[-1] + 2)
     ly = np.arange(iy[0], iy[-1] + 2)
     g = _unit(_hash(lx[None, :], ly[:, None], key))
-    kx = ix - ix[0]
-    a = np.take(g, kx, axis=1)  # take keeps C order; fancy indexing may not
-    r = np.take(g, kx + 1, axis=1)
+    return _bilerp(g, ix - ix[0], wx, iy - iy[0], wy)
+
+
+def _bilerp(grid: np.ndarray, kx, wx, ky, wy) -> np.ndarray:
+    """Interpolate `grid` (..., ny, nx) at cells (ky, kx) with weights (wy, wx): along x on the
+    small grid first, then whole-row gathers (fast) along y. np.take keeps C order; fancy
+    indexing may not."""
+    a = np.take(grid, kx, axis=-1)
+    r = np.take(grid, kx + 1, axis=-1)
     r -= a
     r *= wx
     r += a
-    ky = iy - iy[0]
-    a = np.take(r, ky, axis=0)
-    out = np.take(r, ky + 1, axis=0)
+    a = np.take(r, ky, axis=-2)
+    out = np.take(r, ky + 1, axis=-2)
     out -= a
     out *= wy[:, None]
     out += a
@@ -259,18 +264,7 @@ def _coarse_fields(spec: SynthSpec, lay: _Layout, xs, ys) -> np.ndarray | None:
     ky = (gy - gy[0]).astype(np.intp)
     wx = ((xs - gx * c) / c).astype(np.float32)
     wy = ((ys - gy * c) / c).astype(np.float32)
-    # along x on the small grid first, then whole-row gathers (fast) along y
-    a = np.take(grid, kx, axis=2)
-    r = np.take(grid, kx + 1, axis=2)
-    r -= a
-    r *= wx
-    r += a  # (4, ny, w)
-    a = np.take(r, ky, axis=1)
-    out = np.take(r, ky + 1, axis=1)
-    out -= a
-    out *= wy[:, None]
-    out += a
-    return out
+    return _bilerp(grid, kx, wx, ky, wy)
 
 
 def _nuclei(spec: SynthSpec, xs, ys) -> np.ndarray:

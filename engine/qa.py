@@ -20,7 +20,8 @@ def qa_picture(thumb: np.ndarray, mask: np.ndarray, downsample: float, tile0: in
     """`downsample`: level-0 pixels per thumbnail pixel; coords are level-0 top-left corners."""
     img = thumb.copy()
     img[mask_outline(mask)] = OUTLINE
-    scale = min(1.0, max_side / max(img.shape[:2])) if max(img.shape[:2]) > max_side else max(1.0, 600 / max(img.shape[:2]))
+    side = max(img.shape[:2])
+    scale = max_side / side if side > max_side else max(1.0, 600 / side)  # small thumbnails enlarged
     pic = Image.fromarray(img).resize((round(img.shape[1] * scale), round(img.shape[0] * scale)), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(pic)
     k = scale / downsample

@@ -3,8 +3,6 @@
 Backends:
 - ``tifffile``: tifffile + imagecodecs, reading only the tiles a request covers and keeping decoded
   tiles in a bounded LRU cache, so neighbouring patches that share source tiles decode them once.
-  It decodes in the calling thread: callers get parallel decode by reading batches from several
-  threads (imagecodecs releases the GIL), which measured faster than a nested decode pool.
   Reads tiled and stripped TIFF/SVS in every codec imagecodecs has (JPEG, JPEG 2000, LZW, deflate,
   zstd, webp); on a CPU this is the fastest backend we measured (benchmarks/RESULTS.md).
 - ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
@@ -14,6 +12,9 @@ Backends:
 
 All coordinates are level-0 (x, y) of the top-left corner; sizes are (width, height) at the level
 read; pixels come back as RGB uint8 (h, w, 3), with areas outside the slide white.
+
+The tifffile and OpenSlide readers decode in the calling thread (both release the GIL): callers get
+parallel decode by reading batches from several threads, which measured faster than nested pools.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,8 +254,9 @@ class TiffSlide(Slide):
         except Exception as e:
             raise SlideError(f"{path}: not a TIFF that tifffile reads ({e})") from e
         size = os.path.getsize(path)
-        end = max(int(o) + int(c) for p in pages for o, c in zip(p.dataoffsets, p.databytecounts))
+        end = max(int((np.asarray(p.dataoffsets) + np.asarray(p.databytecounts)).max()) for p in pages)
         if end > size:
+            self._tif.close()
             raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); copy it again")
         self._pages = pages
         self._fd = os.open(path, os.O_RDONLY)
@@ -284,9 +285,7 @@ class TiffSlide(Slide):
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if count == 0:
             raise SlideError(f"{self.path}: tile {index} of level {level} is missing from the file")
-        data = os.pread(self._fd, count, offset)
-        if len(data) < count:
-            raise SlideError(f"{self.path}: tile {index} of level {level} is cut short (truncated file?)")
+        data = os.pread(self._fd, count, offset)  # whole: the file was checked for truncation at open
         try:
             decoded, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:
@@ -349,7 +348,7 @@ class TiffSlide(Slide):
 class OpenSlideSlide(Slide):
     backend = "openslide"
 
-    def __init__(self, path, workers: int | None = None):
+    def __init__(self, path):
         try:
             self._osr = self._open(path)
         except Exception as e:
@@ -358,7 +357,6 @@ class OpenSlideSlide(Slide):
         mpp = None
         if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
             mpp = plausible_mpp(float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"]), "openslide.mpp")
-        self._workers = workers or os.cpu_count() or 1
         super().__init__(path, self._osr.level_dimensions, mpp)
         self.level_downsamples = tuple(self._osr.level_downsamples)
 
@@ -377,11 +375,6 @@ class OpenSlideSlide(Slide):
             self._osr = self._open(self.path)
             raise SlideError(f"{self.path}: OpenSlide failed reading {w}x{h} at ({x}, {y}) level {level} ({e})") from e
         return _rgba_on_white(np.asarray(img))
-
-    def read_regions(self, locations, level, size):
-        # OpenSlide is thread-safe and releases the GIL while decoding.
-        with ThreadPoolExecutor(self._workers) as pool:
-            return np.stack(list(pool.map(lambda loc: self.read_region(loc, level, size), locations)))
 
     def close(self):
         self._osr.close()

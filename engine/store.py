@@ -43,14 +43,16 @@ class Codec:
     name: str = "zstd"  # zstd | lz4 | none
     level: int = -1
 
+    def __post_init__(self):
+        if self.name not in ("zstd", "lz4", "none"):
+            raise StoreError(f"unknown codec {self.name!r}; choose zstd, lz4 or none")
+
     def compressors(self):
         if self.name == "zstd":
             return [ZstdCodec(level=self.level)]
         if self.name == "lz4":
             return [BloscCodec(cname="lz4", clevel=max(1, self.level), shuffle="noshuffle")]
-        if self.name == "none":
-            return None
-        raise StoreError(f"unknown codec {self.name!r}; choose zstd, lz4 or none")
+        return None
 
     def encoder(self):
         """bytes -> bytes for one chunk, the same format `compressors` declares (numcodecs is
@@ -59,9 +61,7 @@ class Codec:
             return numcodecs.Zstd(level=self.level).encode
         if self.name == "lz4":
             return numcodecs.Blosc(cname="lz4", clevel=max(1, self.level), shuffle=numcodecs.Blosc.NOSHUFFLE).encode
-        if self.name == "none":
-            return bytes
-        raise StoreError(f"unknown codec {self.name!r}; choose zstd, lz4 or none")
+        return bytes
 
 
 def _diff(a: dict, b: dict) -> str:

@@ -6,6 +6,7 @@
         coords  int64 (N, 2)         level-0 x, y of the top-left corner
         tissue  float32 (N,)         tissue fraction of the patch
         mask    uint8 (h, w)         tissue mask at thumbnail scale; attrs: downsample
+        embeddings float32 (N, D)    added later by engine.embed; attrs: model, revision, ..., status
 
 A slide group becomes "complete" only after all of it is flushed; readers see complete groups only,
 and a resumed run deletes and redoes the rest.
@@ -147,6 +148,40 @@ class PatchStore:
 
     def attrs(self, slide_id: str) -> dict:
         return dict(self._slides()[slide_id].attrs)
+
+    def embeddings_attrs(self, slide_id: str) -> dict | None:
+        """The attributes of the slide's finished embeddings, or None where there are none (or an
+        interrupted write left them unfinished)."""
+        g = self.slide(slide_id)
+        if "embeddings" not in g:
+            return None
+        attrs = dict(g["embeddings"].attrs)
+        return attrs if attrs.get("status") == COMPLETE else None
+
+    def embeddings(self, slide_id: str) -> np.ndarray:
+        """(N, D) float32, row i for patch i of the slide."""
+        if self.embeddings_attrs(slide_id) is None:
+            raise StoreError(f"{self.path}: slide {slide_id!r} has no embeddings; run python -m engine.embed --store {self.path}")
+        return self.slide(slide_id)["embeddings"][:]
+
+    def write_embeddings(self, slide_id: str, embeddings: np.ndarray, attrs: dict) -> None:
+        """Replace the slide's embeddings: one row per patch, finite. Marked complete last, so an
+        interrupted write is redone, and the slide's patches are never touched."""
+        g = self.slide(slide_id)
+        emb = np.asarray(embeddings)
+        n = int(g.attrs["n_patches"])
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise StoreError(f"{self.path}: slide {slide_id!r} has {n} patches but got embeddings of shape {emb.shape}")
+        if not np.isfinite(emb).all():
+            raise StoreError(f"{self.path}: slide {slide_id!r}: embeddings contain NaN or inf; not written")
+        if "embeddings" in g:
+            del g["embeddings"]
+        rows = max(1, min(n, 65536 // max(1, emb.shape[1]) * 16))  # about 4 MiB a chunk
+        a = g.create_array("embeddings", shape=emb.shape, chunks=(rows, emb.shape[1]), dtype="float32", fill_value=0.0)
+        a.attrs.update(_jsonable({**attrs, "status": WRITING}))
+        if n:
+            a[:] = emb.astype(np.float32, copy=False)
+        a.attrs["status"] = COMPLETE
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -1,0 +1,299 @@
+"""Path Foundation embeddings for every complete slide of a patch store.
+
+    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR]
+
+Each slide group gets `embeddings` float32 (N, 384), row i for patch i, computed on 224 px inputs
+resized from the stored patches (engine.pipeline, antialiased bilinear, [0, 1]). Per slide: the
+data path (store reads, resize) runs on a background thread while TensorFlow runs the model, and
+the slide's embeddings are written at once and marked complete last, so a killed run redoes only
+the slide it was in. A slide that already has embeddings from the same model is skipped.
+
+TensorFlow is imported here only, when a model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.pipeline import BACKENDS, EMBED, PipelineError, make_resizer, store_batches
+from engine.store import PatchStore, StoreError
+
+log = logging.getLogger("engine.embed")
+
+DEFAULT_MODEL = "google/path-foundation"
+WIDTH = 384
+
+
+class EmbedError(Exception):
+    """A model or an input that cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    model: str = DEFAULT_MODEL  # a SavedModel directory or a Hugging Face repo id
+    revision: str | None = None  # hub revision (branch, tag or commit); None = main
+    batch_size: int = 64
+    pipeline: str = "auto"  # auto | dali-gpu | dali-cpu | torch
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # store-read threads
+    overwrite: bool = False  # recompute slides that already have this model's embeddings
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A loaded SavedModel whose serving signature matches Path Foundation's."""
+
+    fn: object  # the concrete serving function
+    input_name: str
+    id: str  # what the user asked for: a repo id or the directory
+    revision: str  # the hub commit, or a content hash of a local directory
+    input_size: int = 224
+    width: int = WIDTH
+
+    def __call__(self, x) -> np.ndarray:
+        """float32 (n, 224, 224, 3) in [0, 1] -> float32 (n, 384); refuses non-finite in or out."""
+        import tensorflow as tf
+
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+        if not np.isfinite(x).all():
+            raise EmbedError("input batch contains NaN or inf; the patches or the pipeline are broken")
+        y = self.fn(**{self.input_name: tf.constant(x, tf.float32)})["output_0"].numpy()
+        if y.shape != (len(x), self.width):
+            raise EmbedError(f"{self.id}: model returned shape {y.shape} for {len(x)} inputs, expected ({len(x)}, {self.width})")
+        if not np.isfinite(y).all():
+            raise EmbedError(f"{self.id}: model returned NaN or inf embeddings")
+        return y.astype(np.float32, copy=False)
+
+    def attrs(self) -> dict:
+        return {"model": self.id, "revision": self.revision, "input_size": self.input_size,
+                "resize": EMBED.method, "value_range": [0.0, 1.0], "width": self.width}
+
+
+def _dir_hash(path: Path) -> str:
+    """A content hash of a SavedModel directory (graph and variables): what 'revision' means for a
+    local model, so embeddings from a changed model are never mistaken for current ones."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def download(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """The model's snapshot folder, downloaded once into the Hugging Face cache with the user's
+    token (HF_TOKEN or the cached login)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    page = f"https://huggingface.co/{repo_id}"
+    try:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, token=token))
+    except GatedRepoError as e:
+        raise EmbedError(f"{repo_id} is gated: accept its terms on {page} while logged in, then set HF_TOKEN "
+                         f"(or run `hf auth login`); or pass --model DIR with a downloaded copy") from e
+    except RepositoryNotFoundError as e:
+        raise EmbedError(f"{repo_id}: not found on the Hugging Face Hub, or not visible without a token; check the id, "
+                         f"set HF_TOKEN after accepting the terms on {page}, or pass --model DIR") from e
+    except RevisionNotFoundError as e:
+        raise EmbedError(f"{repo_id}: no revision {revision!r}; leave out --revision or name an existing one") from e
+    except LocalEntryNotFoundError as e:
+        raise EmbedError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not in the local cache; "
+                         f"download it where there is network (accept the terms on {page}, set HF_TOKEN) "
+                         f"and pass --model DIR, or run this online once") from e
+    except OSError as e:  # connection errors and other I/O failures the hub client surfaces
+        raise EmbedError(f"{repo_id}: download failed ({e}); pass --model DIR with a downloaded copy") from e
+
+
+def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str | None = None) -> Model:
+    """A local SavedModel directory or a hub repo id; the serving signature must be Path
+    Foundation's: one float32 (N, 224, 224, 3) input, `output_0` of width 384."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EmbedError(f"{path}: --model must be a SavedModel directory (with saved_model.pb), not a file")
+        model_id, rev = str(path.resolve()), None
+    elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.parent.is_dir():
+        model_id, path = ref, download(ref, revision, token)
+        rev = path.name  # snapshots/<commit>
+    else:
+        raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name); pass --model DIR or a repo id")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if not tf.saved_model.contains_saved_model(str(path)):
+        raise EmbedError(f"{path}: not a TensorFlow SavedModel (no saved_model.pb); point --model at the model's folder")
+    for gpu in tf.config.list_physical_devices("GPU"):  # share the GPU with the DALI pipeline
+        tf.config.experimental.set_memory_growth(gpu, True)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:
+        raise EmbedError(f"{path}: TensorFlow cannot load this SavedModel ({type(e).__name__}: {e})") from e
+    sigs = dict(loaded.signatures)
+    if "serving_default" not in sigs:
+        raise EmbedError(f"{path}: no serving_default signature (has: {', '.join(sigs) or 'none'}); not a Path Foundation export")
+    fn = sigs["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    specs = list(kwargs.items())
+    want = f"one float32 input of shape [N, {EMBED.size}, {EMBED.size}, 3]"
+    if len(specs) != 1:
+        raise EmbedError(f"{path}: serving_default takes {len(specs)} inputs; Path Foundation takes {want}")
+    name, spec = specs[0]
+    shape = spec.shape.as_list() if spec.shape.rank is not None else None
+    if spec.dtype != tf.float32 or shape is None or len(shape) != 4 or shape[1:] != [EMBED.size, EMBED.size, 3]:
+        raise EmbedError(f"{path}: serving_default takes {spec.dtype.name} {shape}; Path Foundation takes {want}")
+    outputs = fn.structured_outputs
+    if "output_0" not in outputs:
+        raise EmbedError(f"{path}: serving_default returns {', '.join(outputs)}, not output_0; not a Path Foundation export")
+    model = Model(fn, name, model_id, rev or _dir_hash(path))
+    probe = fn(**{name: tf.zeros((2, EMBED.size, EMBED.size, 3), tf.float32)})["output_0"]
+    if tuple(probe.shape) != (2, WIDTH):
+        raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {WIDTH}; not Path Foundation")
+    return model
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one message each
+    n_patches: int = 0
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        rate = self.n_patches / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"slides: {len(self.done)} embedded, {len(self.failed)} failed, {len(self.skipped)} skipped (already embedded)",
+                 f"patches: {self.n_patches} in {self.seconds:.1f} s ({rate:.1f} patches/s)"]
+        return "\n".join(lines + [f"failed: {m}" for m in self.failed])
+
+
+def _prefetched(it, depth: int):
+    """Run the iterator on a background thread, `depth` items ahead; its errors surface here."""
+    q: queue.Queue = queue.Queue(depth)
+    end, stop = object(), threading.Event()
+
+    def fill():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(end)
+        except BaseException as e:  # handed over to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=fill, name="embed-data", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
+    have = store.embeddings_attrs(sid)
+    want = model.attrs()
+    return have is not None and all(have.get(k) == v for k, v in want.items())
+
+
+def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | None = None,
+                show_progress: bool | None = None) -> Summary:
+    """Embed every complete slide of the store that lacks this model's embeddings. Raises
+    StoreError/EmbedError only for problems that stop the whole run."""
+    from tqdm import tqdm
+
+    store = PatchStore.open(store_path)
+    ids = store.slide_ids()
+    if not ids:
+        raise StoreError(f"{store.path}: no complete slides to embed; tile slides into it first (python -m engine.tile)")
+    model = model or load_model(cfg.model, cfg.revision)
+    todo = [s for s in ids if cfg.overwrite or not _up_to_date(store, s, model)]
+    summary = Summary(skipped=[s for s in ids if s not in todo])
+    resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
+    log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(summary.skipped))
+    total = sum(int(store.slide(s).attrs["n_patches"]) for s in todo)
+    disable = None if show_progress is None else not show_progress
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="patch", desc="embed", disable=disable) as bar:
+        for sid in todo:
+            n = int(store.slide(sid).attrs["n_patches"])
+            try:
+                out = np.zeros((n, model.width), np.float32)
+                batches = ((start, resize(images)) for _, start, images in store_batches(store, [sid], cfg.batch_size, cfg.workers))
+                for start, x in _prefetched(batches, depth=2):
+                    out[start : start + len(x)] = model(x)
+                    bar.update(len(x))
+                store.write_embeddings(sid, out, model.attrs())
+            except (EmbedError, StoreError, OSError, ValueError) as e:
+                msg = f"{store.path}: slide {sid}: {e}"
+                log.error("%s", msg)
+                summary.failed.append(msg)
+                continue
+            summary.done.append(sid)
+            summary.n_patches += n
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = EmbedConfig()
+    p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", required=True, type=Path, help="patch store made by python -m engine.tile")
+    p.add_argument("--model", default=d.model, help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
+    p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--pipeline", choices=BACKENDS, default=d.pipeline, help="resize backend (default: DALI, GPU if present)")
+    p.add_argument("--workers", type=int, default=d.workers, help="threads reading the store")
+    p.add_argument("--overwrite", action="store_true", help="recompute embeddings that are already there")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if a.batch_size < 1:
+        log.error("--batch-size must be at least 1")
+        return 2
+    cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite)
+    try:
+        summary = embed_store(a.store, cfg, show_progress=False if a.quiet else None)
+    except (StoreError, EmbedError, PipelineError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: slides already embedded are kept; run the same command again to resume")
+        return 130
+    print(summary.text())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

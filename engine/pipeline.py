@@ -1,0 +1,216 @@
+"""The data path from a patch store to model input: read batches of patches in parallel, resize
+with antialiasing, augment, normalise, lay out.
+
+One `Transform` (data) describes the output; three interchangeable backends produce it:
+`dali-gpu` (DALI operators on the GPU), `dali-cpu` (DALI with `device_id=None`) and `torch` (the
+fallback where DALI cannot be imported). They agree within `TOLERANCE`: the resize is an
+antialiased bilinear (triangle filter widened by the downscale factor) with edge pixels
+replicated, which is what DALI computes; the torch backend pads by replication so that PyTorch's
+antialiased bilinear sees the same borders.
+
+    from engine.pipeline import Transform, make_resizer, store_batches
+    resize = make_resizer(Transform(size=224))
+    for sid, start, images in store_batches(store, store.slide_ids(), batch_size=64):
+        x = resize(images)   # torch float32 (n, 224, 224, 3) in [0, 1]
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.prefetch import ordered_map
+
+BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
+TOLERANCE = 1e-4  # max abs difference between backends on [0, 1] outputs (measured: 7e-6)
+
+
+class PipelineError(Exception):
+    """A backend that cannot run here; the message says what to choose instead."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What a model gets from 0..255 RGB patches: out = (resize(x) / 255 - mean) / std."""
+
+    size: int = 224  # output side in pixels (patches are square)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (0.5,)*3 with mean (0.5,)*3 gives [-1, 1]
+    layout: str = "NHWC"  # or NCHW
+    flip: bool = False  # random horizontal mirror
+    rot90: bool = False  # random multiple of 90 degrees; with flip, all 8 symmetries of a square
+
+    def __post_init__(self):
+        if self.layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout must be NHWC or NCHW, not {self.layout!r}")
+        if self.size < 1:
+            raise ValueError(f"size must be positive, not {self.size}")
+
+    @property
+    def method(self) -> str:
+        """How the pixels were resized, as recorded next to what was computed from them."""
+        return "bilinear, antialiased, edges replicated"
+
+
+EMBED = Transform(size=224)  # Path Foundation: 224 px, float32 NHWC in [0, 1]
+
+
+def _dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    from engine.slide import cuda_available
+
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown pipeline backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if not _dali_available():
+            return "torch"
+        return "dali-gpu" if cuda_available() else "dali-cpu"
+    if backend.startswith("dali") and not _dali_available():
+        raise PipelineError(f"backend {backend} needs DALI (pip install nvidia-dali-cuda130); use --pipeline torch")
+    if backend == "dali-gpu" and not cuda_available():
+        raise PipelineError("backend dali-gpu needs a CUDA device; use --pipeline dali-cpu or torch")
+    return backend
+
+
+class Resizer:
+    """Call with a uint8 (n, H, W, 3) batch; returns a float32 torch tensor laid out as asked
+    (on the GPU for dali-gpu, else on the CPU). Augmentation draws from a generator seeded once,
+    so a run is reproducible batch for batch."""
+
+    backend: str
+
+    def __init__(self, transform: Transform, max_batch: int, seed: int):
+        self.t, self.max_batch, self.seed = transform, max_batch, seed
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        images = np.ascontiguousarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"expected uint8 (n, P, P, 3) patches, got {images.dtype} {images.shape}")
+        if len(images) > self.max_batch:
+            return torch.cat([self(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)])
+        return self._run(images)
+
+    def _run(self, images: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _pad_for(n: int, m: int) -> tuple[int, int]:
+    """(p, q): replicate-pad n input pixels by p per side and resize to m + 2q, then crop q: the
+    pixel grid of n -> m is unchanged (p/q = n/m exactly), and no filter reaches past the pad."""
+    g = math.gcd(n, m)
+    a, b = n // g, m // g
+    reach = math.ceil(max(n / m, 1.0)) + 1  # the triangle filter's radius in input pixels
+    k = math.ceil(reach / a)
+    return k * a, k * b
+
+
+class TorchResizer(Resizer):
+    backend = "torch"
+
+    def __init__(self, transform: Transform, max_batch: int, seed: int):
+        super().__init__(transform, max_batch, seed)
+        self._gen = torch.Generator().manual_seed(seed)
+        self._mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+
+    def _run(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        n, m = x.shape[-1], self.t.size
+        if n != m:
+            p, q = _pad_for(n, m)
+            x = F.pad(x, (p, p, p, p), mode="replicate")
+            x = F.interpolate(x, size=(m + 2 * q, m + 2 * q), mode="bilinear", antialias=True, align_corners=False)
+            x = x[..., q : q + m, q : q + m]
+        if self.t.rot90 or self.t.flip:
+            k = torch.randint(0, 4, (len(x),), generator=self._gen) if self.t.rot90 else torch.zeros(len(x), dtype=torch.long)
+            f = torch.randint(0, 2, (len(x),), generator=self._gen) if self.t.flip else torch.zeros(len(x), dtype=torch.long)
+            # rot90 counter-clockwise, then mirror left-right: what DALI's rotate + mirror do
+            x = torch.stack([xi.rot90(int(ki), (1, 2)).flip(2) if fi else xi.rot90(int(ki), (1, 2)) for xi, ki, fi in zip(x, k, f)])
+        x = (x - self._mean) / self._std
+        return x.contiguous() if self.t.layout == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
+
+
+class DaliResizer(Resizer):
+    """A DALI pipeline fed through `fn.external_source`, one batch per call."""
+
+    def __init__(self, transform: Transform, max_batch: int, seed: int, device_id: int | None, threads: int):
+        super().__init__(transform, max_batch, seed)
+        self.device_id, self.threads = device_id, threads
+        self.backend = "dali-cpu" if device_id is None else "dali-gpu"
+
+    @cached_property
+    def _pipe(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        t, gpu = self.t, self.device_id is not None
+
+        @pipeline_def(batch_size=self.max_batch, num_threads=self.threads, device_id=self.device_id, seed=self.seed,
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        def pipe():
+            x = fn.external_source(name="patches", layout="HWC", dtype=types.UINT8, no_copy=False)
+            if gpu:
+                x = x.gpu()
+            x = fn.resize(x, resize_x=t.size, resize_y=t.size, interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+            if t.rot90:
+                k = fn.cast(fn.random.choice(4), dtype=types.FLOAT)
+                x = fn.rotate(x, angle=k * 90.0, keep_size=True, interp_type=types.INTERP_NN)
+            mirror = fn.random.coin_flip() if t.flip else 0
+            return fn.crop_mirror_normalize(
+                x, dtype=types.FLOAT, mean=[v * 255 for v in t.mean], std=[v * 255 for v in t.std],
+                mirror=mirror, output_layout="CHW" if t.layout == "NCHW" else "HWC",
+            )
+
+        p = pipe()
+        p.build()
+        return p
+
+    def _run(self, images: np.ndarray) -> torch.Tensor:
+        self._pipe.feed_input("patches", list(images))
+        (out,) = self._pipe.run()
+        if self.device_id is None:
+            return torch.from_numpy(np.array(out.as_tensor()))
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = out.as_tensor()
+        y = torch.empty(dense.shape(), dtype=torch.float32, device=f"cuda:{self.device_id}")
+        feed_ndarray(dense, y, cuda_stream=torch.cuda.current_stream(self.device_id))
+        return y
+
+
+def make_resizer(transform: Transform = EMBED, backend: str = "auto", max_batch: int = 64, seed: int = 0,
+                 device_id: int = 0, threads: int | None = None) -> Resizer:
+    backend = resolve_backend(backend)
+    if backend == "torch":
+        return TorchResizer(transform, max_batch, seed)
+    threads = threads or os.cpu_count() or 1
+    return DaliResizer(transform, max_batch, seed, device_id if backend == "dali-gpu" else None, threads)
+
+
+def store_batches(store, slide_ids: list[str], batch_size: int = 64, workers: int = 4,
+                  ) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(slide_id, first patch index, uint8 (n, P, P, 3)) in slide and patch order; batches are read
+    and decompressed on `workers` threads (zarr's codecs release the GIL), at most 2 x workers ahead."""
+    jobs = [(sid, i, min(i + batch_size, n)) for sid in slide_ids
+            for n in [int(store.slide(sid)["images"].shape[0])] for i in range(0, n, batch_size)]
+    arrays = {sid: store.slide(sid)["images"] for sid in slide_ids}
+
+    def read(job):
+        sid, a, b = job
+        return sid, a, arrays[sid][a:b]
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="store-read") as pool:
+        yield from ordered_map(pool, read, jobs, 2 * max(1, workers))

@@ -1,0 +1,85 @@
+"""TensorFlow SavedModels with Path Foundation's serving interface and random weights.
+
+Path Foundation is gated on the Hugging Face Hub and cannot be downloaded everywhere; these models
+let the demo, the tests and the benchmarks run the real loading and inference path:
+`tf.saved_model.load(dir).signatures["serving_default"]`, input float32 (N, 224, 224, 3) in
+[0, 1], output `{"output_0": (N, 384)}`. `vit-s16` costs what the real model (a ViT-S/16) costs
+per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
+
+    python -m engine.standin_model OUT_DIR [--arch vit-s16|tiny]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ARCHS = ("tiny", "vit-s16")
+
+
+def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: int = 224, output_key: str = "output_0",
+                 nan: bool = False, seed: int = 0) -> Path:
+    import tensorflow as tf
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose {', '.join(ARCHS)}")
+    g = tf.random.Generator.from_seed(seed)
+    var = lambda *shape, scale=0.02: tf.Variable(g.normal(shape) * scale)  # noqa: E731
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            if arch == "tiny":
+                self.conv = var(8, 8, 3, 32, scale=0.1)
+                self.head = var(32, width, scale=0.3)
+            else:  # ViT-S/16: 384 wide, 12 blocks, 6 heads, MLP 1536, mean-pooled tokens
+                d, tokens = 384, (input_size // 16) ** 2
+                self.patch = var(16, 16, 3, d)
+                self.pos = var(1, tokens, d)
+                self.blocks = [dict(qkv=var(d, 3 * d), proj=var(d, d), fc1=var(d, 4 * d), fc2=var(4 * d, d)) for _ in range(12)]
+                self.head = var(d, width)
+
+        def _forward(self, x):
+            if arch == "tiny":
+                h = tf.nn.relu(tf.nn.conv2d(x, self.conv, 8, "VALID"))
+                return tf.reduce_mean(h, axis=(1, 2)) @ self.head
+            h = tf.nn.conv2d(x, self.patch, 16, "VALID")
+            n = tf.shape(h)[0]
+            h = tf.reshape(h, (n, -1, 384)) + self.pos
+            norm = lambda t: (t - tf.reduce_mean(t, -1, keepdims=True)) * tf.math.rsqrt(tf.math.reduce_variance(t, -1, keepdims=True) + 1e-6)  # noqa: E731
+            for b in self.blocks:
+                q, k, v = tf.split(tf.reshape(norm(h) @ b["qkv"], (n, -1, 3 * 6, 64)), 3, axis=2)
+                a = tf.nn.softmax(tf.einsum("nqhd,nkhd->nhqk", q, k) / 8.0)
+                h = h + tf.reshape(tf.einsum("nhqk,nkhd->nqhd", a, v), (n, -1, 384)) @ b["proj"]
+                h = h + tf.nn.gelu(norm(h) @ b["fc1"]) @ b["fc2"]
+            return norm(tf.reduce_mean(h, axis=1)) @ self.head
+
+        @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
+        def serve(self, x):
+            y = self._forward(x)
+            if nan:
+                y = y * float("nan")
+            return {output_key: y}
+
+    m = Model()
+    out = Path(out)
+    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve.get_concrete_function()})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.standin_model", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--arch", choices=ARCHS, default="vit-s16")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    save_standin(a.out, a.arch, seed=a.seed)
+    print(f"stand-in model with Path Foundation's interface (random weights, {a.arch}): {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

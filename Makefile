@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO ?= demo
+# The demo embeds with a stand-in that has Path Foundation's interface (random weights): the real
+# model is gated. With access: make demo MODEL=google/path-foundation (and HF_TOKEN set).
+MODEL ?= $(DEMO)/standin-model
 
 .PHONY: install demo test bench clean
 
@@ -20,7 +23,9 @@ install: $(STAMP)
 demo: install
 	$(PY) -m engine.synth --demo $(DEMO)/slides
 	$(PY) -m engine.tile --slides $(DEMO)/slides --out $(DEMO)/patches.zarr --quiet
-	@echo "patch store: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
+	test "$(MODEL)" != "$(DEMO)/standin-model" || test -d $(MODEL) || $(PY) -m engine.standin_model $(MODEL)
+	$(PY) -m engine.embed --store $(DEMO)/patches.zarr --model $(MODEL) --quiet
+	@echo "patch store with embeddings: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
 
 test: install
 	$(PY) -m pytest -q

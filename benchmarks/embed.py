@@ -1,0 +1,98 @@
+"""Embedding throughput: patches/s of `engine.embed` end to end against the model alone (the
+ceiling: inputs already resized, in memory), and of the data path alone (store reads + resize) for
+each pipeline backend. Goal: end to end >= 0.9 of model-only; the data path faster than the model.
+
+The model is the ViT-S/16 stand-in with Path Foundation's interface (engine.standin_model): the
+real one is gated and not downloadable here, and costs the same per patch.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import report
+from benchmarks.tiling import make_slide
+from engine.embed import EmbedConfig, embed_store, load_model
+from engine.pipeline import EMBED, make_resizer, store_batches
+from engine.slide import cuda_available
+from engine.standin_model import save_standin
+from engine.store import PatchStore
+from engine.tile import TileConfig, tile_slides
+
+
+def make_store(work: Path, size: int) -> Path:
+    out = work / f"embed-{size}.zarr"
+    if not out.exists():
+        slide = make_slide(work, size)
+        tile_slides(slide.parent, out, TileConfig(qa=False), show_progress=False)
+    return out
+
+
+def data_path(store: PatchStore, backend: str, batch: int) -> tuple[float, int]:
+    resize = make_resizer(EMBED, backend, max_batch=batch)
+    t0, n = time.perf_counter(), 0
+    for _, _, images in store_batches(store, store.slide_ids(), batch):
+        n += len(resize(images))
+    return time.perf_counter() - t0, n
+
+
+def model_only(model, n: int, batch: int) -> float:
+    x = np.random.default_rng(0).random((batch, 224, 224, 3), dtype=np.float32)
+    model(x)  # warm-up: graph and thread pools
+    t0, done = time.perf_counter(), 0
+    while done < n:
+        done += len(model(x[: min(batch, n - done)]))
+    return time.perf_counter() - t0
+
+
+def main(argv, work: Path, out: Path) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks embed")
+    p.add_argument("--size", type=int, default=8192, help="side of the slide the store is tiled from")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (the best counts)")
+    a = p.parse_args(argv)
+    work.mkdir(parents=True, exist_ok=True)
+    path = make_store(work, a.size)
+    store = PatchStore.open(path)
+    model_dir = work / "standin-vit-s16"
+    if not model_dir.exists():
+        save_standin(model_dir.with_suffix(".tmp"), arch="vit-s16")
+        model_dir.with_suffix(".tmp").rename(model_dir)
+    model = load_model(str(model_dir))
+
+    rows, rates = [], {}
+    backends = ["dali-cpu", "torch"] + (["dali-gpu"] if cuda_available() else [])
+    data_path(store, "dali-cpu", a.batch_size)  # warm-up: the store into the page cache
+    for be in backends:
+        seconds, n = min(data_path(store, be, a.batch_size) for _ in range(a.repeats))
+        rates[be] = n / seconds
+        rows.append({"name": f"data path: store reads + resize ({be})", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+    n = sum(int(store.attrs(s)["n_patches"]) for s in store.slide_ids())
+    seconds = min(model_only(model, n, a.batch_size) for _ in range(a.repeats))
+    rates["model"] = n / seconds
+    rows.append({"name": "model only (ceiling): resized inputs in memory", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+    best = float("inf")
+    for _ in range(a.repeats):
+        copy = work / "embed-run.zarr"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(path, copy)
+        t0 = time.perf_counter()
+        summary = embed_store(copy, EmbedConfig(model=str(model_dir), batch_size=a.batch_size), model=model, show_progress=False)
+        best = min(best, time.perf_counter() - t0)
+        assert summary.n_patches == n and not summary.failed, summary.text()
+    rates["end"] = n / best
+    rows.append({"name": "engine.embed end to end (pipeline auto, writes included)", "patches": n, "seconds": best, "patches/s": n / best})
+    for r in rows:
+        r["of model-only"] = r["patches/s"] / rates["model"]
+    extra = {
+        "store": f"{path.name}: {n} patches of 512 px",
+        "model": "ViT-S/16 stand-in with Path Foundation's interface (random weights)",
+        "goal end to end / model-only >= 0.9": rates["end"] / rates["model"],
+        "slowest data path / model-only (> 1: never the bottleneck)": min(rates[b] for b in backends) / rates["model"],
+    }
+    print(report.write(out, "embed", rows, extra))
+    return 0

@@ -28,6 +28,17 @@ def slide_ids(paths: list[Path], root: Path) -> dict[Path, str]:
     return ids
 
 
+def match_names(names, paths: list[Path], root: Path) -> dict[str, list[Path]]:
+    """The files each slide name may refer to: its file name, stem, path relative to `root`, or
+    id in a store (`slide_ids`). More than one file means the name is ambiguous."""
+    ids = slide_ids(paths, root)
+    index: dict[str, set[Path]] = {}
+    for p in paths:
+        for key in (p.name, p.stem, p.relative_to(root).as_posix(), ids[p]):
+            index.setdefault(key, set()).add(p)
+    return {n: sorted(index.get(n, ())) for n in names}
+
+
 def fingerprint(path: Path, span: int = 1 << 20) -> str:
     """Size plus a hash of the first and last MiB: cheap on 3 GB slides, and changes when a file
     is replaced or re-copied incompletely."""

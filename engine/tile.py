@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import sys
 import time
 import traceback
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from engine.check import CheckParams, check_patches
 from engine.discover import SLIDE_SUFFIXES, find_slides, fingerprint, slide_ids
 from engine.mask import MaskParams, tissue_mask
 from engine.memory import reuse_freed_memory
+from engine.prefetch import ordered_map
 from engine.plan import PlanParams, plan_tiles
 from engine.qa import qa_picture
 from engine.slide import BACKENDS, Slide, SlideError, open_slide
@@ -68,8 +69,8 @@ class Geometry:
     downsample: float  # level-0 pixels per output pixel
 
 
-def geometry(slide: Slide, cfg: TileConfig) -> tuple[Geometry, dict]:
-    """The read geometry and the MPP provenance recorded in the store."""
+def mpp_info(slide: Slide, cfg: TileConfig) -> dict:
+    """The slide's MPP and where it came from, recorded in the store."""
     mpp = slide.mpp
     if cfg.assume_mpp is not None:
         mpp_x = mpp_y = cfg.assume_mpp
@@ -79,7 +80,13 @@ def geometry(slide: Slide, cfg: TileConfig) -> tuple[Geometry, dict]:
     else:
         mpp_x = mpp_y = None
         source = "missing"
-    info = {"mpp_x": mpp_x, "mpp_y": mpp_y, "mpp_source": source}
+    return {"mpp_x": mpp_x, "mpp_y": mpp_y, "mpp_source": source}
+
+
+def geometry(slide: Slide, cfg: TileConfig) -> tuple[Geometry, dict]:
+    """The read geometry and the MPP provenance recorded in the store."""
+    info = mpp_info(slide, cfg)
+    mpp_x, mpp_y = info["mpp_x"], info["mpp_y"]
     size = cfg.plan.patch_size
     stride = cfg.plan.stride or size
     if cfg.mpp is None:
@@ -90,6 +97,22 @@ def geometry(slide: Slide, cfg: TileConfig) -> tuple[Geometry, dict]:
     level = slide.best_level_for_downsample(ds)
     read = round(size * ds / slide.level_downsamples[level])
     return Geometry(level, read, round(size * ds), round(stride * ds), ds), info
+
+
+@dataclass(frozen=True)
+class GivenPatches:
+    """Patches to read as they are, instead of planning them: `read_size` px at `level` from each
+    level-0 top-left corner in `coords` (N, 2)."""
+
+    coords: np.ndarray
+    level: int
+    read_size: int
+
+    def geometry(self, slide: Slide, patch_size: int) -> Geometry:
+        if not 0 <= self.level < slide.level_count:
+            raise SlideError(f"{slide.path}: has no pyramid level {self.level} (levels 0..{slide.level_count - 1})")
+        tile0 = round(self.read_size * slide.level_downsamples[self.level])
+        return Geometry(self.level, self.read_size, tile0, tile0, tile0 / patch_size)
 
 
 @dataclass
@@ -161,17 +184,27 @@ def read_batch(slide: Slide, coords: np.ndarray, geom: Geometry, patch_size: int
 
 
 def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, provenance: dict,
-               qa_dir: Path | None = None, progress=None) -> int:
-    """Tile one open slide into its group of `store`; returns the number of patches written."""
-    geom, mpp_info = geometry(slide, cfg)
+               qa_dir: Path | None = None, progress=None, given: GivenPatches | None = None) -> np.ndarray:
+    """Tile one open slide into its group of `store`; returns the indices, among the patches
+    planned (or given), of those written, in order.
+
+    With `given`, exactly those patches are read and every readable one is kept whatever its
+    tissue, so that they stay matched to what the caller holds for them (imported embeddings)."""
+    if given is None:
+        geom, info = geometry(slide, cfg)
+    else:
+        geom, info = given.geometry(slide, cfg.plan.patch_size), mpp_info(slide, cfg)
     thumb = slide.thumbnail(cfg.mask_downsample)
     mres = tissue_mask(thumb, cfg.mask)
-    coords, _ = plan_tiles(mres.mask, slide.dimensions, geom.tile0, geom.stride0, cfg.plan.min_tissue)
+    if given is None:
+        coords, _ = plan_tiles(mres.mask, slide.dimensions, geom.tile0, geom.stride0, cfg.plan.min_tissue)
+    else:
+        coords = np.asarray(given.coords, np.int64).reshape(-1, 2)
     attrs = {
         **provenance,
         "backend": slide.backend,
         "size": list(slide.dimensions),
-        **mpp_info,
+        **info,
         "level": geom.level,
         "downsample": geom.downsample,
         "read_size": geom.read_size,
@@ -183,58 +216,88 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
         "n_candidates": int(len(coords)),
     }
     writer = store.begin_slide(slide_id, attrs, capacity=len(coords), codec=cfg.codec)
-    batches = [coords[i : i + cfg.batch_size] for i in range(0, len(coords), cfg.batch_size)]
     kept, rejected, failed = [], [], []
 
-    def work(batch):
-        patches, ok, errors = read_batch(slide, batch, geom, cfg.plan.patch_size)
+    def work(start):
+        idx = np.arange(start, min(start + cfg.batch_size, len(coords)))
+        patches, ok, errors = read_batch(slide, coords[idx], geom, cfg.plan.patch_size)
         fractions, keep = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
-        keep &= ok
-        return batch, writer.encode(patches[keep]), fractions, keep, ok, errors
+        keep = ok if given is not None else keep & ok
+        return idx, writer.encode(patches[keep]), fractions, keep, ok, errors
 
     # Batches are read, checked and compressed on worker threads (decoders, the native check and
     # the codec release the GIL) while this thread writes finished ones in order as whole shards;
-    # the deque bounds what is in flight.
+    # at most 2 x workers batches are in flight.
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="read") as pool:
-        pending: deque = deque()
-        it = iter(batches)
-        for b in it:
-            pending.append(pool.submit(work, b))
-            if len(pending) >= 2 * cfg.workers:
-                break
-        while pending:
-            batch, encoded, fractions, keep, ok, errors = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(work, nxt))
-            writer.append(encoded, batch[keep], fractions[keep])
-            kept.append(batch[keep])
-            rejected.append(batch[ok & ~keep])
+        for idx, encoded, fractions, keep, ok, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size), 2 * cfg.workers):
+            writer.append(encoded, coords[idx[keep]], fractions[keep])
+            kept.append(idx[keep])
+            rejected.append(idx[ok & ~keep])
             failed += errors
             if progress is not None:
-                progress.update(len(batch))
-    n = writer.finish(
+                progress.update(len(idx))
+    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    rejected = np.concatenate(rejected) if rejected else np.zeros(0, np.int64)
+    writer.finish(
         mres.mask,
         {"downsample": [slide.dimensions[0] / mres.mask.shape[1], slide.dimensions[1] / mres.mask.shape[0]], "params": dataclasses.asdict(cfg.mask)},
-        {"n_rejected": int(sum(len(r) for r in rejected)), "n_failed": len(failed), "failed_patches": failed[:1000]},
+        {"n_rejected": len(rejected), "n_failed": len(failed), "failed_patches": failed[:1000]},
     )
     if failed:
         log.warning("%s: %d patch(es) skipped: %s", slide.path, len(failed), failed[0]["error"])
     if qa_dir is not None:
         qa_dir.mkdir(parents=True, exist_ok=True)
-        pic = qa_picture(thumb, mres.mask, cfg.mask_downsample, geom.tile0, np.concatenate(kept) if kept else [],
-                         np.concatenate(rejected) if rejected else [], [(f["x"], f["y"]) for f in failed])
+        pic = qa_picture(thumb, mres.mask, cfg.mask_downsample, geom.tile0, coords[kept], coords[rejected], [(f["x"], f["y"]) for f in failed])
         pic.save(qa_dir / f"{slide_id}.png", compress_level=1)  # zlib's default costs 0.15 s a slide
-    return n
+    return kept
 
 
-def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
-                qa_dir: Path | None = None, show_progress: bool | None = None) -> Summary:
-    """Tile every slide under `slides_dir` into the store `out`; one bad slide never stops the
-    others. Raises StoreError/FileNotFoundError only for problems that stop the whole run."""
+def tile_file(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, provenance: dict,
+              qa_dir: Path | None = None, show_progress: bool | None = None, given: GivenPatches | None = None) -> np.ndarray:
+    """`tile_slide` on the slide file at `path`, with a progress bar."""
     from tqdm import tqdm
 
-    slides_dir, out = Path(slides_dir), Path(out)
+    disable = None if show_progress is None else not show_progress
+    with open_slide(path, cfg.backend) as slide, tqdm(desc=slide_id, unit="patch", leave=False, disable=disable) as bar:
+        provenance = {"source": str(path.resolve()), "created_by": f"histogen {__version__}", **provenance}
+        return tile_slide(slide, slide_id, store, cfg, provenance, qa_dir, bar, given)
+
+
+def up_to_date(store: PatchStore, slide_id: str, path: Path, identity: dict) -> bool:
+    """Whether the store holds the slide complete from the same input (`identity`: attributes such
+    as the file's fingerprint). A complete group made from other input is never replaced silently."""
+    if store.status(slide_id) != "complete":
+        return False
+    old = store.attrs(slide_id)
+    changed = [k for k, v in identity.items() if old.get(k) != v]
+    if not changed:
+        return True
+    raise SlideError(f"{path}: changed since it was written into {store.path} ({', '.join(changed)} differ); "
+                     "write it into a new --out, or pass --overwrite")
+
+
+def guarded(path: Path, slide_id: str, job) -> SlideResult:
+    """`job()` -> SlideResult for one slide, timed; a bad slide becomes a failed result and one
+    log line, never an exception, so that the other slides go on."""
+    ts = time.perf_counter()
+    try:
+        result = job()
+    except (SlideError, OSError, ValueError) as e:
+        msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+        log.error("%s", msg)
+        return SlideResult(path, slide_id, "failed", error=msg)
+    except Exception as e:  # a bug or an unforeseen file: report it, keep going
+        log.error("%s: unexpected %s: %s (run with --debug for the traceback)", path, type(e).__name__, e)
+        log.debug("%s", traceback.format_exc())
+        return SlideResult(path, slide_id, "failed", error=f"{path}: unexpected {type(e).__name__}: {e}")
+    result.seconds = time.perf_counter() - ts
+    if result.status == "done":
+        log.info("%s: %d patches in %.1f s", slide_id, result.n_patches, result.seconds)
+    return result
+
+
+def slide_files(slides_dir: Path) -> list[Path]:
+    """The slides under `slides_dir`; no such folder or no slide in it stops the run."""
     if not slides_dir.is_dir():
         raise FileNotFoundError(f"{slides_dir}: no such folder; point --slides at a folder of slides")
     paths, ignored = find_slides(slides_dir)
@@ -244,6 +307,25 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
         raise FileNotFoundError(
             f"{slides_dir}: no slides found (looked for {', '.join(sorted(SLIDE_SUFFIXES))}); point --slides at a folder of slides"
         )
+    return paths
+
+
+def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, show_progress) -> SlideResult:
+    identity = {"fingerprint": fingerprint(path)}
+    if up_to_date(store, slide_id, path, identity):
+        return SlideResult(path, slide_id, "skipped")
+    kept = tile_file(path, slide_id, store, cfg, identity, qa_dir, show_progress)
+    return SlideResult(path, slide_id, "done", len(kept))
+
+
+def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
+                qa_dir: Path | None = None, show_progress: bool | None = None) -> Summary:
+    """Tile every slide under `slides_dir` into the store `out`; one bad slide never stops the
+    others. Raises StoreError/FileNotFoundError only for problems that stop the whole run."""
+    from tqdm import tqdm
+
+    slides_dir, out = Path(slides_dir), Path(out)
+    paths = slide_files(slides_dir)
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, cfg.store_params(), overwrite=overwrite)
     reuse_freed_memory()
     if qa_dir is None and cfg.qa:
@@ -252,28 +334,29 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
     disable = None if show_progress is None else not show_progress
     results, t0 = [], time.perf_counter()
     for path in tqdm(paths, desc="slides", unit="slide", disable=disable):
-        sid, ts = ids[path], time.perf_counter()
-        try:
-            fp = fingerprint(path)
-            if store.status(sid) == "complete":
-                if store.attrs(sid).get("fingerprint") == fp:
-                    results.append(SlideResult(path, sid, "skipped", 0))
-                    continue
-                raise SlideError(f"{path}: changed since it was tiled into {out}; tile it into a new --out, or pass --overwrite")
-            with open_slide(path, cfg.backend) as slide, tqdm(desc=sid, unit="patch", leave=False, disable=disable) as bar:
-                provenance = {"source": str(path.resolve()), "fingerprint": fp, "created_by": f"histogen {__version__}"}
-                n = tile_slide(slide, sid, store, cfg, provenance, qa_dir, bar)
-            results.append(SlideResult(path, sid, "done", n, time.perf_counter() - ts))
-            log.info("%s: %d patches in %.1f s", sid, n, time.perf_counter() - ts)
-        except (SlideError, OSError, ValueError) as e:
-            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
-            log.error("%s", msg)
-            results.append(SlideResult(path, sid, "failed", error=msg))
-        except Exception as e:  # a bug or an unforeseen file: report it, keep going
-            log.error("%s: unexpected %s: %s (run with --debug for the traceback)", path, type(e).__name__, e)
-            log.debug("%s", traceback.format_exc())
-            results.append(SlideResult(path, sid, "failed", error=f"{path}: unexpected {type(e).__name__}: {e}"))
+        results.append(guarded(path, ids[path], functools.partial(_tile_one, path, ids[path], store, cfg, qa_dir, show_progress)))
     return Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that reads slides into a store (the tiler, the table import)."""
+    d = TileConfig()
+    p.add_argument("--assume-mpp", type=float, default=None, help="µm/px to use where a slide's metadata has none or a wrong one")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend)
+    p.add_argument("--codec", choices=("zstd", "lz4", "none"), default=d.codec.name)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--qa-dir", type=Path, default=None, help="where QA pictures go (default: next to the store)")
+    p.add_argument("--no-qa", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other parameters")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true")
+
+
+def run_config(a: argparse.Namespace, plan: PlanParams, **kw) -> TileConfig:
+    """The TileConfig of `add_run_options`' arguments."""
+    return TileConfig(plan=plan, assume_mpp=a.assume_mpp, codec=Codec(a.codec), backend=a.backend,
+                      batch_size=a.batch_size, workers=max(1, a.workers), qa=not a.no_qa, **kw)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -285,16 +368,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
     p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
     p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
-    p.add_argument("--assume-mpp", type=float, default=None, help="µm/px to use where a slide's metadata has none or a wrong one")
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend)
-    p.add_argument("--codec", choices=("zstd", "lz4", "none"), default=d.codec.name)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--qa-dir", type=Path, default=None, help="where QA pictures go (default: next to the store)")
-    p.add_argument("--no-qa", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace a store made with other parameters")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true")
+    add_run_options(p)
     return p.parse_args(argv)
 
 
@@ -302,14 +376,10 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        plan = PlanParams(a.patch_size, a.stride, a.min_tissue)
+        cfg = run_config(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp)
     except ValueError as e:
         log.error("%s", e)
         return 2
-    cfg = TileConfig(
-        plan=plan, mpp=a.mpp, assume_mpp=a.assume_mpp,
-        codec=Codec(a.codec), backend=a.backend, batch_size=a.batch_size, workers=max(1, a.workers), qa=not a.no_qa,
-    )
     try:
         summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir, show_progress=False if a.quiet else None)
     except (StoreError, FileNotFoundError) as e:

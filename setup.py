@@ -20,5 +20,7 @@ setup(
     packages=find_packages(include=["engine", "engine.*", "histogen", "histogen.*", "benchmarks", "benchmarks.*"]),
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
+    entry_points={"console_scripts": ["histogen=histogen.cli:main"]},
+    package_data={"histogen": ["presets/*.yaml"]},
     python_requires=">=3.10",
 )

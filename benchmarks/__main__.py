@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import tiling
+from benchmarks import embed, kernels, tiling
 
-SUITES = {"tiling": tiling}
+SUITES = {"embed": embed, "kernels": kernels, "tiling": tiling}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,5 @@
+import sys
+
+from histogen.cli import main
+
+sys.exit(main())

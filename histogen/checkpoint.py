@@ -1,0 +1,115 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON; never pickle.
+
+    runs/NAME/checkpoints/step-00001000.safetensors   nets, optimizer state (moments, EMA), RNG
+    runs/NAME/checkpoints/step-00001000.json          step, optimizer hyper-parameters, the
+                                                       tensors file's SHA-256; written last
+
+Both are written to temporary names and renamed, the JSON last, so a checkpoint exists only when
+whole; a file that does not match its recorded hash is reported and passed over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("histogen.checkpoint")
+FORMAT = "histogen-checkpoint"
+
+
+class CheckpointError(Exception):
+    """No usable checkpoint where one is needed; the message says what to do."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
+    sd = opt.state_dict()
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"opt/{name}/{idx}/{key}"] = value.detach().cpu().contiguous().clone()
+    return {"param_groups": sd["param_groups"]}
+
+
+def _rng_state() -> dict:
+    states = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng/cuda/{i}"] = s
+    return states
+
+
+def save(folder: Path, step: int, nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer],
+         extra: dict | None = None, keep: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            tensors[f"net/{name}/{key}"] = value.detach().cpu().contiguous().clone()  # no shared storage in safetensors
+    meta = {"format": FORMAT, "step": step, "optimizers": {n: _flatten_optimizer(n, o, tensors) for n, o in opts.items()},
+            "extra": extra or {}}
+    tensors.update(_rng_state())
+    stem = folder / f"step-{step:08d}"
+    tmp = stem.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, stem.with_suffix(".safetensors"))
+    meta["sha256"] = _sha256(stem.with_suffix(".safetensors"))
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, stem.with_suffix(".json"))  # last: the checkpoint exists from here on
+    prune(folder, keep)
+    return stem.with_suffix(".json")
+
+
+def prune(folder: Path, keep: int) -> None:
+    for meta in sorted(folder.glob("step-*.json"))[:-keep]:
+        meta.with_suffix(".safetensors").unlink(missing_ok=True)
+        meta.unlink()
+
+
+def latest(folder: Path) -> tuple[dict, dict] | None:
+    """(meta, tensors) of the newest whole checkpoint; damaged ones are reported and skipped."""
+    for meta_path in sorted(folder.glob("step-*.json"), reverse=True):
+        tensors_path = meta_path.with_suffix(".safetensors")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != FORMAT:
+                raise ValueError("not a histogen checkpoint")
+            if not tensors_path.is_file() or _sha256(tensors_path) != meta["sha256"]:
+                raise ValueError("its tensors file is missing or does not match its recorded SHA-256")
+            return meta, load_file(str(tensors_path))
+        except (ValueError, KeyError, OSError) as e:
+            log.warning("%s: damaged checkpoint (%s); trying the one before", meta_path, e)
+    return None
+
+
+def restore(meta: dict, tensors: dict, nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer],
+            rng: bool = True) -> None:
+    for name, net in nets.items():
+        prefix = f"net/{name}/"
+        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for name, opt in opts.items():
+        state: dict = {}
+        prefix = f"opt/{name}/"
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                idx, key = k[len(prefix):].split("/", 1)
+                state.setdefault(int(idx), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]["param_groups"]})
+    if rng:
+        torch.set_rng_state(tensors["rng/torch"])
+        if torch.cuda.is_available():
+            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)

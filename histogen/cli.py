@@ -1,0 +1,78 @@
+"""histogen train | sample: the command line; the work is in histogen.train and histogen.sample."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from histogen import config
+
+DEFAULT_PRESET = {"ae": "ae-f8", "gan": "gan-128", "diffusion": "diffusion-64"}
+log = logging.getLogger("histogen")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="histogen", description="Train generative models of histopathology on patch stores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) a model on patch stores")
+    t.add_argument("--model", required=True, choices=config.KINDS)
+    t.add_argument("--data", required=True, type=Path, nargs="+", help="patch store(s) made by python -m engine.tile")
+    t.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/NAME; the same command resumes it")
+    t.add_argument("--preset", help=f"a preset name ({', '.join(config.presets())}) or a YAML file; default per model: "
+                                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_PRESET.items()))
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.steps=500 --set model.channels=64 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = sub.add_parser("sample", help="write samples of a trained run")
+    s.add_argument("--run", required=True, type=Path)
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--cond-from", type=Path, help="patch store whose embeddings condition a conditional model")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def run_train(a) -> int:
+    from histogen.train import train
+
+    cfg = config.resolve(a.preset or DEFAULT_PRESET[a.model], a.overrides)
+    if cfg.kind != a.model:
+        raise config.ConfigError(f"preset {a.preset} trains a {cfg.kind}, not a {a.model}; pick a {a.model} preset")
+    result = train(cfg, a.data, a.out, show_progress=False if a.quiet else None)
+    print(f"{a.out}: step {result.step}, {result.images_per_s:.1f} images/s, "
+          + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+    return 0
+
+
+def run_sample(a) -> int:
+    from histogen.sample import sample_run
+
+    if a.n < 1 or a.steps < 1:
+        raise config.ConfigError("--n and --steps must be at least 1")
+    pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed)
+    print(f"{len(pixels)} samples in {a.out} (grid: {a.out / 'grid.png'}, array: {a.out / 'samples.zarr'})")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from histogen.checkpoint import CheckpointError
+    from histogen.data import DataError
+    from histogen.train import TrainError
+
+    try:
+        return {"train": run_train, "sample": run_sample}[a.command](a)
+    except (config.ConfigError, DataError, TrainError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: the last checkpoint is kept; run the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

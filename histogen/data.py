@@ -1,0 +1,207 @@
+"""Training batches from patch stores.
+
+Complete slide groups only; train/validation split by slide (neighbouring patches of one slide
+leak into each other, so never split patches); each step's batch is a pure function of (seed,
+step), so a resumed run sees the same batches as an uninterrupted one and the processes of a
+distributed run take disjoint slices of the same global batch. Patches are read by DataLoader
+workers, then resized and augmented by engine.pipeline (DALI on a GPU, torch on the CPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from engine.pipeline import Transform, make_resizer
+from engine.slide import cuda_available
+from engine.store import PatchStore, StoreError
+from histogen.config import RunConfig
+
+log = logging.getLogger("histogen.data")
+COND_DIM = 384
+
+
+class DataError(ValueError):
+    """Stores that cannot feed this run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    store: str
+    slide: str
+    n: int
+
+
+def find_slides(stores: list[Path], resolution: int, conditional: bool) -> list[SlideRef]:
+    refs = []
+    for path in stores:
+        try:
+            store = PatchStore.open(path)
+        except StoreError as e:
+            raise DataError(str(e)) from e
+        if resolution > store.patch_size:
+            raise DataError(f"{path}: resolution {resolution} is larger than its {store.patch_size} px patches; "
+                            f"choose --set resolution={store.patch_size} or less (patches are never upsampled)")
+        for sid in store.slide_ids():
+            n = int(store.attrs(sid)["n_patches"])
+            if conditional and n and store.embeddings_attrs(sid) is None:
+                raise DataError(f"{path}: slide {sid} has no embeddings but the preset is conditional; "
+                                f"run python -m engine.embed --store {path}, or --set data.conditional=false")
+            if n:
+                refs.append(SlideRef(str(path), sid, n))
+    if not refs:
+        raise DataError(f"{', '.join(map(str, stores))}: no complete slide with patches; tile slides first (python -m engine.tile)")
+    return refs
+
+
+def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[list[SlideRef], list[SlideRef]]:
+    """A fixed pseudo-random share of the slides for validation (at least one where there are two
+    slides or more and val_fraction > 0; none with a single slide)."""
+    key = lambda r: hashlib.sha256(f"{seed}:{Path(r.store).name}/{r.slide}".encode()).hexdigest()  # noqa: E731
+    order = sorted(refs, key=key)
+    n_val = 0 if val_fraction <= 0 or len(refs) < 2 else min(len(refs) - 1, max(1, round(len(refs) * val_fraction)))
+    if val_fraction > 0 and n_val == 0:
+        log.warning("only one slide: no validation split (add slides to validate on unseen ones)")
+    return order[n_val:], order[:n_val]
+
+
+class SlidePatches(Dataset):
+    """Patch i of the concatenated slides -> (uint8 (P, P, 3), float32 (384,) or (0,)). Stores are
+    opened lazily in each worker process."""
+
+    def __init__(self, refs: list[SlideRef], conditional: bool):
+        self.refs, self.conditional = refs, conditional
+        self.starts = np.cumsum([0] + [r.n for r in refs])
+        self._images: dict = {}
+        self._emb: dict = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _open(self, k: int):
+        if k not in self._images:
+            r = self.refs[k]
+            store = PatchStore.open(r.store)
+            self._images[k] = store.slide(r.slide)["images"]
+            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((r.n, 0), np.float32)
+        return self._images[k], self._emb[k]
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        images, emb = self._open(k)
+        j = i - int(self.starts[k])
+        return images[j], emb[j]
+
+
+class StepSampler(Sampler):
+    """Batch s is items [s*B, (s+1)*B) of an endless stream of per-epoch permutations seeded by
+    (seed, epoch); this process takes its `rank`-th slice of it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1,
+                 steps: int | None = None, shuffle: bool = True):
+        if batch_size % world:
+            raise DataError(f"train.batch_size {batch_size} must be divisible by the number of processes ({world})")
+        self.n, self.b, self.seed, self.start, self.rank, self.world = n, batch_size, seed, start_step, rank, world
+        self.steps, self.shuffle = steps, shuffle
+        self._perm: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n) if self.shuffle else np.arange(self.n)}
+        return self._perm[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        local = self.b // self.world
+        first = step * self.b + self.rank * local
+        return [int(self._order(j // self.n)[j % self.n]) for j in range(first, first + local)]
+
+    def __iter__(self):
+        step = self.start
+        while self.steps is None or step < self.start + self.steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        return self.steps if self.steps is not None else 2**62
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+def _collate(items):
+    images = np.stack([np.asarray(i) for i, _ in items])
+    cond = np.stack([e for _, e in items]).astype(np.float32)
+    return images, cond
+
+
+# The H&E stain matrix (Ruifrok & Johnston, as in scikit-image's rgb2hed)
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+
+
+def stain_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """Scale and shift each stain's optical density per image (x in [-1, 1], NCHW)."""
+    n = x.shape[0]
+    alpha = 1 + (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * sigma
+    beta = (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * sigma
+    rgb = ((x.float() + 1) / 2).clamp(1e-4, 1).flatten(2).transpose(1, 2)  # (n, HW, 3)
+    hed = -torch.log(rgb) @ HED_FROM_RGB.to(x.device)
+    od = (hed * alpha.to(x.device) + beta.to(x.device)) @ RGB_FROM_HED.to(x.device)
+    out = torch.exp(-od).clamp(0, 1).transpose(1, 2).reshape(x.shape)
+    return (out * 2 - 1).to(x.dtype)
+
+
+class Batches:
+    """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, 384) or None} on
+    `device`, for steps start_step, start_step + 1, ... (b = global batch / world)."""
+
+    def __init__(self, refs: list[SlideRef], cfg: RunConfig, device: torch.device, start_step: int = 0,
+                 rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None):
+        d, t = cfg.data, cfg.train
+        self.cfg, self.device, self.train, self.step = cfg, device, train, start_step
+        self.dataset = SlidePatches(refs, d.conditional)
+        self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps, shuffle=train)
+        backend = d.pipeline
+        if backend == "auto":
+            backend = "dali-gpu" if device.type == "cuda" and cuda_available() else "torch"
+        # Augmentation draws come from (seed, first step, rank): a resumed or distributed run
+        # draws its own reproducible sequence.
+        self.transform = Transform(cfg.resolution, mean=(0.5,) * 3, std=(0.5,) * 3, layout="NCHW",
+                                   flip=train and d.flip, rot90=train and d.rot90)
+        self.resize = make_resizer(self.transform, backend, max_batch=t.batch_size // world,
+                                   seed=_seed(t.seed, start_step, rank, 0), device_id=device.index or 0)
+        self.gen = torch.Generator().manual_seed(_seed(t.seed, start_step, rank, 1))
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=d.workers, collate_fn=_collate,
+                                 persistent_workers=d.workers > 0, prefetch_factor=4 if d.workers else None)
+        self._it = iter(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        images, cond = next(self._it)
+        x = self.resize(images).to(self.device, non_blocking=True)
+        if self.train and self.cfg.data.stain_jitter > 0:
+            x = stain_jitter(x, self.cfg.data.stain_jitter, self.gen)
+        self.step += 1
+        return {"images": x, "cond": torch.from_numpy(cond).to(self.device) if self.cfg.data.conditional else None}
+
+
+def embeddings_from(store_path: Path, n: int, seed: int) -> torch.Tensor:
+    """n embeddings drawn (seeded) from a store's patches: conditions for sampling."""
+    try:
+        store = PatchStore.open(store_path)
+    except StoreError as e:
+        raise DataError(str(e)) from e
+    embs = [store.embeddings(s) for s in store.slide_ids() if store.embeddings_attrs(s) is not None]
+    if not embs or not sum(len(e) for e in embs):
+        raise DataError(f"{store_path}: no embeddings to condition on; run python -m engine.embed --store {store_path}")
+    allv = np.concatenate(embs)
+    pick = np.random.default_rng(seed).choice(len(allv), n, replace=len(allv) < n)
+    return torch.from_numpy(allv[pick])

@@ -88,23 +88,34 @@ def resolve_backend(backend: str = "auto") -> str:
 
 class Resizer:
     """Call with a uint8 (n, H, W, 3) batch; returns a float32 torch tensor laid out as asked
-    (on the GPU for dali-gpu, else on the CPU). Augmentation draws from a generator seeded once,
-    so a run is reproducible batch for batch."""
+    (on the GPU for dali-gpu, else on the CPU).
+
+    The augmentation (a rot90 count and a mirror bit per patch) is drawn here, in numpy, and
+    applied by the backend: from `seed` where a call gives one (a trainer passes one per step, so
+    a resumed run draws what an uninterrupted one did), else from a stream seeded once. Both
+    backends therefore produce the same augmented batches."""
 
     backend: str
 
     def __init__(self, transform: Transform, max_batch: int, seed: int):
-        self.t, self.max_batch, self.seed = transform, max_batch, seed
+        self.t, self.max_batch = transform, max_batch
+        self._rng = np.random.default_rng(seed)
 
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
+    def __call__(self, images: np.ndarray, seed: int | None = None) -> torch.Tensor:
         images = np.ascontiguousarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2]:
             raise ValueError(f"expected uint8 (n, P, P, 3) patches, got {images.dtype} {images.shape}")
-        if len(images) > self.max_batch:
-            return torch.cat([self(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)])
-        return self._run(images)
+        rng = self._rng if seed is None else np.random.default_rng(seed)
+        n = len(images)
+        rot = rng.integers(0, 4, n) if self.t.rot90 else np.zeros(n, np.int64)
+        mirror = rng.integers(0, 2, n) if self.t.flip else np.zeros(n, np.int64)
+        if not n:
+            raise ValueError("an empty batch")
+        return torch.cat([self._run(images[i : i + self.max_batch], rot[i : i + self.max_batch], mirror[i : i + self.max_batch])
+                          for i in range(0, n, self.max_batch)])
 
-    def _run(self, images: np.ndarray) -> torch.Tensor:
+    def _run(self, images: np.ndarray, rot: np.ndarray, mirror: np.ndarray) -> torch.Tensor:
+        """rot: counter-clockwise quarter turns, then mirror: left-right flips, per patch."""
         raise NotImplementedError
 
 
@@ -123,11 +134,10 @@ class TorchResizer(Resizer):
 
     def __init__(self, transform: Transform, max_batch: int, seed: int):
         super().__init__(transform, max_batch, seed)
-        self._gen = torch.Generator().manual_seed(seed)
         self._mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
-    def _run(self, images: np.ndarray) -> torch.Tensor:
+    def _run(self, images, rot, mirror) -> torch.Tensor:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         n, m = x.shape[-1], self.t.size
         if n != m:
@@ -135,17 +145,15 @@ class TorchResizer(Resizer):
             x = F.pad(x, (p, p, p, p), mode="replicate")
             x = F.interpolate(x, size=(m + 2 * q, m + 2 * q), mode="bilinear", antialias=True, align_corners=False)
             x = x[..., q : q + m, q : q + m]
-        if self.t.rot90 or self.t.flip:
-            k = torch.randint(0, 4, (len(x),), generator=self._gen) if self.t.rot90 else torch.zeros(len(x), dtype=torch.long)
-            f = torch.randint(0, 2, (len(x),), generator=self._gen) if self.t.flip else torch.zeros(len(x), dtype=torch.long)
-            # rot90 counter-clockwise, then mirror left-right: what DALI's rotate + mirror do
-            x = torch.stack([xi.rot90(int(ki), (1, 2)).flip(2) if fi else xi.rot90(int(ki), (1, 2)) for xi, ki, fi in zip(x, k, f)])
+        if rot.any() or mirror.any():
+            x = torch.stack([xi.rot90(int(k), (1, 2)).flip(2) if f else xi.rot90(int(k), (1, 2)) for xi, k, f in zip(x, rot, mirror)])
         x = (x - self._mean) / self._std
         return x.contiguous() if self.t.layout == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
 
 
 class DaliResizer(Resizer):
-    """A DALI pipeline fed through `fn.external_source`, one batch per call."""
+    """A DALI pipeline fed through `fn.external_source` (patches, and the augmentation drawn by
+    the caller), one batch per call."""
 
     def __init__(self, transform: Transform, max_batch: int, seed: int, device_id: int | None, threads: int):
         super().__init__(transform, max_batch, seed)
@@ -158,17 +166,17 @@ class DaliResizer(Resizer):
 
         t, gpu = self.t, self.device_id is not None
 
-        @pipeline_def(batch_size=self.max_batch, num_threads=self.threads, device_id=self.device_id, seed=self.seed,
+        @pipeline_def(batch_size=self.max_batch, num_threads=self.threads, device_id=self.device_id,
                       prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
         def pipe():
             x = fn.external_source(name="patches", layout="HWC", dtype=types.UINT8, no_copy=False)
+            angle = fn.external_source(name="angle", dtype=types.FLOAT)
+            mirror = fn.external_source(name="mirror", dtype=types.INT32)
             if gpu:
                 x = x.gpu()
             x = fn.resize(x, resize_x=t.size, resize_y=t.size, interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
-            if t.rot90:
-                k = fn.cast(fn.random.choice(4), dtype=types.FLOAT)
-                x = fn.rotate(x, angle=k * 90.0, keep_size=True, interp_type=types.INTERP_NN)
-            mirror = fn.random.coin_flip() if t.flip else 0
+            if t.rot90:  # nearest-neighbour rotation by quarter turns moves pixels exactly
+                x = fn.rotate(x, angle=angle, keep_size=True, interp_type=types.INTERP_NN)
             return fn.crop_mirror_normalize(
                 x, dtype=types.FLOAT, mean=[v * 255 for v in t.mean], std=[v * 255 for v in t.std],
                 mirror=mirror, output_layout="CHW" if t.layout == "NCHW" else "HWC",
@@ -178,8 +186,11 @@ class DaliResizer(Resizer):
         p.build()
         return p
 
-    def _run(self, images: np.ndarray) -> torch.Tensor:
+    def _run(self, images, rot, mirror) -> torch.Tensor:
         self._pipe.feed_input("patches", list(images))
+        if self.t.rot90:  # else DALI prunes the unused input
+            self._pipe.feed_input("angle", [np.array(90.0 * k, np.float32) for k in rot])
+        self._pipe.feed_input("mirror", [np.array(f, np.int32) for f in mirror])
         (out,) = self._pipe.run()
         if self.device_id is None:
             return torch.from_numpy(np.array(out.as_tensor()))

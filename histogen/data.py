@@ -158,25 +158,21 @@ def stain_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.T
 
 
 class Batches:
-    """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, 384) or None} on
-    `device`, for steps start_step, start_step + 1, ... (b = global batch / world)."""
+    """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, 384) or None,
+    "seeds": int64 (b,)} on `device` (seeds on the CPU), for steps start_step, start_step + 1, ... (b = global batch / world)."""
 
     def __init__(self, refs: list[SlideRef], cfg: RunConfig, device: torch.device, start_step: int = 0,
                  rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None):
         d, t = cfg.data, cfg.train
-        self.cfg, self.device, self.train, self.step = cfg, device, train, start_step
+        self.cfg, self.device, self.train, self.step, self.rank = cfg, device, train, start_step, rank
         self.dataset = SlidePatches(refs, d.conditional)
         self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps, shuffle=train)
         backend = d.pipeline
         if backend == "auto":
             backend = "dali-gpu" if device.type == "cuda" and cuda_available() else "torch"
-        # Augmentation draws come from (seed, first step, rank): a resumed or distributed run
-        # draws its own reproducible sequence.
         self.transform = Transform(cfg.resolution, mean=(0.5,) * 3, std=(0.5,) * 3, layout="NCHW",
                                    flip=train and d.flip, rot90=train and d.rot90)
-        self.resize = make_resizer(self.transform, backend, max_batch=t.batch_size // world,
-                                   seed=_seed(t.seed, start_step, rank, 0), device_id=device.index or 0)
-        self.gen = torch.Generator().manual_seed(_seed(t.seed, start_step, rank, 1))
+        self.resize = make_resizer(self.transform, backend, max_batch=t.batch_size // world, device_id=device.index or 0)
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=d.workers, collate_fn=_collate,
                                  persistent_workers=d.workers > 0, prefetch_factor=4 if d.workers else None)
         self._it = iter(self.loader)
@@ -186,11 +182,19 @@ class Batches:
 
     def __next__(self) -> dict:
         images, cond = next(self._it)
-        x = self.resize(images).to(self.device, non_blocking=True)
+        # Augmentation is drawn from (seed, step, rank): a resumed run draws what an
+        # uninterrupted one did.
+        seed = self.cfg.train.seed
+        x = self.resize(images, seed=_seed(seed, self.step, self.rank, 0)).to(self.device, non_blocking=True)
         if self.train and self.cfg.data.stain_jitter > 0:
-            x = stain_jitter(x, self.cfg.data.stain_jitter, self.gen)
+            x = stain_jitter(x, self.cfg.data.stain_jitter, torch.Generator().manual_seed(_seed(seed, self.step, self.rank, 1)))
+        # One seed per sample from its place in the global batch: the model's random draws for a
+        # sample do not depend on how the batch is split over processes.
+        first = self.rank * len(x)
+        seeds = torch.tensor([_seed(seed, self.step, first + i, 3) for i in range(len(x))])
         self.step += 1
-        return {"images": x, "cond": torch.from_numpy(cond).to(self.device) if self.cfg.data.conditional else None}
+        return {"images": x, "cond": torch.from_numpy(cond).to(self.device) if self.cfg.data.conditional else None,
+                "seeds": seeds}
 
 
 def embeddings_from(store_path: Path, n: int, seed: int) -> torch.Tensor:

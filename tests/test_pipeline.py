@@ -83,6 +83,15 @@ def test_augmentation_draws_symmetries(backend, flip, rot90, expected):
     assert seen == expected
     again = make_resizer(Transform(32, flip=flip, rot90=rot90), backend, max_batch=64, seed=7)(images).numpy()
     np.testing.assert_array_equal(got, again)  # same seed, same draws
+    per_call = make_resizer(Transform(32, flip=flip, rot90=rot90), backend, max_batch=16)
+    np.testing.assert_array_equal(per_call(images, seed=11).numpy(), per_call(images, seed=11).numpy())
+
+
+def test_backends_draw_the_same_augmentation():
+    images = random_patches(24, 64, seed=4)
+    t = Transform(32, flip=True, rot90=True)
+    a, b = (make_resizer(t, be, max_batch=10)(images, seed=5) for be in BACKENDS)
+    assert (a - b).abs().max().item() < TOLERANCE
 
 
 def test_store_batches_in_order(tmp_path):

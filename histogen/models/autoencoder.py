@@ -1,0 +1,152 @@
+"""The convolutional KL autoencoder (the latent space of latent diffusion) and its training task."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histogen.kernels import GroupNormSiLU
+from histogen.models.blocks import Attention, Downsample, ResBlock, Sequence, Upsample
+from histogen.models.config import AutoencoderConfig
+from histogen.models.disc import PatchDiscriminator, hinge_d, hinge_g
+from histogen.models.ssim import ssim
+from histogen.models.task import Task, device_of, eval_mode, noise, unwrap
+
+
+def _mid(channels: int, cfg: AutoencoderConfig) -> Sequence:
+    blocks = [ResBlock(channels, channels, cfg.groups, dropout=cfg.dropout)]
+    if cfg.mid_attention:
+        blocks.append(Attention(channels, cfg.groups, cfg.head_channels))
+    blocks.append(ResBlock(channels, channels, cfg.groups, dropout=cfg.dropout))
+    return Sequence(blocks)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        blocks, cin = [nn.Conv2d(3, cfg.channels, 3, padding=1)], cfg.channels
+        for level, width in enumerate(widths):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, width, cfg.groups, dropout=cfg.dropout))
+                cin = width
+            if level < len(widths) - 1:
+                blocks.append(Downsample(cin))
+        blocks += [_mid(cin, cfg), GroupNormSiLU(cfg.groups, cin), nn.Conv2d(cin, 2 * cfg.z_channels, 3, padding=1)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        cin = widths[-1]
+        blocks = [nn.Conv2d(cfg.z_channels, cin, 3, padding=1), _mid(cin, cfg)]
+        for level in reversed(range(len(widths))):
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResBlock(cin, widths[level], cfg.groups, dropout=cfg.dropout))
+                cin = widths[level]
+            if level > 0:
+                blocks.append(Upsample(cin))
+        blocks += [GroupNormSiLU(cfg.groups, cin), nn.Conv2d(cin, 3, 3, padding=1)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class Autoencoder(nn.Module):
+    """x (N, 3, H, W) in [-1, 1] <-> latents (N, z_channels, H/f, W/f), f = `downsample`.
+
+    encode(x) -> (mean, logvar) of the diagonal Gaussian posterior; `latent(mean, logvar,
+    generator)` draws from it; decode(z) -> images (unclamped). forward(x) = (reconstruction of a
+    posterior sample, mean, logvar) for training. The latents are unscaled: latent diffusion keeps
+    its own scale factor (DiffusionConfig.latent_scale)."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.downsample = cfg.downsample
+        self.z_channels = cfg.z_channels
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)  # taming's bounds: exp stays finite
+
+    @staticmethod
+    def latent(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return mean + (0.5 * logvar).exp() * noise(mean.shape, generator, mean.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encode(x)
+        return self.decode(self.latent(mean, logvar)), mean, logvar
+
+
+def kl_per_value(mean: torch.Tensor, logvar: torch.Tensor, image_values: int) -> torch.Tensor:
+    """KL(posterior || N(0, I)) summed over each latent, divided by the values of its image, batch mean."""
+    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(1).mean() / image_values
+
+
+class AutoencoderTask(Task):
+    kind = "ae"
+    sample_net = "ae"
+
+    def __init__(self, cfg: AutoencoderConfig):
+        nets = {"ae": Autoencoder(cfg)}
+        if cfg.disc_weight > 0:
+            nets["disc"] = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
+        super().__init__(nets, cfg.optimizers())
+        self.cfg = cfg
+
+    def _losses(self, x, rec, mean, logvar) -> dict[str, torch.Tensor]:
+        l1 = (rec - x).abs().mean()
+        s = ssim(rec, x).mean()
+        kl = kl_per_value(mean, logvar, x[0].numel())
+        return {"loss": l1 + self.cfg.ssim_weight * (1 - s) + self.cfg.kl_weight * kl, "l1": l1, "ssim": s, "kl": kl}
+
+    def train_step(self, batch, step, nets, opts, clip):
+        x = batch["images"]
+        rec, mean, logvar = nets["ae"](x)
+        losses = self._losses(x, rec, mean, logvar)
+        adversarial = "disc" in nets and step >= self.cfg.disc_start
+        if adversarial:
+            with self.frozen(self.nets["disc"]):  # the generator loss needs gradients of the input only
+                losses["g_adv"] = hinge_g(self.nets["disc"](rec))
+            losses["loss"] = losses["loss"] + self.cfg.disc_weight * losses["g_adv"]
+        metrics = {k: v.item() for k, v in losses.items()}
+        metrics["grad_norm_ae"] = self.backward_step("ae", losses["loss"], opts["ae"], clip)
+        if adversarial:  # reals and fakes in one forward: one spectral-norm update, one DDP forward
+            logits = nets["disc"](torch.cat([x, rec.detach()]))
+            d_loss = hinge_d(*logits.chunk(2))
+            metrics["d_loss"] = d_loss.item()
+            metrics["grad_norm_disc"] = self.backward_step("disc", d_loss, opts["disc"], clip)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch, nets):
+        x = batch["images"]
+        ae = unwrap(nets["ae"])
+        with eval_mode(ae):
+            mean, logvar = ae.encode(x)
+            rec = ae.decode(mean)
+        losses = self._losses(x, rec, mean, logvar)
+        out = {k: v.item() for k, v in losses.items()}
+        out["psnr"] = float(10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x)))
+        return out
+
+    @torch.no_grad()
+    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0):
+        """Reconstructions (posterior means decoded, deterministic) of the first n `images`."""
+        if images is None:
+            raise ValueError("ae sample: reconstructions need `images`")
+        ae = unwrap(nets["ae"])
+        with eval_mode(ae):
+            return ae.decode(ae.encode(images[:n].to(device_of(ae)))[0]).clamp(-1, 1)

@@ -1,0 +1,120 @@
+"""The GAN: ResNet generator whose norms are modulated by z (and the condition), spectral-norm
+projection discriminator, hinge loss, lazy R1, DiffAugment. The generator's EMA lives in its
+optimizer (AdamWEMA); sampling uses whichever generator it is given."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from histogen.kernels import GroupNormSiLU
+from histogen.models.blocks import ResBlock, Sequence, Upsample
+from histogen.models.config import GANConfig
+from histogen.models.diffaug import diff_augment
+from histogen.models.disc import ProjectionDiscriminator, hinge_d, hinge_g
+from histogen.models.task import Task, device_of, eval_mode, noise, unwrap
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) [+ cond (N, cond_dim)] -> images (N, 3, R, R) in [-1, 1].
+
+    A linear map of z gives the base_res x base_res features; each doubling is a ResBlock then an
+    upsample. A style vector, an MLP of z concatenated with a projection of the condition,
+    modulates every block's second norm (BigGAN's conditional norms, with GroupNorm)."""
+
+    def __init__(self, resolution: int, cfg: GANConfig, cond_dim: int | None = None):
+        super().__init__()
+        self.z_dim, self.base = cfg.z_dim, cfg.base_res
+        ch = cfg.channels_at
+        self.cond = nn.Linear(cond_dim, cfg.z_dim) if cond_dim else None
+        self.mapping = nn.Sequential(nn.Linear(cfg.z_dim * (2 if cond_dim else 1), cfg.z_dim), nn.SiLU(),
+                                     nn.Linear(cfg.z_dim, cfg.z_dim))
+        self.stem = nn.Linear(cfg.z_dim, ch(self.base) * self.base**2)
+        blocks, side = [], self.base
+        while side < resolution:
+            blocks += [ResBlock(ch(side), ch(2 * side), cfg.groups, emb_dim=cfg.z_dim), Upsample(ch(2 * side))]
+            side *= 2
+        blocks.append(ResBlock(ch(side), ch(side), cfg.groups, emb_dim=cfg.z_dim))
+        self.blocks = Sequence(blocks)
+        self.to_rgb = nn.Sequential(GroupNormSiLU(cfg.groups, ch(side)), nn.Conv2d(ch(side), 3, 3, padding=1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        style = z if self.cond is None else torch.cat([z, self.cond(cond)], dim=1)
+        style = self.mapping(style)
+        h = self.stem(z).view(z.shape[0], -1, self.base, self.base)
+        return self.to_rgb(self.blocks(h, style))
+
+
+class GANTask(Task):
+    kind = "gan"
+    sample_net = "gen"
+
+    def __init__(self, cfg: GANConfig, resolution: int, cond_dim: int | None):
+        ratio = resolution // cfg.base_res
+        if resolution % cfg.base_res or ratio < 2 or ratio & (ratio - 1):
+            raise ValueError(f"resolution {resolution} must be base_res ({cfg.base_res}) times a power of two >= 2 "
+                             f"(the GAN doubles from {cfg.base_res}x{cfg.base_res})")
+        super().__init__({"gen": Generator(resolution, cfg, cond_dim),
+                          "disc": ProjectionDiscriminator(resolution, cfg.base_res, cfg.channels_at, cond_dim)},
+                         cfg.optimizers())
+        self.cfg, self.cond_dim = cfg, cond_dim
+
+    def _cond(self, cond: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if self.cond_dim is None:
+            return None  # unconditional: a batch's embeddings are ignored
+        if cond is None:
+            raise ValueError(f"this GAN is conditioned on {self.cond_dim}-d embeddings: give cond")
+        if cond.shape[0] < n or cond.shape[1:] != (self.cond_dim,):
+            raise ValueError(f"cond of shape {tuple(cond.shape)}: need ({n}, {self.cond_dim})")
+        return cond[:n]
+
+    def train_step(self, batch, step, nets, opts, clip):
+        real, cfg = batch["images"], self.cfg
+        n = real.shape[0]
+        cond = self._cond(batch.get("cond"), n)
+        cond2 = None if cond is None else torch.cat([cond, cond])
+        z_dim = unwrap(nets["gen"]).z_dim
+
+        # D step: reals and fakes in one forward (one spectral-norm update, one DDP forward).
+        with torch.no_grad():
+            fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond)
+        r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+        real = real.detach().requires_grad_(r1)
+        logits = nets["disc"](diff_augment(torch.cat([real, fake]), cfg.diffaug), cond2)
+        d_real, d_fake = logits[:n], logits[n:]
+        d_loss = hinge_d(d_real, d_fake)
+        metrics = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        if r1:  # lazy R1: every r1_every steps, scaled by r1_every (StyleGAN2)
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+            d_loss = d_loss + 0.5 * cfg.r1_gamma * cfg.r1_every * penalty
+            metrics["r1"] = penalty.item()
+        metrics["grad_norm_disc"] = self.backward_step("disc", d_loss, opts["disc"], clip)
+
+        # G step: D frozen, called unwrapped (no parameter gradients, so nothing for DDP to reduce).
+        fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond)
+        with self.frozen(self.nets["disc"]):
+            g_loss = hinge_g(self.nets["disc"](diff_augment(fake, cfg.diffaug), cond))
+        metrics["g_loss"] = g_loss.item()
+        metrics["grad_norm_gen"] = self.backward_step("gen", g_loss, opts["gen"], clip)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch, nets):
+        """Hinge losses of D and G on the batch and fresh fakes (no augmentation)."""
+        real = batch["images"]
+        n = real.shape[0]
+        cond = self._cond(batch.get("cond"), n)
+        gen, disc = unwrap(nets["gen"]), unwrap(nets["disc"])
+        with eval_mode(gen, disc):
+            fake = gen(torch.randn(n, gen.z_dim, device=real.device), cond)
+            d_real, d_fake = disc(real, cond), disc(fake, cond)
+        return {"d_loss": float(hinge_d(d_real, d_fake)), "g_loss": float(hinge_g(d_fake)),
+                "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+
+    @torch.no_grad()
+    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0):
+        gen = unwrap(nets["gen"])
+        z = noise((n, gen.z_dim), generator, device_of(gen))
+        cond = self._cond(cond, n)
+        with eval_mode(gen):
+            return gen(z, None if cond is None else cond.to(z.device)).clamp(-1, 1)

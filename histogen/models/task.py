@@ -1,0 +1,147 @@
+"""The contract between the models and the trainer: a Task owns the networks of one kind of
+generative model and knows how to train, evaluate and sample them; `build_task` makes one from
+the model section of the config."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from histogen.models.config import CONFIGS, from_dict
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or gradient norm is NaN/inf; raised before that optimizer's step, gradients cleared."""
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or similar `.module`) wrapper."""
+    return getattr(net, "module", net)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module):
+    """Eval mode inside (no dropout, spectral norm not updated), each submodule's mode restored after."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard normal noise on `device`, drawn on the generator's device and moved: the same seed
+    gives the same samples whatever device the networks are on (None: torch's global RNG)."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def draw(seeds: torch.Tensor | None, n: int, shape: tuple, device, normal: bool, salt: int) -> torch.Tensor:
+    """n draws of `shape` (normal or uniform). Where the trainer gives per-sample seeds, each
+    sample's draw comes from its own seed (and `salt`, one per kind of draw), so a sample's noise
+    does not depend on how the global batch is split over processes; else torch's global RNG."""
+    fn = torch.randn if normal else torch.rand
+    if seeds is None:
+        return fn((n, *shape), device=device)
+    return torch.stack([fn(shape, generator=torch.Generator().manual_seed(int(s) * 8 + salt)) for s in seeds.tolist()]).to(device)
+
+
+def check_resolution(resolution: int, factor: int, what: str) -> None:
+    if resolution <= 0 or resolution % factor:
+        raise ValueError(f"resolution {resolution} must be a positive multiple of {factor} ({what})")
+
+
+class Task:
+    """Base of the three kinds. Subclasses set kind, sample_net, and implement train_step,
+    evaluate and sample (see build_task for the signatures' meaning)."""
+
+    kind: str
+    sample_net: str
+
+    def __init__(self, nets: dict[str, nn.Module], hyper: dict[str, dict]):
+        self.nets = nn.ModuleDict(nets)
+        self._hyper = hyper  # optimizer name (= the net it updates) -> lr, betas, weight_decay
+
+    def opt_groups(self) -> dict[str, list[str]]:
+        """Optimizer name -> the nets it updates; each optimizer is named after its one net."""
+        return {name: [name] for name in self._hyper}
+
+    def opt_hyper(self, name: str) -> dict:
+        """lr, betas, weight_decay of optimizer `name`, for AdamWEMA(params, **opt_hyper(name), ema_decay=...)."""
+        if name not in self._hyper:
+            raise ValueError(f"{self.kind} has no optimizer {name!r}; it has {', '.join(self._hyper)}")
+        h = self._hyper[name]
+        return dict(lr=h["lr"], betas=tuple(h["betas"]), weight_decay=h["weight_decay"])
+
+    @staticmethod
+    def backward_step(name: str, loss: torch.Tensor, opt: torch.optim.Optimizer, clip: float) -> float:
+        """Backward, check the loss and the gradient norm are finite (else clear the gradients and
+        raise NonFiniteLoss naming the loss), clip to `clip` (0 = off), step, zero_grad; returns the
+        gradient norm before clipping. The check follows backward so that under
+        DistributedDataParallel every rank sees the same (all-reduced) non-finite norm and raises."""
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in params])
+        if not (math.isfinite(float(norm)) and math.isfinite(loss.item())):
+            opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"{name} loss {loss.item():.4g}, gradient norm {float(norm):.4g}: not finite; no step taken")
+        if clip > 0:
+            nn.utils.clip_grads_with_norm_(params, clip, norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @staticmethod
+    @contextmanager
+    def frozen(net: nn.Module):
+        """No parameter gradients for `net` inside (e.g. D while computing the generator's loss)."""
+        flags = [p.requires_grad for p in net.parameters()]
+        net.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(net.parameters(), flags):
+                p.requires_grad_(flag)
+
+    def train_step(self, batch: dict, step: int, nets: dict[str, nn.Module], opts: dict, clip: float) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self, batch: dict, nets: dict[str, nn.Module]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sample(self, nets, n: int, generator: torch.Generator, cond=None, images=None, steps: int = 50,
+               guidance: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def build_task(kind: str, model: dict, resolution: int, cond_dim: int | None,
+               autoencoder: nn.Module | None = None) -> Task:
+    """The task of `kind` ("ae" | "gan" | "diffusion") from the config's model section `model`.
+
+    resolution: training image side (64..512 in real use, 32 for tiny settings), divisible by the
+    model's total downsampling.
+    cond_dim: None (unconditional) or the embedding width (gan, diffusion; ae ignores it).
+    autoencoder: the frozen `Autoencoder` whose latents latent diffusion ({latent: true}) models."""
+    from histogen.models.autoencoder import AutoencoderTask
+    from histogen.models.diffusion import DiffusionTask
+    from histogen.models.gan import GANTask
+
+    if kind not in CONFIGS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(CONFIGS)}")
+    cfg = from_dict(CONFIGS[kind], model)
+    if kind == "ae":
+        check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
+        return AutoencoderTask(cfg)
+    if kind == "gan":
+        return GANTask(cfg, resolution, cond_dim)
+    return DiffusionTask(cfg, resolution, cond_dim, autoencoder)

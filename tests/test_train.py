@@ -1,0 +1,221 @@
+"""histogen train / sample end to end on real stores: exact resume (also after SIGKILL), seeded
+sampling, every kind through the one loop, DDP with two processes, and clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+from histogen import config
+from histogen.cli import main
+from histogen.config import ConfigError
+from histogen.models import build_task
+from histogen.sample import sample_run
+from histogen.train import TrainError, train
+from tests.test_histogen_data import make_store
+
+ROOT = Path(__file__).resolve().parents[1]
+# Smaller than the tiny presets: seconds per run on two cores.
+SMALL = ["resolution=16", "model.channels=16", "model.head_channels=16", "train.batch_size=4", "train.log_every=1",
+         "train.sample_steps=3", "train.n_samples=4", "train.val_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("data") / "p.zarr", {"s1": 12, "s2": 10, "s3": 9}, patch=32)
+
+
+def cfg(preset="diffusion-tiny", *extra):
+    return config.resolve(preset, SMALL + list(extra))
+
+
+def final(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run / "checkpoints").glob("step-*.safetensors"))[-1]
+    return {k: v for k, v in load_file(str(last)).items() if not k.startswith("rng/")}
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_gives_the_same_weights(store, tmp_path):
+    c = cfg("diffusion-tiny", "train.steps=4", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2")
+    train(c, [store], tmp_path / "straight", show_progress=False)
+    half = config.resolve("diffusion-tiny", SMALL + ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"])
+    train(half, [store], tmp_path / "resumed", show_progress=False)
+    assert json.loads(sorted((tmp_path / "resumed" / "checkpoints").glob("*.json"))[-1].read_text())["step"] == 2
+    result = train(c, [store], tmp_path / "resumed", show_progress=False)  # the same command, more steps
+    assert result.step == 4
+    assert_same(final(tmp_path / "straight"), final(tmp_path / "resumed"))
+    a = final(tmp_path / "straight")
+    assert any(("ema" in k) and not torch.equal(a[k], a[k.replace("/ema", "/exp_avg")]) for k in a)
+
+
+def test_killed_run_resumes_exactly(store, tmp_path):
+    args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"]
+    sets = [x for s in SMALL + ["train.steps=8", "train.ckpt_every=2", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
+    assert main(args + ["--out", str(tmp_path / "straight")] + sets) == 0
+    cmd = [sys.executable, "-m", "histogen"] + args + ["--out", str(tmp_path / "killed")] + sets
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000004.json"
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "checkpoints" / "step-00000008.json").exists()
+    assert main(args + ["--out", str(tmp_path / "killed")] + sets) == 0
+    assert_same(final(tmp_path / "straight"), final(tmp_path / "killed"))
+
+
+def test_outputs_and_seeded_sampling(store, tmp_path):
+    run = tmp_path / "run"
+    train(cfg("diffusion-tiny", "train.steps=2", "train.sample_every=2", "train.val_every=2", "train.ckpt_every=2"), [store], run, show_progress=False)
+    assert (run / "samples" / "step-00000002.png").is_file()
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 2 and len(split["train"]) == 1  # 3 slides, val_fraction 0.5 (the tiny preset): round(1.5)
+    scalars = read_scalars(next((run / "tb").glob("events.out.tfevents.*")))
+    assert {"train/loss", "val/loss", "train/images_per_s"} <= set(scalars)
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2] and all(np.isfinite(v) for _, v in scalars["train/loss"])
+    a = sample_run(run, 5, tmp_path / "s1", seed=1, steps=3)
+    b = sample_run(run, 5, tmp_path / "s2", seed=1, steps=3)
+    c = sample_run(run, 5, tmp_path / "s3", seed=2, steps=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8 and not np.array_equal(a, c)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s1" / "samples.zarr"))[:], a)
+    assert len(list((tmp_path / "s1").glob("sample-*.png"))) == 5 and (tmp_path / "s1" / "grid.png").is_file()
+
+
+def read_scalars(path: Path) -> dict[str, list]:
+    """Parse the TFRecord-framed event file independently of the writer."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    data, out, pos = path.read_bytes(), {}, 0
+    while pos < len(data):
+        (n,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = Event.FromString(data[pos + 12 : pos + 12 + n])
+        pos += 12 + n + 4
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+@pytest.mark.parametrize("preset", ["ae-tiny", "gan-tiny"])
+def test_other_kinds_train_and_sample(store, tmp_path, preset):
+    run = tmp_path / preset
+    extra = ["model.disc_channels=8", "model.disc_layers=2", "model.channel_mult=[1, 2]"] if preset == "ae-tiny" else ["model.channel_base=256", "model.channel_max=16"]
+    c = config.resolve(preset, [s for s in SMALL if not s.startswith("model.")] + extra + ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"])
+    result = train(c, [store], run, show_progress=False)
+    assert result.step == 2 and all(np.isfinite(v) for v in result.metrics.values())
+    pixels = sample_run(run, 3, tmp_path / "samples")
+    assert pixels.shape == (3, 16, 16, 3)
+
+
+def test_latent_diffusion_on_a_trained_autoencoder(store, tmp_path):
+    ae = tmp_path / "ae"
+    train(config.resolve("ae-tiny", ["resolution=16", "train.batch_size=4", "train.steps=2", "train.ckpt_every=2", "train.sample_every=2",
+                                     "train.val_every=2", "model.channel_mult=[1, 2, 2, 2]", "model.disc_channels=8", "model.disc_layers=2"]), [store], ae, show_progress=False)
+    run = tmp_path / "ldm"
+    c = config.resolve("ldm-tiny", SMALL + [f"autoencoder={ae}", "model.attention_resolutions=[2]", "train.steps=2", "train.ckpt_every=2",
+                                           "train.sample_every=2", "train.val_every=2"])
+    train(c, [store], run, show_progress=False)
+    with pytest.raises(TrainError, match="--cond-from"):
+        sample_run(run, 2, tmp_path / "s")
+    pixels = sample_run(run, 2, tmp_path / "s", cond_from=store, guidance=2.0, steps=2)
+    assert pixels.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize("name", ["ae-f8", "gan-128", "diffusion-64", "ldm-256"])
+def test_every_preset_builds(name):
+    c = config.resolve(name)
+    ae = None
+    if c.model.get("latent"):
+        ae = build_task("ae", config.resolve("ae-f8").model, 256, None).nets["ae"]
+    task = build_task(c.kind, c.model, c.resolution, 384 if c.data.conditional else None, ae)
+    assert sum(p.numel() for p in task.nets.parameters()) > 1e6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(store, tmp_path):
+    """torchrun with 2 CPU processes (gloo, loopback) on a global batch of 4 ends with the weights
+    of one process on the same global batch."""
+    sets = [x for s in SMALL + ["train.steps=3", "train.ckpt_every=3", "train.sample_every=100", "train.val_every=100", "data.flip=false", "data.rot90=false"] for x in ("--set", s)]
+    args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"] + sets
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                        "-m", "histogen"] + args + ["--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    a, b = final(tmp_path / "ddp"), final(tmp_path / "one")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_nan_guard_keeps_the_last_good_checkpoint(store, tmp_path, caplog):
+    run = tmp_path / "run"
+    code = main(["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny", "--quiet"]
+                + [x for s in SMALL + ["train.steps=20", "train.ckpt_every=1", "train.grad_clip=0", "model.lr=1e30"] for x in ("--set", s)])
+    assert code == 2
+    assert "not finite" in caplog.text and "is intact" in caplog.text
+    saved = sorted((run / "checkpoints").glob("step-*.json"))
+    assert saved
+    from histogen import checkpoint
+
+    meta, tensors = checkpoint.latest(run / "checkpoints")
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("net/"))
+
+
+def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
+    base = ["train", "--data", str(store), "--quiet"]
+    empty = tmp_path / "empty.zarr"
+    from engine.store import PatchStore
+
+    PatchStore.create_or_resume(empty, 32, {})
+    plain = make_store(tmp_path / "plain.zarr", {"a": 4}, patch=32, embeddings=False)
+    cases = [
+        (["train", "--model", "diffusion", "--data", str(empty), "--out", str(tmp_path / "r1"), "--preset", "diffusion-tiny"], "no complete slide"),
+        (["train", "--model", "diffusion", "--data", str(plain), "--out", str(tmp_path / "r2"), "--preset", "ldm-tiny"], "no embeddings but the preset is conditional"),
+        (base + ["--model", "diffusion", "--out", str(tmp_path / "r3"), "--preset", "nope"], "unknown preset"),
+        (base + ["--model", "diffusion", "--out", str(tmp_path / "r4"), "--preset", "diffusion-tiny", "--set", "model.chanels=3"], "unknown diffusion model key"),
+        (base + ["--model", "diffusion", "--out", str(tmp_path / "r5"), "--preset", "diffusion-tiny", "--set", "resolution=64"], "larger than its 32 px patches"),
+        (base + ["--model", "gan", "--out", str(tmp_path / "r6"), "--preset", "diffusion-tiny"], "not a gan"),
+        (["sample", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "s")], "not a training run"),
+    ]
+    for argv, message in cases:
+        caplog.clear()
+        assert main(argv) == 2, argv
+        assert message in caplog.text, (argv, caplog.text)
+    # a run whose only checkpoint is damaged, and a resume with other settings
+    run = tmp_path / "run"
+    train(cfg("diffusion-tiny", "train.steps=1", "train.sample_every=100", "train.val_every=100"), [store], run, show_progress=False)
+    with pytest.raises(TrainError, match="other settings.*model.channels"):
+        train(config.resolve("diffusion-tiny", SMALL + ["model.channels=8", "train.steps=2"]), [store], run, show_progress=False)
+    blob = next((run / "checkpoints").glob("*.safetensors"))
+    blob.write_bytes(blob.read_bytes()[:-100])
+    caplog.clear()
+    assert main(["sample", "--run", str(run), "--out", str(tmp_path / "s")]) == 2
+    assert "damaged checkpoint" in caplog.text and "no usable checkpoint" in caplog.text
+    with pytest.raises(ConfigError, match="latent"):
+        train(config.resolve("ldm-tiny", SMALL), [store], tmp_path / "ldm", show_progress=False)

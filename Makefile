@@ -25,13 +25,17 @@ demo: install
 	$(PY) -m engine.tile --slides $(DEMO)/slides --out $(DEMO)/patches.zarr --quiet
 	test "$(MODEL)" != "$(DEMO)/standin-model" || test -d $(MODEL) || $(PY) -m engine.standin_model $(MODEL)
 	$(PY) -m engine.embed --store $(DEMO)/patches.zarr --model $(MODEL) --quiet
+	$(PY) -m histogen train --model diffusion --data $(DEMO)/patches.zarr --out $(DEMO)/runs/diffusion-tiny --preset diffusion-tiny --quiet
+	$(PY) -m histogen sample --run $(DEMO)/runs/diffusion-tiny --n 16 --steps 20 --out $(DEMO)/samples
 	@echo "patch store with embeddings: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
+	@echo "tiny diffusion run: $(DEMO)/runs/diffusion-tiny   samples: $(DEMO)/samples/grid.png"
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) -m benchmarks tiling
+	$(PY) -m benchmarks embed
 
 clean:
 	rm -rf $(DEMO) build *.egg-info engine/_native*.so

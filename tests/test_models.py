@@ -34,12 +34,29 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def patches() -> torch.Tensor:
-    """8 H&E-like patches (8, 3, 32, 32) in [-1, 1]: 64 px tissue windows of a synthetic slide,
-    2x2-averaged (0.5 um/px)."""
+    """8 H&E patches (8, 3, 32, 32) in [-1, 1]: 128 px tissue windows of the real CMU slide,
+    4x4-averaged; 64 px windows of a synthetic slide where ../shared is absent."""
+    from tests.conftest import SHARED
+
+    cmu = SHARED / "slides" / "CMU-1-Small-Region.svs"
+    if cmu.is_file():
+        from engine.mask import tissue_mask
+        from engine.plan import plan_tiles
+        from engine.slide import open_slide
+
+        with open_slide(cmu) as s:
+            mask = tissue_mask(s.thumbnail(16)).mask
+            coords, _ = plan_tiles(mask, s.dimensions, 128, 128, 0.9)
+            windows = s.read_regions([tuple(c) for c in coords[:: max(1, len(coords) // 8)][:8].tolist()], 0, (128, 128))
+        x = torch.from_numpy(np.asarray(windows)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return F.avg_pool2d(x, 4)
+    return synthetic_windows()
+
+
+def synthetic_windows() -> torch.Tensor:
     spec = synth.SynthSpec(width=4096, height=3072, seed=0)
-    windows = [synth.render_region(spec, 1500 + 70 * i, 1200 + 70 * (i % 3), 64, 64) for i in range(8)]
-    x = torch.from_numpy(np.stack(windows)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return F.avg_pool2d(x, 2)
+    windows = np.stack([synth.render_region(spec, 1500 + 70 * i, 1200 + 70 * (i % 3), 64, 64) for i in range(8)])
+    return F.avg_pool2d(torch.from_numpy(windows).permute(0, 3, 1, 2).float() / 127.5 - 1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +131,7 @@ def test_autoencoder_overfits_and_reconstructs(patches):
     assert set(task.nets) == {"ae"} and task.sample_net == "ae" and task.opt_groups() == {"ae": ["ae"]}
     batch = {"images": patches, "cond": None}
     before = evaluate(task, batch)
-    train(task, batch, 40)
+    train(task, batch, 100)
     after = evaluate(task, batch)
     assert after["loss"] < 0.5 * before["loss"], (before, after)
     assert after["ssim"] > before["ssim"] + 0.3 and after["psnr"] > before["psnr"] + 6
@@ -151,9 +168,12 @@ def sample_stats(task: Task, gen_net: nn.Module, data: torch.Tensor) -> tuple[fl
     return colour, nearest
 
 
-def test_gan_overfits(patches):
+def test_gan_overfits():
     """A GAN's losses do not fall, so the test measures the samples: 40 steps bring the (EMA)
-    generator's colour to the data's and its samples nearer to the training images."""
+    generator's colour to the data's and its samples nearer to the training images. On synthetic
+    H&E: on 8 real CMU patches 120 steps brought the colour to 0.38x but not the nearest distance
+    down, more than a CPU test can afford."""
+    patches = synthetic_windows()
     torch.manual_seed(0)
     task = build_task("gan", TINY["gan"], RES, None)
     assert task.opt_hyper("gen") == dict(lr=2e-3, betas=(0.0, 0.99), weight_decay=0.0)

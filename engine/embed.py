@@ -16,10 +16,9 @@ import argparse
 import hashlib
 import logging
 import os
-import queue
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from engine.pipeline import BACKENDS, EMBED, PipelineError, make_resizer, store_batches
+from engine.prefetch import ordered_map
 from engine.store import PatchStore, StoreError
 
 log = logging.getLogger("engine.embed")
@@ -186,37 +186,6 @@ class Summary:
         return "\n".join(lines + [f"failed: {m}" for m in self.failed])
 
 
-def _prefetched(it, depth: int):
-    """Run the iterator on a background thread, `depth` items ahead; its errors surface here."""
-    q: queue.Queue = queue.Queue(depth)
-    end, stop = object(), threading.Event()
-
-    def fill():
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(end)
-        except BaseException as e:  # handed over to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=fill, name="embed-data", daemon=True)
-    t.start()
-    try:
-        while (item := q.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
-
-
 def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
     have = store.embeddings_attrs(sid)
     want = model.attrs()
@@ -238,16 +207,17 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
     summary = Summary(skipped=[s for s in ids if s not in todo])
     resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
     log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(summary.skipped))
-    total = sum(int(store.slide(s).attrs["n_patches"]) for s in todo)
+    sizes = {s: int(store.attrs(s)["n_patches"]) for s in todo}
     disable = None if show_progress is None else not show_progress
     t0 = time.perf_counter()
-    with tqdm(total=total, unit="patch", desc="embed", disable=disable) as bar:
-        for sid in todo:
-            n = int(store.slide(sid).attrs["n_patches"])
+    # The resize runs on its own thread, a batch or two ahead, while TensorFlow runs the model here.
+    with tqdm(total=sum(sizes.values()), unit="patch", desc="embed", disable=disable) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
+        for sid, n in sizes.items():
             try:
                 out = np.zeros((n, model.width), np.float32)
-                batches = ((start, resize(images)) for _, start, images in store_batches(store, [sid], cfg.batch_size, cfg.workers))
-                for start, x in _prefetched(batches, depth=2):
+                batches = store_batches(store, [sid], cfg.batch_size, cfg.workers)
+                for start, x in ordered_map(pool, lambda b: (b[1], resize(b[2])), batches, ahead=2):
                     out[start : start + len(x)] = model(x)
                     bar.update(len(x))
                 store.write_embeddings(sid, out, model.attrs())

@@ -215,9 +215,8 @@ def store_batches(store, slide_ids: list[str], batch_size: int = 64, workers: in
                   ) -> Iterator[tuple[str, int, np.ndarray]]:
     """(slide_id, first patch index, uint8 (n, P, P, 3)) in slide and patch order; batches are read
     and decompressed on `workers` threads (zarr's codecs release the GIL), at most 2 x workers ahead."""
-    jobs = [(sid, i, min(i + batch_size, n)) for sid in slide_ids
-            for n in [int(store.slide(sid)["images"].shape[0])] for i in range(0, n, batch_size)]
     arrays = {sid: store.slide(sid)["images"] for sid in slide_ids}
+    jobs = [(sid, i, min(i + batch_size, a.shape[0])) for sid, a in arrays.items() for i in range(0, a.shape[0], batch_size)]
 
     def read(job):
         sid, a, b = job

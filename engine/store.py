@@ -65,7 +65,8 @@ class Codec:
         return bytes
 
 
-def _diff(a: dict, b: dict) -> str:
+def dict_diff(a: dict, b: dict) -> str:
+    """'key: old -> new' for each key whose value differs."""
     keys = sorted(set(a) | set(b))
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
 
@@ -107,7 +108,7 @@ class PatchStore:
             old = store.root.attrs.get("params", {})
             if old != params:
                 raise StoreError(
-                    f"{path} was made with other parameters ({_diff(old, params)}); "
+                    f"{path} was made with other parameters ({dict_diff(old, params)}); "
                     "write to a new --out, or pass --overwrite to replace it"
                 )
             return store

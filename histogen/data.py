@@ -37,13 +37,17 @@ class SlideRef:
     n: int
 
 
+def open_store(path) -> PatchStore:
+    try:
+        return PatchStore.open(path)
+    except StoreError as e:
+        raise DataError(str(e)) from e
+
+
 def find_slides(stores: list[Path], resolution: int, conditional: bool) -> list[SlideRef]:
     refs = []
     for path in stores:
-        try:
-            store = PatchStore.open(path)
-        except StoreError as e:
-            raise DataError(str(e)) from e
+        store = open_store(path)
         if resolution > store.patch_size:
             raise DataError(f"{path}: resolution {resolution} is larger than its {store.patch_size} px patches; "
                             f"choose --set resolution={store.patch_size} or less (patches are never upsampled)")
@@ -130,7 +134,8 @@ class StepSampler(Sampler):
         return self.steps if self.steps is not None else 2**62
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed that is a fixed function of `parts` (Python's hash() of mixed tuples is not)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
@@ -185,13 +190,13 @@ class Batches:
         # Augmentation is drawn from (seed, step, rank): a resumed run draws what an
         # uninterrupted one did.
         seed = self.cfg.train.seed
-        x = self.resize(images, seed=_seed(seed, self.step, self.rank, 0)).to(self.device, non_blocking=True)
+        x = self.resize(images, seed=derive_seed(seed, self.step, self.rank, 0)).to(self.device, non_blocking=True)
         if self.train and self.cfg.data.stain_jitter > 0:
-            x = stain_jitter(x, self.cfg.data.stain_jitter, torch.Generator().manual_seed(_seed(seed, self.step, self.rank, 1)))
+            x = stain_jitter(x, self.cfg.data.stain_jitter, torch.Generator().manual_seed(derive_seed(seed, self.step, self.rank, 1)))
         # One seed per sample from its place in the global batch: the model's random draws for a
         # sample do not depend on how the batch is split over processes.
         first = self.rank * len(x)
-        seeds = torch.tensor([_seed(seed, self.step, first + i, 3) for i in range(len(x))])
+        seeds = torch.tensor([derive_seed(seed, self.step, first + i, 3) for i in range(len(x))])
         self.step += 1
         return {"images": x, "cond": torch.from_numpy(cond).to(self.device) if self.cfg.data.conditional else None,
                 "seeds": seeds}
@@ -199,10 +204,7 @@ class Batches:
 
 def embeddings_from(store_path: Path, n: int, seed: int) -> torch.Tensor:
     """n embeddings drawn (seeded) from a store's patches: conditions for sampling."""
-    try:
-        store = PatchStore.open(store_path)
-    except StoreError as e:
-        raise DataError(str(e)) from e
+    store = open_store(store_path)
     embs = [store.embeddings(s) for s in store.slide_ids() if store.embeddings_attrs(s) is not None]
     if not embs or not sum(len(e) for e in embs):
         raise DataError(f"{store_path}: no embeddings to condition on; run python -m engine.embed --store {store_path}")

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.store import dict_diff
 from histogen import checkpoint, config
 from histogen.config import ConfigError, RunConfig
-from histogen.data import COND_DIM, Batches, DataError, _seed, find_slides, split_slides
+from histogen.data import COND_DIM, Batches, DataError, derive_seed, find_slides, split_slides
 from histogen.kernels import AdamWEMA
 from histogen.models import NonFiniteLoss, Task, build_task
 from histogen.sample import save_grid
@@ -121,14 +122,16 @@ def load_autoencoder(run: Path, device: torch.device) -> torch.nn.Module:
 def _same_run(old: RunConfig, new: RunConfig) -> str:
     """The differences that matter between a run's saved config and the asked one (more steps,
     logging and sampling cadence may change on resume)."""
-    a, b = old.to_dict(), new.to_dict()
-    for d in (a, b):
-        for k in ("steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps", "guidance"):
-            d["train"].pop(k)
-        d["data"].pop("workers")
-    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}  # noqa: E731
-    fa, fb = flat(a), flat(b)
-    return ", ".join(f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k))
+    free = {f"train.{k}" for k in ("steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples",
+                                   "sample_steps", "guidance")} | {"data.workers"}
+
+    def flat(cfg: RunConfig) -> dict:  # sections are one level deep
+        items = []
+        for k, v in cfg.to_dict().items():
+            items += [(f"{k}.{k2}", v2) for k2, v2 in v.items()] if isinstance(v, dict) else [(k, v)]
+        return {k: v for k, v in items if k not in free}
+
+    return dict_diff(flat(old), flat(new))
 
 
 def prepare_run(cfg: RunConfig, out: Path, d: Dist) -> None:
@@ -193,7 +196,7 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     try:
         for step in range(start, t.steps):
             batch = next(batches)
-            torch.manual_seed(_seed(t.seed, step, d.rank, 2))  # the model's own draws (noise, timesteps)
+            torch.manual_seed(derive_seed(t.seed, step, d.rank, 2))  # the model's own draws (noise, timesteps)
             task.nets.train()
             with autocast:
                 metrics = task.train_step(batch, step, nets, opts, t.grad_clip)

@@ -1,4 +1,5 @@
-"""histogen train | sample: the command line; the work is in histogen.train and histogen.sample."""
+"""histogen train | sample | eval: the command line; the work is in histogen.train, histogen.sample
+and histogen.evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from engine.embed import DEFAULT_MODEL
 from histogen import config
 
 DEFAULT_PRESET = {"ae": "ae-f8", "gan": "gan-128", "diffusion": "diffusion-64"}
@@ -32,6 +34,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps")
     s.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("eval", help="measure how real a run's samples are; writes metrics.json and report.html")
+    e.add_argument("--run", type=Path, help="run folder of histogen train (samples are drawn from it)")
+    e.add_argument("--samples", type=Path, help="evaluate images made elsewhere: a folder with samples.zarr or PNG files")
+    e.add_argument("--real", required=True, type=Path, nargs="+", help="patch store(s) with real patches; the run's "
+                                                                         "validation slides are used, never its training slides")
+    e.add_argument("--out", required=True, type=Path, help="report folder")
+    e.add_argument("--n", type=int, default=10000, help="generated samples, and at most this many real patches")
+    e.add_argument("--encoder", default=DEFAULT_MODEL, help="Path Foundation (hub id or SavedModel folder) or a "
+                                                              "TorchScript file (.pt); default %(default)s")
+    e.add_argument("--revision", help="hub revision of the encoder")
+    e.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -57,16 +73,34 @@ def run_sample(a) -> int:
     return 0
 
 
+def run_eval(a) -> int:
+    from histogen.evaluate import EvalConfig, evaluate
+
+    if a.n < 2 or a.steps < 1 or a.batch_size < 1:
+        raise config.ConfigError("--n must be at least 2, --steps and --batch-size at least 1")
+    cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=a.encoder,
+                     revision=a.revision)
+    ev = evaluate(a.real, a.out, run=a.run, samples=a.samples, cfg=cfg)
+    for k, v in ev.metrics.items():
+        print(f"{k}: " + (", ".join(f"{k2} {v2:.4g}" if isinstance(v2, float) else f"{k2} {v2}" for k2, v2 in v.items())
+                          if isinstance(v, dict) else f"{v:.4g}"))
+    for k, why in ev.skipped.items():
+        print(f"{k}: skipped ({why})")
+    print(f"report: {a.out / 'report.html'}, numbers: {a.out / 'metrics.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from histogen.checkpoint import CheckpointError
     from histogen.data import DataError
+    from histogen.evaluate import EvalError
     from histogen.train import TrainError
 
     try:
-        return {"train": run_train, "sample": run_sample}[a.command](a)
-    except (config.ConfigError, DataError, TrainError, CheckpointError) as e:
+        return {"train": run_train, "sample": run_sample, "eval": run_eval}[a.command](a)
+    except (config.ConfigError, DataError, TrainError, CheckpointError, EvalError) as e:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

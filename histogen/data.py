@@ -21,6 +21,7 @@ from engine.pipeline import Transform, make_resizer
 from engine.slide import cuda_available
 from engine.store import PatchStore, StoreError
 from histogen.config import RunConfig
+from histogen.stain import stain_jitter
 
 log = logging.getLogger("histogen.data")
 COND_DIM = 384
@@ -143,23 +144,6 @@ def _collate(items):
     images = np.stack([np.asarray(i) for i, _ in items])
     cond = np.stack([e for _, e in items]).astype(np.float32)
     return images, cond
-
-
-# The H&E stain matrix (Ruifrok & Johnston, as in scikit-image's rgb2hed)
-RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
-
-
-def stain_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
-    """Scale and shift each stain's optical density per image (x in [-1, 1], NCHW)."""
-    n = x.shape[0]
-    alpha = 1 + (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * sigma
-    beta = (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * sigma
-    rgb = ((x.float() + 1) / 2).clamp(1e-4, 1).flatten(2).transpose(1, 2)  # (n, HW, 3)
-    hed = -torch.log(rgb) @ HED_FROM_RGB.to(x.device)
-    od = (hed * alpha.to(x.device) + beta.to(x.device)) @ RGB_FROM_HED.to(x.device)
-    out = torch.exp(-od).clamp(0, 1).transpose(1, 2).reshape(x.shape)
-    return (out * 2 - 1).to(x.dtype)
 
 
 class Batches:

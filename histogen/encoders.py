@@ -1,0 +1,100 @@
+"""Feature extractors for evaluation: uint8 patches -> float32 (n, width) features.
+
+Every encoder sees its input through the same engine.pipeline resize (antialiased bilinear to its
+input size, [0, 1]), so real and generated patches are preprocessed identically. Path Foundation
+(a TensorFlow SavedModel, loaded as engine.embed does) is the default; any torch module can be
+plugged in (`TorchEncoder`, or a TorchScript file on the command line). Without a learned model,
+`PixelEncoder` gives downsampled pixels: enough for nearest-neighbour memorisation checks, not for
+Fréchet distance or precision/recall.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.pipeline import Transform, make_resizer
+
+
+class Encoder:
+    """`forward` takes the resized batch (torch float32 in [0, 1], `transform.layout`)."""
+
+    learned = True  # features from a learned model: Fréchet distance and precision/recall make sense
+
+    def __init__(self, id: str, revision: str, transform: Transform, forward: Callable, width: int,
+                 pipeline: str = "auto", batch_size: int = 64):
+        self.id, self.revision, self.transform, self.forward, self.width = id, revision, transform, forward, width
+        self.batch_size = batch_size
+        self.resize = make_resizer(transform, pipeline, max_batch=batch_size)
+
+    @property
+    def key(self) -> str:
+        """What identifies the features this encoder makes (for caches and reports)."""
+        return f"{self.id}@{self.revision}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, 3) -> float32 (n, width)."""
+        out = [np.asarray(self.forward(self.resize(images[i : i + self.batch_size])), np.float32)
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.width), np.float32)
+
+
+def path_foundation(model: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
+    """Path Foundation or a SavedModel with its interface (engine.embed.load_model; raises EmbedError)."""
+    from engine.embed import load_model
+    from engine.pipeline import EMBED
+
+    m = load_model(model, revision)
+    return Encoder(m.id, m.revision, EMBED, m, m.width, pipeline, batch_size)
+
+
+class TorchEncoder(Encoder):
+    """Any torch module taking float32 NCHW in [0, 1] at `input_size` and returning (n, width)."""
+
+    def __init__(self, module: torch.nn.Module, id: str, revision: str = "", input_size: int = 224,
+                 pipeline: str = "auto", batch_size: int = 64):
+        module = module.eval()
+        device = next(iter(module.parameters()), torch.zeros(0)).device
+        with torch.no_grad():
+            width = int(module(torch.zeros(1, 3, input_size, input_size, device=device)).shape[-1])
+
+        @torch.no_grad()
+        def forward(x):
+            return module(x.to(device)).float().reshape(len(x), -1).cpu().numpy()
+
+        super().__init__(id, revision, Transform(input_size, layout="NCHW"), forward, width, pipeline, batch_size)
+
+
+def torchscript(path: Path, input_size: int = 224, pipeline: str = "auto", batch_size: int = 64) -> TorchEncoder:
+    """A TorchScript file (torch.jit.save of any module): loads without pickled Python code."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    digest = "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return TorchEncoder(torch.jit.load(str(path), map_location=device), str(Path(path).resolve()), digest,
+                        input_size, pipeline, batch_size)
+
+
+class PixelEncoder(Encoder):
+    """Pixels downsampled to `size` x `size`, in [0, 1]: a model-free stand-in for memorisation."""
+
+    learned = False
+
+    def __init__(self, size: int = 32, pipeline: str = "auto", batch_size: int = 256):
+        super().__init__("pixels", f"{size}px", Transform(size), lambda x: x.reshape(len(x), -1).cpu().numpy(),
+                         size * size * 3, pipeline, batch_size)
+
+
+def load_encoder(ref: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
+    """A TorchScript file (.pt/.ts) or a SavedModel directory / Hugging Face repo id."""
+    from engine.embed import EmbedError
+
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix in (".pt", ".ts", ".pth"):
+        try:
+            return torchscript(path, pipeline=pipeline, batch_size=batch_size)
+        except RuntimeError as e:
+            raise EmbedError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]}); save one with "
+                             "torch.jit.save(torch.jit.script(module), path)") from e
+    return path_foundation(ref, revision, pipeline, batch_size)

@@ -1,0 +1,392 @@
+"""histogen eval: how real a run's samples are, against real held-out patches.
+
+    histogen eval --run runs/NAME --real patches.zarr --n 10000 --out report/
+    histogen eval --samples DIR --real patches.zarr --out report/     (images made elsewhere)
+
+Real patches come from the --real stores' slides that the run did not train on, drawn at random
+(seeded) and resized to the run's resolution exactly as training resized them; generated patches
+are the run's EMA samples (autoencoders: reconstructions of those real patches; conditional
+models: conditioned on those patches' stored embeddings). Both sides then go through the same
+encoder preprocessing. Features of the real side are cached per store, slides, encoder,
+resolution and draw. Metrics that need a learned encoder are skipped, with the reason, when none
+can be loaded; the rest still run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.embed import DEFAULT_MODEL, EmbedError
+from engine.pipeline import Transform, make_resizer
+from histogen import metrics
+from histogen.data import COND_DIM, DataError, SlideRef, open_store
+from histogen.encoders import Encoder, PixelEncoder, load_encoder
+
+log = logging.getLogger("histogen.evaluate")
+CACHE_VERSION = 1
+
+
+class EvalError(Exception):
+    """Inputs that cannot be evaluated; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = 10000  # generated samples, and at most this many real and training patches
+    k: int = 3  # neighbourhood size of precision/recall (the paper's default)
+    batch_size: int = 32
+    seed: int = 0
+    steps: int = 50  # DDIM steps
+    guidance: float = 1.0
+    encoder: str = DEFAULT_MODEL  # SavedModel dir / hub id, or a TorchScript file
+    revision: str | None = None
+    pipeline: str = "auto"
+    pairs: int = 8  # closest generated/training pairs shown
+    grid: int = 64  # patches per picture grid
+    cache: Path | None = None  # default: $HISTOGEN_CACHE or ~/.cache/histogen
+
+
+@dataclass
+class Side:
+    """What evaluation keeps of one set of patches."""
+
+    features: np.ndarray  # (n, D), D = the encoder's width
+    hist: np.ndarray  # (2, OD_BINS) haematoxylin, eosin
+    grid: np.ndarray  # uint8 (g, R, R, 3), spread over the set
+
+    @property
+    def n(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class Patches:
+    """A seeded draw of patches from slides: rows of (slide index, patch index), in read order."""
+
+    refs: list[SlideRef]
+    rows: np.ndarray
+
+    @classmethod
+    def draw(cls, refs: list[SlideRef], n: int, seed: int) -> "Patches":
+        starts = np.cumsum([0] + [r.n for r in refs])
+        flat = np.sort(np.random.default_rng(seed).choice(starts[-1], min(n, int(starts[-1])), replace=False))
+        k = np.searchsorted(starts, flat, side="right") - 1
+        return cls(refs, np.stack([k, flat - starts[k]], 1))
+
+    def key(self) -> list:
+        out = []
+        for r in self.refs:
+            attrs = open_store(r.store).attrs(r.slide)
+            out.append([str(Path(r.store).resolve()), r.slide, r.n, attrs.get("fingerprint")])
+        return out
+
+    def batches(self, resolution: int, batch_size: int, with_cond: bool = False, cycle_to: int | None = None,
+                pipeline: str = "auto") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(uint8 (b, R, R, 3), embeddings (b, 384) or None), resized as training resizes (no
+        augmentation); `cycle_to` repeats the draw up to that many rows."""
+        resize = make_resizer(Transform(resolution), pipeline, max_batch=batch_size)
+        rows = self.rows if cycle_to is None else self.rows[np.arange(cycle_to) % len(self.rows)]
+        opened: dict[int, tuple] = {}
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            images = None
+            conds = np.zeros((len(chunk), COND_DIM), np.float32) if with_cond else None
+            for k in np.unique(chunk[:, 0]):  # rows are sorted by slide, so usually one slide per batch
+                if k not in opened:
+                    ref = self.refs[k]
+                    store = open_store(ref.store)
+                    emb = None
+                    if with_cond:
+                        if store.embeddings_attrs(ref.slide) is None:
+                            raise EvalError(f"{ref.store}: slide {ref.slide} has no embeddings to condition on; "
+                                            f"run python -m engine.embed --store {ref.store}")
+                        emb = store.embeddings(ref.slide)
+                    opened = {k: (store.slide(ref.slide)["images"], emb)}  # keep one slide open
+                arr, emb = opened[k]
+                sel = chunk[:, 0] == k
+                got = arr.oindex[chunk[sel, 1]]
+                if images is None:
+                    images = np.empty((len(chunk),) + got.shape[1:], np.uint8)
+                images[sel] = got
+                if with_cond:
+                    conds[sel] = emb[chunk[sel, 1]]
+            x = resize(images)
+            yield (x * 255).round().clamp(0, 255).to(torch.uint8).numpy(), conds
+
+
+def summarise(batches, encoder: Encoder, n: int, grid: int) -> Side:
+    """Features, stain histograms and a spread-out grid of a stream of uint8 batches (n in all)."""
+    show = set(np.linspace(0, max(n - 1, 0), min(grid, n)).astype(int).tolist())
+    feats, hist, shown, seen = [], np.zeros((2, metrics.OD_BINS), np.int64), [], 0
+    for b in batches:
+        feats.append(encoder(b))
+        hist += metrics.stain_histograms(b)
+        shown += [im for i, im in enumerate(b, seen) if i in show]
+        seen += len(b)
+    if not feats:
+        raise EvalError("no patches to evaluate")
+    return Side(np.concatenate(feats), hist, np.stack(shown))
+
+
+def cache_dir(cfg: EvalConfig) -> Path:
+    return Path(cfg.cache or os.environ.get("HISTOGEN_CACHE") or Path.home() / ".cache" / "histogen") / "eval"
+
+
+def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalConfig) -> Side:
+    """The Side of stored patches, from the cache when the same draw of the same slides was
+    already encoded by the same encoder at the same resolution."""
+    key = json.dumps({"v": CACHE_VERSION, "slides": patches.key(), "rows": hashlib.sha256(patches.rows.tobytes()).hexdigest(),
+                      "resolution": resolution, "encoder": encoder.key, "grid": cfg.grid}, sort_keys=True)
+    path = cache_dir(cfg) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                if str(z["key"]) == key:
+                    log.info("real-patch features from the cache (%s)", path)
+                    return Side(z["features"], z["hist"], z["grid"])
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: unreadable cache entry (%s); recomputing", path, e)
+    images = (b for b, _ in patches.batches(resolution, cfg.batch_size, pipeline=cfg.pipeline))
+    side = summarise(images, encoder, len(patches.rows), cfg.grid)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, key=key, features=side.features, hist=side.hist, grid=side.grid)
+        tmp.replace(path)  # atomic: a killed run never leaves half an entry
+    except OSError as e:
+        log.warning("cannot cache real-patch features in %s (%s)", path.parent, e)
+    return side
+
+
+def stored_slides(stores: list[Path]) -> list[SlideRef]:
+    refs = []
+    for path in stores:
+        store = open_store(path)
+        refs += [SlideRef(str(path), s, int(store.attrs(s)["n_patches"])) for s in store.slide_ids()]
+    refs = [r for r in refs if r.n > 0]
+    if not refs:
+        raise EvalError(f"{', '.join(map(str, stores))}: no complete slide with patches; tile slides first (python -m engine.tile)")
+    return refs
+
+
+def load_samples(path: Path, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images made elsewhere: DIR/samples.zarr (uint8 (n, R, R, 3)) or DIR/*.png; and
+    DIR/conditions.npy when there is one."""
+    import zarr
+    from PIL import Image
+
+    path = Path(path)
+    if (path / "samples.zarr").exists():
+        images = np.asarray(zarr.open_array(str(path / "samples.zarr"), mode="r")[:n])
+    else:
+        files = sorted(p for p in path.glob("*.png") if p.name != "grid.png")[:n]
+        if not files:
+            raise EvalError(f"{path}: no samples.zarr and no PNG files; point --samples at the --out of histogen sample")
+        try:
+            images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        except ValueError as e:
+            raise EvalError(f"{path}: the PNG files differ in size ({e}); evaluate images of one size") from e
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise EvalError(f"{path}: samples must be square uint8 RGB images, got {images.dtype} {images.shape}")
+    cond = np.load(path / "conditions.npy")[: len(images)] if (path / "conditions.npy").is_file() else None
+    return images, cond
+
+
+@dataclass
+class Evaluation:
+    """metrics.json's content, and the pictures of the report."""
+
+    info: dict
+    metrics: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)  # metric -> why it was not computed
+    notes: list = field(default_factory=list)
+    pictures: dict = field(default_factory=dict)  # name -> uint8 images (not in metrics.json)
+    hists: dict = field(default_factory=dict)  # "real" / "generated" -> (2, OD_BINS)
+
+    def to_json(self) -> dict:
+        return {"info": self.info, "metrics": self.metrics, "skipped": self.skipped, "notes": self.notes}
+
+
+def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path | None = None,
+             cfg: EvalConfig = EvalConfig(), encoder: Encoder | None = None) -> Evaluation:
+    """Evaluate a run's samples (or images in `samples`) against the real stores; writes
+    out/samples.zarr (when sampling), out/metrics.json and out/report.html."""
+    from histogen.report import write_report
+    from histogen.sample import RunSampler
+
+    if run is None and samples is None:
+        raise EvalError("nothing to evaluate: pass --run RUN, --samples DIR, or both")
+    if cfg.n < 2:
+        raise EvalError("--n must be at least 2")
+    sampler = RunSampler(run) if run is not None else None
+    given, given_cond = load_samples(samples, cfg.n) if samples is not None else (None, None)
+    resolution = int(given.shape[1]) if given is not None else sampler.cfg.resolution
+    kind = sampler.task.kind if sampler else None
+    conditional = sampler.conditional if sampler else given_cond is not None
+    ev = Evaluation({"run": str(run) if run else None, "step": sampler.step if sampler else None, "kind": kind,
+                     "samples": str(samples) if samples else None, "real": [str(s) for s in real],
+                     "resolution": resolution, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}})
+
+    # Real patches: the --real slides the run did not train on.
+    refs = stored_slides(real)
+    split = sampler.split() if sampler else {"train": [], "val": []}
+    trained = {(Path(r.store).resolve(), r.slide) for r in split["train"]}
+    held = [r for r in refs if (Path(r.store).resolve(), r.slide) not in trained]
+    ev.info["real_is_training"] = not held
+    if not held:
+        held = refs
+        ev.notes.append("every --real slide was used in training: the real set is not held out, and memorisation has no baseline")
+    real_patches = Patches.draw(held, cfg.n, cfg.seed)
+
+    # The encoder: a learned one if it loads, else pixels (memorisation only).
+    if encoder is None:
+        try:
+            encoder = load_encoder(cfg.encoder, cfg.revision, cfg.pipeline)
+        except EmbedError as e:
+            reason = f"no encoder: {e}".replace("--model", "--encoder")  # engine.embed's flag is ours here
+            for m in ("frechet_distance", "precision_recall") + (("conditioning",) if conditional else ()):
+                ev.skipped[m] = reason
+            log.warning("%s; the metrics that need it are skipped", reason)
+    features = encoder if encoder is not None and encoder.learned else PixelEncoder(pipeline=cfg.pipeline)
+    ev.info["encoder"] = features.key
+    r = cached_side(real_patches, resolution, features, cfg)
+
+    # Generated patches.
+    g = generated(sampler, given, given_cond, real_patches, resolution, features, cfg, out)
+    gen_side = g.side
+    ev.info.update(n_real=r.n, n_generated=gen_side.n)
+    ev.pictures.update(real=r.grid, generated=gen_side.grid)
+    ev.hists.update(real=r.hist, generated=gen_side.hist)
+
+    if features.learned:
+        fit = lambda x: metrics.GaussianStats(x.shape[1]).update(x)  # noqa: E731
+        ev.metrics["frechet_distance"] = metrics.frechet_of(fit(r.features), fit(gen_side.features))
+        if min(r.n, gen_side.n) > cfg.k:
+            p, rc = metrics.precision_recall(r.features, gen_side.features, cfg.k)
+            ev.metrics["precision_recall"] = {"precision": p, "recall": rc, "k": cfg.k}
+        else:
+            ev.skipped["precision_recall"] = f"needs more than k={cfg.k} patches on each side"
+    if conditional:
+        conditioning(ev, gen_side, g.cond, held, features, cfg)
+    tissue = {"tissue_pixels_real": int(r.hist[0].sum()), "tissue_pixels_generated": int(gen_side.hist[0].sum())}
+    if min(tissue.values()) == 0:
+        ev.skipped["stain"] = f"no tissue pixels to compare ({tissue})"
+    else:
+        ev.metrics["stain"] = {**{f"{name}_w1": metrics.wasserstein_hist(r.hist[c], gen_side.hist[c])
+                                  for c, name in enumerate(("haematoxylin", "eosin"))}, **tissue}
+    if g.recon is not None:
+        ev.metrics["reconstruction"] = {"psnr_db": float(np.mean(g.recon[0])), "ssim": float(np.mean(g.recon[1])), "n": len(g.recon[0])}
+    memorisation(ev, split, r, g, features, resolution, cfg)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(ev.to_json(), indent=1, allow_nan=False, default=float))
+    write_report(ev, out / "report.html")
+    return ev
+
+
+@dataclass
+class Generated:
+    side: Side
+    images: object  # uint8 (n, R, R, 3): a numpy array, or the zarr array the samples were written to
+    cond: np.ndarray | None  # what each sample was conditioned on
+    recon: tuple | None  # autoencoders: per-image (PSNR, SSIM)
+
+
+def generated(sampler, given, given_cond, real_patches: Patches, resolution: int, encoder: Encoder, cfg: EvalConfig,
+              out: Path) -> Generated:
+    if given is not None:
+        batches = (given[i : i + cfg.batch_size] for i in range(0, len(given), cfg.batch_size))
+        return Generated(summarise(batches, encoder, len(given), cfg.grid), given, given_cond, None)
+    import zarr
+    from tqdm import tqdm
+
+    ae = sampler.task.kind == "ae"
+    n = len(real_patches.rows) if ae else cfg.n
+    cond_source = sampler.conditional or ae
+    source = real_patches.batches(resolution, cfg.batch_size, with_cond=sampler.conditional,
+                                  cycle_to=None if ae else n, pipeline=cfg.pipeline) if cond_source else None
+    out.mkdir(parents=True, exist_ok=True)
+    arr = zarr.create_array(str(out / "samples.zarr"), shape=(n, resolution, resolution, 3), chunks=(1, resolution, resolution, 3),
+                            dtype="uint8", overwrite=True)
+    gen = torch.Generator(sampler.device).manual_seed(cfg.seed)
+    conds, psnrs, ssims = [], [], []
+
+    def stream():
+        done = 0
+        with tqdm(total=n, unit="sample", desc="sample") as bar:
+            while done < n:
+                m = min(cfg.batch_size, n - done)
+                real_b, cond_b = next(source) if source is not None else (None, None)
+                images = torch.from_numpy(real_b).permute(0, 3, 1, 2).float() / 127.5 - 1 if ae else None
+                y = sampler(m, gen, cond=None if cond_b is None else torch.from_numpy(cond_b), images=images,
+                            steps=cfg.steps, guidance=cfg.guidance)
+                if ae:
+                    psnrs.append(metrics.psnr(real_b, y))
+                    ssims.append(metrics.ssim_uint8(real_b, y))
+                if cond_b is not None:
+                    conds.append(cond_b)
+                arr[done : done + m] = y
+                done += m
+                bar.update(m)
+                yield y
+
+    side = summarise(stream(), encoder, n, cfg.grid)
+    arr.attrs.update({"run": str(sampler.run), "step": sampler.step, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance})
+    cond = np.concatenate(conds) if conds else None
+    if cond is not None:
+        np.save(out / "conditions.npy", cond)
+    return Generated(side, arr, cond, (np.concatenate(psnrs), np.concatenate(ssims)) if ae else None)
+
+
+def conditioning(ev: Evaluation, gen: Side, cond: np.ndarray | None, held: list[SlideRef], encoder: Encoder,
+                 cfg: EvalConfig) -> None:
+    """Cosine similarity of each sample's embedding with the one it was conditioned on, against
+    random pairs; only meaningful when the encoder is the model that made the conditions."""
+    if not encoder.learned:
+        return  # skipped above, with the reason the encoder did not load
+    if cond is None:
+        ev.skipped["conditioning"] = "no conditions.npy next to the samples"
+        return
+    store = open_store(held[0].store)
+    made_by = store.embeddings_attrs(held[0].slide) or {}
+    made = f"{made_by.get('model')}@{made_by.get('revision')}"
+    if made != encoder.key or cond.shape[1] != gen.features.shape[1]:
+        ev.skipped["conditioning"] = f"the conditions are embeddings by {made}, the encoder is {encoder.key}; evaluate with --encoder {made_by.get('model')}"
+        return
+    matched = metrics.cosine_pairs(gen.features, cond)
+    shift = int(np.random.default_rng(cfg.seed).integers(1, len(cond))) if len(cond) > 1 else 0
+    random = metrics.cosine_pairs(gen.features, np.roll(cond, shift, axis=0))
+    ev.metrics["conditioning"] = {"cosine_matched": float(matched.mean()), "cosine_random": float(random.mean()),
+                                  "gap": float(matched.mean() - random.mean())}
+
+
+def memorisation(ev: Evaluation, split: dict, real: Side, g: Generated, encoder: Encoder, resolution: int,
+                 cfg: EvalConfig) -> None:
+    """Each generated patch's distance to its nearest training patch, against the same distance
+    for held-out real patches; the closest pairs are kept for the report."""
+    if not split["train"]:
+        ev.skipped["memorisation"] = "no training patches known (pass --run to compare with the run's training slides)"
+        return
+    train = Patches.draw(split["train"], cfg.n, cfg.seed + 1)
+    t = cached_side(train, resolution, encoder, cfg)
+    d_gen, j_gen = metrics.nearest(g.side.features, t.features)
+    m = {"space": encoder.key, "n_train": t.n, "generated_nn_median": float(np.median(d_gen))}
+    if real.n and not ev.info.get("real_is_training"):
+        d_real, _ = metrics.nearest(real.features, t.features)
+        p1 = float(np.percentile(d_real, 1))
+        m.update(real_nn_median=float(np.median(d_real)), ratio=float(np.median(d_gen) / max(np.median(d_real), 1e-12)),
+                 share_below_real_p1=float((d_gen < p1).mean()))
+    ev.metrics["memorisation"] = m
+    closest = np.argsort(d_gen, kind="stable")[: cfg.pairs]
+    nearest_train = Patches(train.refs, train.rows[j_gen[closest]])
+    ev.pictures["pairs"] = (np.stack([g.images[int(i)] for i in closest]),
+                            np.concatenate([b for b, _ in nearest_train.batches(resolution, cfg.batch_size, pipeline=cfg.pipeline)]),
+                            d_gen[closest])

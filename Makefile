@@ -27,8 +27,10 @@ demo: install
 	$(PY) -m engine.embed --store $(DEMO)/patches.zarr --model $(MODEL) --quiet
 	$(PY) -m histogen train --model diffusion --data $(DEMO)/patches.zarr --out $(DEMO)/runs/diffusion-tiny --preset diffusion-tiny --quiet
 	$(PY) -m histogen sample --run $(DEMO)/runs/diffusion-tiny --n 16 --steps 20 --out $(DEMO)/samples
+	$(PY) -m histogen eval --run $(DEMO)/runs/diffusion-tiny --real $(DEMO)/patches.zarr --n 64 --steps 20 --encoder $(MODEL) --out $(DEMO)/report
 	@echo "patch store with embeddings: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
 	@echo "tiny diffusion run: $(DEMO)/runs/diffusion-tiny   samples: $(DEMO)/samples/grid.png"
+	@echo "evaluation report: $(DEMO)/report/report.html"
 
 test: install
 	$(PY) -m pytest -q

@@ -59,6 +59,7 @@ class Side:
     """What evaluation keeps of one set of patches."""
 
     features: np.ndarray  # (n, D), D = the encoder's width
+    stats: metrics.GaussianStats  # of the features, accumulated batch by batch
     hist: np.ndarray  # (2, OD_BINS) haematoxylin, eosin
     grid: np.ndarray  # uint8 (g, R, R, 3), spread over the set
 
@@ -126,14 +127,16 @@ def summarise(batches, encoder: Encoder, n: int, grid: int) -> Side:
     """Features, stain histograms and a spread-out grid of a stream of uint8 batches (n in all)."""
     show = set(np.linspace(0, max(n - 1, 0), min(grid, n)).astype(int).tolist())
     feats, hist, shown, seen = [], np.zeros((2, metrics.OD_BINS), np.int64), [], 0
+    stats = metrics.GaussianStats(encoder.width)
     for b in batches:
         feats.append(encoder(b))
+        stats.update(feats[-1])
         hist += metrics.stain_histograms(b)
         shown += [im for i, im in enumerate(b, seen) if i in show]
         seen += len(b)
     if not feats:
         raise EvalError("no patches to evaluate")
-    return Side(np.concatenate(feats), hist, np.stack(shown))
+    return Side(np.concatenate(feats), stats, hist, np.stack(shown))
 
 
 def cache_dir(cfg: EvalConfig) -> Path:
@@ -151,7 +154,8 @@ def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalCo
             with np.load(path) as z:
                 if str(z["key"]) == key:
                     log.info("real-patch features from the cache (%s)", path)
-                    return Side(z["features"], z["hist"], z["grid"])
+                    return Side(z["features"], metrics.GaussianStats.from_arrays({k: z[k] for k in ("n", "mean", "m2")}),
+                                z["hist"], z["grid"])
         except (OSError, ValueError, KeyError) as e:
             log.warning("%s: unreadable cache entry (%s); recomputing", path, e)
     images = (b for b, _ in patches.batches(resolution, cfg.batch_size, pipeline=cfg.pipeline))
@@ -159,7 +163,7 @@ def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalCo
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, key=key, features=side.features, hist=side.hist, grid=side.grid)
+        np.savez(tmp, key=key, features=side.features, hist=side.hist, grid=side.grid, **side.stats.to_arrays())
         tmp.replace(path)  # atomic: a killed run never leaves half an entry
     except OSError as e:
         log.warning("cannot cache real-patch features in %s (%s)", path.parent, e)
@@ -267,8 +271,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     ev.hists.update(real=r.hist, generated=gen_side.hist)
 
     if features.learned:
-        fit = lambda x: metrics.GaussianStats(x.shape[1]).update(x)  # noqa: E731
-        ev.metrics["frechet_distance"] = metrics.frechet_of(fit(r.features), fit(gen_side.features))
+        ev.metrics["frechet_distance"] = metrics.frechet_of(r.stats, gen_side.stats)
         if min(r.n, gen_side.n) > cfg.k:
             p, rc = metrics.precision_recall(r.features, gen_side.features, cfg.k)
             ev.metrics["precision_recall"] = {"precision": p, "recall": rc, "k": cfg.k}

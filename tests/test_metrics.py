@@ -148,3 +148,22 @@ def test_psnr_and_ssim_closed_forms():
     np.testing.assert_allclose(metrics.psnr(x, y), 20 * np.log10(255), rtol=1e-12)
     np.testing.assert_allclose(metrics.ssim_uint8(x, x), 1.0, rtol=1e-6)
     assert (metrics.ssim_uint8(x, r.integers(0, 256, x.shape, dtype=np.uint8)) < 0.2).all()
+
+
+def test_colour_deconvolution_matches_scikit_image_on_the_real_slide(cmu_svs):
+    """On real H&E pixels, to_hed is scikit-image's rgb2hed in natural-log units (rgb2hed divides
+    by -ln(1e-6) and clips at 0)."""
+    skimage_color = pytest.importorskip("skimage.color")
+    from engine.slide import open_slide
+
+    with open_slide(cmu_svs) as s:
+        rgb = np.asarray(s.read_regions([(800, 1200)], 0, (128, 128)))[0][..., :3]
+    x = np.maximum(rgb / 255.0, 1e-6)
+    ours = to_hed(torch.from_numpy(x).double()).numpy()
+    theirs = skimage_color.rgb2hed(x) * -np.log(1e-6)
+    keep = ours > 0
+    assert keep.mean() > 0.5
+    np.testing.assert_allclose(ours[keep], theirs[keep], rtol=1e-4, atol=1e-4)
+    hist = metrics.stain_histograms(rgb[None])
+    tissue = (-np.log((rgb + 1.0) / 256)).sum(-1) > metrics.TISSUE_OD
+    assert 0.1 < tissue.mean() < 0.9 and hist.sum(1).tolist() == [tissue.sum()] * 2

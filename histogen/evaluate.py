@@ -89,29 +89,31 @@ class Patches:
             out.append([str(Path(r.store).resolve()), r.slide, r.n, attrs.get("fingerprint")])
         return out
 
+    def _open(self, k: int, with_cond: bool) -> tuple:
+        """Slide k's images array, and its embeddings when `with_cond`."""
+        ref = self.refs[k]
+        store = open_store(ref.store)
+        if not with_cond:
+            return store.slide(ref.slide)["images"], None
+        if store.embeddings_attrs(ref.slide) is None:
+            raise EvalError(f"{ref.store}: slide {ref.slide} has no embeddings to condition on; "
+                            f"run python -m engine.embed --store {ref.store}")
+        return store.slide(ref.slide)["images"], store.embeddings(ref.slide)
+
     def batches(self, resolution: int, batch_size: int, with_cond: bool = False, cycle_to: int | None = None,
                 pipeline: str = "auto") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(uint8 (b, R, R, 3), embeddings (b, 384) or None), resized as training resizes (no
         augmentation); `cycle_to` repeats the draw up to that many rows."""
         resize = make_resizer(Transform(resolution), pipeline, max_batch=batch_size)
         rows = self.rows if cycle_to is None else self.rows[np.arange(cycle_to) % len(self.rows)]
-        opened: dict[int, tuple] = {}
+        current, arr, emb = None, None, None  # one slide open at a time: rows are sorted by slide
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             images = None
             conds = np.zeros((len(chunk), COND_DIM), np.float32) if with_cond else None
-            for k in np.unique(chunk[:, 0]):  # rows are sorted by slide, so usually one slide per batch
-                if k not in opened:
-                    ref = self.refs[k]
-                    store = open_store(ref.store)
-                    emb = None
-                    if with_cond:
-                        if store.embeddings_attrs(ref.slide) is None:
-                            raise EvalError(f"{ref.store}: slide {ref.slide} has no embeddings to condition on; "
-                                            f"run python -m engine.embed --store {ref.store}")
-                        emb = store.embeddings(ref.slide)
-                    opened = {k: (store.slide(ref.slide)["images"], emb)}  # keep one slide open
-                arr, emb = opened[k]
+            for k in np.unique(chunk[:, 0]):
+                if k != current:
+                    current, arr, emb = k, *self._open(k, with_cond)
                 sel = chunk[:, 0] == k
                 got = arr.oindex[chunk[sel, 1]]
                 if images is None:
@@ -313,9 +315,9 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
 
     ae = sampler.task.kind == "ae"
     n = len(real_patches.rows) if ae else cfg.n
-    cond_source = sampler.conditional or ae
+    # Autoencoders reconstruct the real draw; conditional models take its embeddings as conditions.
     source = real_patches.batches(resolution, cfg.batch_size, with_cond=sampler.conditional,
-                                  cycle_to=None if ae else n, pipeline=cfg.pipeline) if cond_source else None
+                                  cycle_to=None if ae else n, pipeline=cfg.pipeline) if sampler.conditional or ae else None
     out.mkdir(parents=True, exist_ok=True)
     arr = zarr.create_array(str(out / "samples.zarr"), shape=(n, resolution, resolution, 3), chunks=(1, resolution, resolution, 3),
                             dtype="uint8", overwrite=True)

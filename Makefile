@@ -38,6 +38,7 @@ test: install
 bench: install
 	$(PY) -m benchmarks tiling
 	$(PY) -m benchmarks embed
+	$(PY) -m benchmarks cluster
 
 clean:
 	rm -rf $(DEMO) build *.egg-info engine/_native*.so

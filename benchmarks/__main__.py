@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import embed, kernels, tiling
+from benchmarks import cluster, embed, kernels, tiling
 
-SUITES = {"embed": embed, "kernels": kernels, "tiling": tiling}
+SUITES = {"cluster": cluster, "embed": embed, "kernels": kernels, "tiling": tiling}
 
 
 def main(argv=None) -> int:

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine import location
 from engine.discover import fingerprint, match_names
-from engine.memory import reuse_freed_memory
 from engine.plan import PlanParams
 from engine.slide import SlideError
 from engine.store import PatchStore, StoreError
@@ -156,7 +156,7 @@ def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schem
         yield pa.record_batch([cols[name] for name in sch.names], schema=sch)
 
 
-def _card(store_path: Path, slides: list[str], n_rows: int, n_bytes: int, files: list[Path], with_images: bool, models: list[str]) -> str:
+def _card(store_path: location.Location, slides: list[str], n_rows: int, n_bytes: int, files: list[Path], with_images: bool, models: list[str]) -> str:
     import yaml
 
     meta = {
@@ -171,7 +171,7 @@ def _card(store_path: Path, slides: list[str], n_rows: int, n_bytes: int, files:
     image = ", and `image`: the patch resized to the model's input (PNG)" if with_images else ""
     return (
         f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n"
-        f"# Patch embeddings from {store_path.name}\n\n"
+        f"# Patch embeddings from {location.name(store_path)}\n\n"
         f"{n_rows} patches of {len(slides)} slide(s), embedded with {', '.join(models)}, exported by histogen "
         "(`python -m engine.dataset export`) in the format of the Path Foundation study's dataset. One row per "
         "patch: `organ`, `slide_name`, `x` and `y` (level-0 top-left corner), `level` and `patch_size` "
@@ -188,7 +188,7 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
     (one row per patch, slide after slide, in patch order) and a dataset card `out_dir/README.md`.
     `organ`: every row's organ (default: each slide's own, recorded by an import, else "unknown").
     Returns the parquet files. The files replace an earlier export's only once all are written."""
-    store_path, out_dir = Path(store_path), Path(out_dir)
+    store_path, out_dir = location.location(store_path), Path(out_dir)
     store = PatchStore.open(store_path)
     slides = store.slide_ids()
     ready = [s for s in slides if store.embeddings_attrs(s) is not None]
@@ -461,7 +461,7 @@ def _import_one(table: Table, name: str, matches: list[Path], sid: str, store: P
 
 
 def import_parquet(table_paths, slides_dir, out_store, cfg: TileConfig = TileConfig(), organ: str | None = None,
-                   overwrite: bool = False, qa_dir: Path | None = None, show_progress: bool | None = None) -> Summary:
+                   overwrite: bool = False, qa_dir: location.Location | None = None, show_progress: bool | None = None) -> Summary:
     """Make a patch store from a table of the study's format (parquet files, or folders of them):
     a group per slide_name, its patches read from the slide under `slides_dir` at the table's
     x, y, level and patch_size (resized to `cfg.plan.patch_size`), every row a patch in the table's
@@ -471,14 +471,13 @@ def import_parquet(table_paths, slides_dir, out_store, cfg: TileConfig = TileCon
     from tqdm import tqdm
 
     table = Table(table_paths, organ)
-    slides_dir, out = Path(slides_dir), Path(out_store)
+    slides_dir, out = Path(slides_dir), location.location(out_store)
     found = match_names(table.names, slide_files(slides_dir), slides_dir)
     params = {k: v for k, v in cfg.store_params().items() if k not in ("plan", "mpp")}  # the table sets where and what to read
     params.update(patch_size=cfg.plan.patch_size, coords="table")
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, params, overwrite=overwrite)
-    reuse_freed_memory()
     if qa_dir is None and cfg.qa:
-        qa_dir = out.with_suffix(".qa")
+        qa_dir = location.with_suffix(out, ".qa")
     results, t0 = [], time.perf_counter()
     for name in tqdm(table.names, desc="slides", unit="slide", disable=None if show_progress is None else not show_progress):
         sid = name.replace("/", "__")
@@ -495,7 +494,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.dataset", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="a store's embeddings to parquet files and a dataset card")
-    e.add_argument("--store", required=True, type=Path, help="patch store with embeddings (STORE.zarr)")
+    e.add_argument("--store", required=True, type=location.location, help="patch store with embeddings (STORE.zarr or a URL)")
     e.add_argument("--out", required=True, type=Path, help="folder for data/train-*.parquet and README.md")
     e.add_argument("--organ", default=None, help="organ of every row (default: each slide's own from an import, else 'unknown')")
     e.add_argument("--with-images", action="store_true", help="add an image column: each patch at the model's input size, PNG")
@@ -506,7 +505,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     i = sub.add_parser("import", help="a table of the study's format to a patch store, pixels read from the slides")
     i.add_argument("--table", required=True, type=Path, nargs="+", help="parquet file(s) or folder(s) of them")
     i.add_argument("--slides", required=True, type=Path, help="folder holding the table's slides (searched recursively)")
-    i.add_argument("--out", required=True, type=Path, help="patch store to write or resume (STORE.zarr)")
+    i.add_argument("--out", required=True, type=location.location, help="patch store to write or resume (STORE.zarr or a URL)")
     i.add_argument("--organ", default=None, help="import only the rows of this organ")
     i.add_argument("--patch-size", type=int, default=TileConfig().plan.patch_size, help="the store's patch size (patches are resized to it)")
     add_run_options(i)

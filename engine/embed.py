@@ -1,18 +1,20 @@
 """Path Foundation embeddings for every complete slide of a patch store.
 
-    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR]
+    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR] [--scheduler ADDRESS]
 
 Each slide group gets `embeddings` float32 (N, 384), row i for patch i, computed on 224 px inputs
 resized from the stored patches (engine.pipeline, antialiased bilinear, [0, 1]). Per slide: the
 data path (store reads, resize) runs on a background thread while TensorFlow runs the model, and
 the slide's embeddings are written at once and marked complete last, so a killed run redoes only
-the slide it was in. A slide that already has embeddings from the same model is skipped.
+the slide it was in. A slide that already has embeddings from the same model is skipped. With
+--scheduler, each slide is a Dask task (engine.cluster); each worker loads the model once.
 
 TensorFlow is imported here only, when a model is loaded.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import os
@@ -25,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import cluster
+from engine.location import location
 from engine.pipeline import BACKENDS, EMBED, PipelineError, make_resizer, store_batches
 from engine.prefetch import ordered_map
 from engine.store import PatchStore, StoreError
@@ -178,11 +182,21 @@ class Summary:
     failed: list[str] = field(default_factory=list)  # one message each
     n_patches: int = 0
     seconds: float = 0.0
+    ran_on: str = ""  # the Dask cluster, where there was one
+
+    def add(self, sid: str, n: int, error: str) -> None:
+        if error:
+            self.failed.append(error)
+        else:
+            self.done.append(sid)
+            self.n_patches += n
 
     def text(self) -> str:
         rate = self.n_patches / self.seconds if self.seconds > 0 else 0.0
         lines = [f"slides: {len(self.done)} embedded, {len(self.failed)} failed, {len(self.skipped)} skipped (already embedded)",
                  f"patches: {self.n_patches} in {self.seconds:.1f} s ({rate:.1f} patches/s)"]
+        if self.ran_on:
+            lines.append(f"ran on: {self.ran_on}")
         return "\n".join(lines + [f"failed: {m}" for m in self.failed])
 
 
@@ -192,50 +206,92 @@ def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
     return have is not None and all(have.get(k) == v for k, v in want.items())
 
 
+def embed_slide(store: PatchStore, sid: str, n: int, model: Model, resize, cfg: EmbedConfig, pool, bar=None) -> tuple[int, str]:
+    """(n, "") once the `n` embeddings of the slide are written, or (0, what went wrong): a bad
+    slide never stops the others. `pool` runs the resize a batch or two ahead of the model."""
+    try:
+        out = np.zeros((n, model.width), np.float32)
+        batches = store_batches(store, [sid], cfg.batch_size, cfg.workers)
+        for start, x in ordered_map(pool, lambda b: (b[1], resize(b[2])), batches, ahead=2):
+            out[start : start + len(x)] = model(x)
+            if bar is not None:
+                bar.update(len(x))
+        store.write_embeddings(sid, out, model.attrs())
+    except (EmbedError, StoreError, OSError, ValueError) as e:
+        msg = f"{store.path}: slide {sid}: {e}"
+        log.error("%s", msg)
+        return 0, msg
+    return n, ""
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_tools(cfg: EmbedConfig) -> tuple[Model, object]:
+    """The model and the resizer, made once per Dask worker process."""
+    return load_model(cfg.model, cfg.revision), make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
+
+
+def _embed_task(store: PatchStore, sid: str, cfg: EmbedConfig) -> tuple[int, str]:
+    """One slide on a Dask worker."""
+    try:
+        model, resize = _worker_tools(cfg)
+    except (EmbedError, PipelineError) as e:
+        return 0, f"{store.path}: slide {sid}: {e}"
+    with ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
+        return embed_slide(store, sid, int(store.attrs(sid)["n_patches"]), model, resize, cfg, pool)
+
+
 def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | None = None,
-                show_progress: bool | None = None) -> Summary:
-    """Embed every complete slide of the store that lacks this model's embeddings. Raises
-    StoreError/EmbedError only for problems that stop the whole run."""
+                show_progress: bool | None = None, scheduler: cluster.Scheduler | None = None) -> Summary:
+    """Embed every complete slide of the store (a path or a URL) that lacks this model's
+    embeddings, here or with one Dask task per slide on `scheduler` (whose workers load
+    `cfg.model` themselves; `model`, if given, is that model loaded). Raises
+    StoreError/EmbedError/ClusterError only for problems that stop the whole run."""
     from tqdm import tqdm
 
     store = PatchStore.open(store_path)
     ids = store.slide_ids()
     if not ids:
         raise StoreError(f"{store.path}: no complete slides to embed; tile slides into it first (python -m engine.tile)")
-    model = model or load_model(cfg.model, cfg.revision)
+    model = model or load_model(cfg.model, cfg.revision)  # here too: a bad model stops the run before any task
     todo = [s for s in ids if cfg.overwrite or not _up_to_date(store, s, model)]
     summary = Summary(skipped=[s for s in ids if s not in todo])
-    resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
-    log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(summary.skipped))
-    sizes = {s: int(store.attrs(s)["n_patches"]) for s in todo}
     disable = None if show_progress is None else not show_progress
     t0 = time.perf_counter()
-    # The resize runs on its own thread, a batch or two ahead, while TensorFlow runs the model here.
-    with tqdm(total=sum(sizes.values()), unit="patch", desc="embed", disable=disable) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
-        for sid, n in sizes.items():
-            try:
-                out = np.zeros((n, model.width), np.float32)
-                batches = store_batches(store, [sid], cfg.batch_size, cfg.workers)
-                for start, x in ordered_map(pool, lambda b: (b[1], resize(b[2])), batches, ahead=2):
-                    out[start : start + len(x)] = model(x)
-                    bar.update(len(x))
-                store.write_embeddings(sid, out, model.attrs())
-            except (EmbedError, StoreError, OSError, ValueError) as e:
-                msg = f"{store.path}: slide {sid}: {e}"
-                log.error("%s", msg)
-                summary.failed.append(msg)
-                continue
-            summary.done.append(sid)
-            summary.n_patches += n
+    if scheduler is None:
+        resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
+        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(summary.skipped))
+        sizes = {s: int(store.attrs(s)["n_patches"]) for s in todo}
+        # The resize runs on its own thread, a batch or two ahead, while TensorFlow runs the model here.
+        with tqdm(total=sum(sizes.values()), unit="patch", desc="embed", disable=disable) as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
+            for sid, n in sizes.items():
+                summary.add(sid, *embed_slide(store, sid, n, model, resize, cfg, pool, bar))
+    elif todo:  # no cluster to start for nothing
+        log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision, len(todo), len(summary.skipped))
+        tasks = {sid: functools.partial(_embed_task, store, sid, cfg) for sid in todo}
+
+        def died(sid: str, why: str) -> tuple[int, str]:
+            return 0, (f"{store.path}: slide {sid}: {why} while embedding it (out of memory, or killed); "
+                       "check the workers' logs, then run the same command again to retry it")
+
+        with cluster.connect(scheduler) as client:
+            summary.ran_on = cluster.describe(client, scheduler)
+            done = cluster.run(client, scheduler, tasks, died, show_progress)
+        for sid in todo:
+            summary.add(sid, *done[sid])
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _default_local() -> int:
+    """Plain `--scheduler local`: one worker per GPU; without GPUs, one (TensorFlow uses every core)."""
+    return len(cluster.visible_gpus()) or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = EmbedConfig()
     p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", required=True, type=Path, help="patch store made by python -m engine.tile")
+    p.add_argument("--store", required=True, type=location, help="patch store made by python -m engine.tile (a path or a URL)")
     p.add_argument("--model", default=d.model, help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -243,6 +299,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=d.workers, help="threads reading the store")
     p.add_argument("--overwrite", action="store_true", help="recompute embeddings that are already there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cluster.add_option(p, local="one worker per GPU, or one without GPUs")
     return p.parse_args(argv)
 
 
@@ -252,10 +309,15 @@ def main(argv=None) -> int:
     if a.batch_size < 1:
         log.error("--batch-size must be at least 1")
         return 2
+    try:
+        scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, _default_local)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite)
     try:
-        summary = embed_store(a.store, cfg, show_progress=False if a.quiet else None)
-    except (StoreError, EmbedError, PipelineError) as e:
+        summary = embed_store(a.store, cfg, show_progress=False if a.quiet else None, scheduler=scheduler)
+    except (StoreError, EmbedError, PipelineError, cluster.ClusterError) as e:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

@@ -67,14 +67,18 @@ def plausible_mpp(x: float, y: float, source: str) -> Mpp | None:
 
 
 @functools.cache  # importing cupy costs ~0.2 s: ask once per process
-def cuda_available() -> bool:
+def cuda_device_count() -> int:
     try:
         ctypes.CDLL("libcuda.so.1")  # no driver: no GPU, without importing cupy
         import cupy
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device: all mean "no GPU decode"
-        return False
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU"
+        return 0
+
+
+def cuda_available() -> bool:
+    return cuda_device_count() > 0
 
 
 class Slide(ABC):

@@ -14,9 +14,7 @@ and a resumed run deletes and redoes the rest.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import google_crc32c
 import numcodecs
@@ -25,6 +23,9 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from engine import location
+from engine.location import Location
 
 FORMAT = "histogen-patches"
 VERSION = 1
@@ -71,22 +72,38 @@ def dict_diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
 
 
+def _exists(path: Location) -> bool:
+    try:
+        return location.exists(path)
+    except Exception as e:  # an object store that cannot be reached or refuses the credentials; no permission
+        what = location.URL_HELP if location.is_url(path) else "check the path and its permissions"
+        raise StoreError(f"{path}: cannot reach it ({type(e).__name__}: {e}); {what}") from e
+
+
 def _jsonable(d: dict) -> dict:
     """Attributes go through JSON: tuples become lists, so compare in that form."""
     return json.loads(json.dumps(d))
 
 
 class PatchStore:
-    def __init__(self, group: zarr.Group, path: Path):
+    """A store at a local path or an fsspec URL (engine.location)."""
+
+    def __init__(self, group: zarr.Group, path: Location):
         self.root = group
         self.path = path
+
+    def __reduce__(self):
+        # A store goes to another process (a Dask worker) as its location and is reopened there.
+        return PatchStore.open, (self.path,)
 
     # -- opening ----------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path) -> "PatchStore":
         """Open an existing store for reading (and for adding embeddings)."""
-        path = Path(path)
+        path = location.location(path)
+        if not _exists(path):
+            raise StoreError(f"{path}: not a patch store (nothing there); make one with python -m engine.tile")
         try:
             root = zarr.open_group(str(path), mode="r+")
         except Exception as e:
@@ -99,11 +116,11 @@ class PatchStore:
     def create_or_resume(cls, path, patch_size: int, params: dict, overwrite: bool = False) -> "PatchStore":
         """A new store, or the existing one made with the same params (to resume it). A store made
         with other params is never touched unless `overwrite` is set."""
-        path = Path(path)
+        path = location.location(path)
         params = _jsonable(params)
-        if path.exists() and overwrite:
-            shutil.rmtree(path)
-        if path.exists():
+        if _exists(path) and overwrite:
+            location.remove(path)
+        if _exists(path):
             store = cls.open(path)
             old = store.root.attrs.get("params", {})
             if old != params:
@@ -113,10 +130,12 @@ class PatchStore:
                 )
             return store
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not location.is_url(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
             root = zarr.open_group(str(path), mode="w-")
         except Exception as e:
-            raise StoreError(f"cannot write {path} ({e}); choose an --out in a writable folder") from e
+            where = "an existing bucket you can write to" if location.is_url(path) else "a writable folder"
+            raise StoreError(f"cannot write {path} ({e}); choose an --out in {where}") from e
         from engine import __version__
 
         root.attrs.update(
@@ -263,9 +282,11 @@ class SlideWriter:
         coords = np.concatenate(self._coords) if self._coords else np.zeros((0, 2), np.int64)
         tissue = np.concatenate(self._tissue) if self._tissue else np.zeros((0,), np.float32)
         assert len(coords) == len(tissue) == self.n
-        self.group.create_array("coords", data=coords, chunks=(max(1, min(len(coords), 65536)), 2))
-        self.group.create_array("tissue", data=tissue, chunks=(max(1, min(len(tissue), 65536)),))
-        m = self.group.create_array("mask", data=np.ascontiguousarray(mask, np.uint8))
+        # overwrite: a second attempt at the slide that runs at the same time (a Dask worker taken
+        # for dead that was not) writes the same arrays; whichever finishes last, they agree.
+        self.group.create_array("coords", data=coords, chunks=(max(1, min(len(coords), 65536)), 2), overwrite=True)
+        self.group.create_array("tissue", data=tissue, chunks=(max(1, min(len(tissue), 65536)),), overwrite=True)
+        m = self.group.create_array("mask", data=np.ascontiguousarray(mask, np.uint8), overwrite=True)
         m.attrs.update(_jsonable(mask_attrs))
         self.group.attrs.update(_jsonable({**attrs, "n_patches": self.n}))
         self.group.attrs["status"] = COMPLETE  # last: a reader trusts a group only after this

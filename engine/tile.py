@@ -1,5 +1,5 @@
 """Tile a folder of slides into a patch store: open -> mask -> plan -> read (batched, prefetched)
--> check -> write. `python -m engine.tile --slides DIR --out STORE.zarr`.
+-> check -> write. `python -m engine.tile --slides DIR --out STORE.zarr [--scheduler ADDRESS]`.
 
 Memory stays bounded whatever the slide size: at most `2 * workers` batches of `batch_size`
 patches are in flight, the reader's decoded-tile cache is capped (256 MiB), the thumbnail
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import __version__
+from engine import __version__, cluster
 from engine.check import CheckParams, check_patches
 from engine.discover import SLIDE_SUFFIXES, find_slides, fingerprint, slide_ids
+from engine.location import Location, location, open_write, with_suffix
 from engine.mask import MaskParams, tissue_mask
 from engine.memory import reuse_freed_memory
 from engine.prefetch import ordered_map
@@ -129,8 +130,9 @@ class SlideResult:
 class Summary:
     results: list[SlideResult]
     seconds: float
-    store: Path
-    qa_dir: Path | None
+    store: Location
+    qa_dir: Location | None
+    ran_on: str = ""  # the Dask cluster, where there was one
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -147,6 +149,8 @@ class Summary:
             f"patches: {self.n_patches} in {self.seconds:.1f} s ({rate:.1f} patches/s)",
             f"store: {self.store}",
         ]
+        if self.ran_on:
+            lines.append(f"ran on: {self.ran_on}")
         if self.qa_dir is not None:
             lines.append(f"QA pictures: {self.qa_dir}")
         lines += [f"failed: {r.error}" for r in self.results if r.status == "failed"]
@@ -184,7 +188,7 @@ def read_batch(slide: Slide, coords: np.ndarray, geom: Geometry, patch_size: int
 
 
 def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, provenance: dict,
-               qa_dir: Path | None = None, progress=None, given: GivenPatches | None = None) -> np.ndarray:
+               qa_dir: Location | None = None, progress=None, given: GivenPatches | None = None) -> np.ndarray:
     """Tile one open slide into its group of `store`; returns the indices, among the patches
     planned (or given), of those written, in order.
 
@@ -246,17 +250,18 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     if failed:
         log.warning("%s: %d patch(es) skipped: %s", slide.path, len(failed), failed[0]["error"])
     if qa_dir is not None:
-        qa_dir.mkdir(parents=True, exist_ok=True)
         pic = qa_picture(thumb, mres.mask, cfg.mask_downsample, geom.tile0, coords[kept], coords[rejected], [(f["x"], f["y"]) for f in failed])
-        pic.save(qa_dir / f"{slide_id}.png", compress_level=1)  # zlib's default costs 0.15 s a slide
+        with open_write(qa_dir, f"{slide_id}.png") as f:
+            pic.save(f, format="PNG", compress_level=1)  # zlib's default costs 0.15 s a slide
     return kept
 
 
 def tile_file(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, provenance: dict,
-              qa_dir: Path | None = None, show_progress: bool | None = None, given: GivenPatches | None = None) -> np.ndarray:
+              qa_dir: Location | None = None, show_progress: bool | None = None, given: GivenPatches | None = None) -> np.ndarray:
     """`tile_slide` on the slide file at `path`, with a progress bar."""
     from tqdm import tqdm
 
+    reuse_freed_memory()  # here, so that it holds in every process that tiles (Dask workers too)
     disable = None if show_progress is None else not show_progress
     with open_slide(path, cfg.backend) as slide, tqdm(desc=slide_id, unit="patch", leave=False, disable=disable) as bar:
         provenance = {"source": str(path.resolve()), "created_by": f"histogen {__version__}", **provenance}
@@ -319,23 +324,38 @@ def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_
 
 
 def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
-                qa_dir: Path | None = None, show_progress: bool | None = None) -> Summary:
-    """Tile every slide under `slides_dir` into the store `out`; one bad slide never stops the
-    others. Raises StoreError/FileNotFoundError only for problems that stop the whole run."""
+                qa_dir: Location | None = None, show_progress: bool | None = None,
+                scheduler: cluster.Scheduler | None = None) -> Summary:
+    """Tile every slide under `slides_dir` into the store `out` (a path or a URL), here or with one
+    Dask task per slide on `scheduler`; one bad slide never stops the others. Raises
+    StoreError/FileNotFoundError/ClusterError only for problems that stop the whole run."""
     from tqdm import tqdm
 
-    slides_dir, out = Path(slides_dir), Path(out)
+    slides_dir, out = Path(slides_dir), location(out)
     paths = slide_files(slides_dir)
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, cfg.store_params(), overwrite=overwrite)
-    reuse_freed_memory()
     if qa_dir is None and cfg.qa:
-        qa_dir = out.with_suffix(".qa")
+        qa_dir = with_suffix(out, ".qa")
     ids = slide_ids(paths, slides_dir)
     disable = None if show_progress is None else not show_progress
-    results, t0 = [], time.perf_counter()
-    for path in tqdm(paths, desc="slides", unit="slide", disable=disable):
-        results.append(guarded(path, ids[path], functools.partial(_tile_one, path, ids[path], store, cfg, qa_dir, show_progress)))
-    return Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None)
+    t0, ran_on = time.perf_counter(), ""
+    if scheduler is None:
+        results = [guarded(path, ids[path], functools.partial(_tile_one, path, ids[path], store, cfg, qa_dir, show_progress))
+                   for path in tqdm(paths, desc="slides", unit="slide", disable=disable)]
+    else:
+        by_id = {ids[p]: p for p in paths}
+        tasks = {sid: functools.partial(guarded, p, sid, functools.partial(_tile_one, p, sid, store, cfg, qa_dir, False))
+                 for sid, p in by_id.items()}
+
+        def died(sid: str, why: str) -> SlideResult:
+            return SlideResult(by_id[sid], sid, "failed", error=f"{by_id[sid]}: {why} while tiling it (out of memory, or killed); "
+                               "check the workers' logs, then run the same command again to retry it")
+
+        with cluster.connect(scheduler) as client:
+            ran_on = cluster.describe(client, scheduler)
+            done = cluster.run(client, scheduler, tasks, died, show_progress)
+        results = [done[ids[p]] for p in paths]
+    return Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None, ran_on)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -345,8 +365,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=d.backend)
     p.add_argument("--codec", choices=("zstd", "lz4", "none"), default=d.codec.name)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--qa-dir", type=Path, default=None, help="where QA pictures go (default: next to the store)")
+    p.add_argument("--workers", type=int, default=None, help="reader threads per slide (default: all cores, or their share with --scheduler local:N)")
+    p.add_argument("--qa-dir", type=location, default=None, help="where QA pictures go, a folder or a URL (default: next to the store)")
     p.add_argument("--no-qa", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -355,20 +375,22 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def run_config(a: argparse.Namespace, plan: PlanParams, **kw) -> TileConfig:
     """The TileConfig of `add_run_options`' arguments."""
+    workers = TileConfig().workers if a.workers is None else max(1, a.workers)
     return TileConfig(plan=plan, assume_mpp=a.assume_mpp, codec=Codec(a.codec), backend=a.backend,
-                      batch_size=a.batch_size, workers=max(1, a.workers), qa=not a.no_qa, **kw)
+                      batch_size=a.batch_size, workers=workers, qa=not a.no_qa, **kw)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = TileConfig()
     p = argparse.ArgumentParser(prog="python -m engine.tile", description=__doc__.split("\n\n")[0])
     p.add_argument("--slides", required=True, type=Path, help="folder of slides (searched recursively)")
-    p.add_argument("--out", required=True, type=Path, help="patch store to write or resume (STORE.zarr)")
+    p.add_argument("--out", required=True, type=location, help="patch store to write or resume: STORE.zarr, or a URL (s3://BUCKET/STORE.zarr)")
     p.add_argument("--patch-size", type=int, default=d.plan.patch_size)
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
     p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
     p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
     add_run_options(p)
+    cluster.add_option(p, local="one worker per core")
     return p.parse_args(argv)
 
 
@@ -377,12 +399,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, format="%(levelname)s %(message)s")
     try:
         cfg = run_config(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp)
+        scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, default_local=lambda: os.cpu_count() or 1)
     except ValueError as e:
         log.error("%s", e)
         return 2
+    if scheduler is not None and a.workers is None:  # local workers share this machine's cores
+        cfg = dataclasses.replace(cfg, workers=scheduler.cores_per_worker())
     try:
-        summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir, show_progress=False if a.quiet else None)
-    except (StoreError, FileNotFoundError) as e:
+        summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir,
+                              show_progress=False if a.quiet else None, scheduler=scheduler)
+    except (StoreError, FileNotFoundError, cluster.ClusterError) as e:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

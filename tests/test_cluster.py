@@ -1,0 +1,191 @@
+"""Tiling and embedding on a real Dask cluster of worker processes on loopback: the same store as one
+process, worker processes really killed (SIGKILL) mid-slide, one-line errors for bad schedulers."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from distributed import Client, WorkerPlugin  # noqa: E402
+
+from engine import cluster, embed, synth  # noqa: E402
+from engine.cluster import ClusterError, Scheduler  # noqa: E402
+from engine.plan import PlanParams  # noqa: E402
+from engine.standin_model import save_standin  # noqa: E402
+from engine.store import PatchStore  # noqa: E402
+from engine.tile import TileConfig, main, tile_slides  # noqa: E402
+from tests.store_compare import assert_same_store  # noqa: E402
+
+CFG = TileConfig(plan=PlanParams(256), qa=False, workers=1, batch_size=8)  # 17-20 patches a slide: two shards
+ARGS = ["--patch-size", "256", "--no-qa", "--quiet", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> Path:
+    """Three small slides and a file that is not a slide."""
+    d = tmp_path_factory.mktemp("slides")
+    for i in range(3):
+        synth.write_svs(d / f"s{i}.svs", synth.SynthSpec(width=2048, height=1536, seed=10 + i, mpp=0.25), levels=(1, 4))
+    (d / "fake.svs").write_text("not a slide")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(slides, tmp_path_factory) -> Path:
+    """The store one process makes."""
+    out = tmp_path_factory.mktemp("ref") / "p.zarr"
+    assert main(["--slides", str(slides), "--out", str(out), *ARGS]) == 1  # fake.svs fails
+    assert PatchStore.open(out).slide_ids() == ["s0", "s1", "s2"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A running cluster of 2 worker processes that tries a slide twice at most (one retry)."""
+    with cluster.local_cluster(Scheduler(n_local=2, retries=1)) as c:
+        yield Scheduler(address=c.scheduler_address)
+
+
+class KillMidSlide(WorkerPlugin):
+    """In every worker process: SIGKILL itself right after the first shard of `slide_id` is written,
+    on every attempt, or only on the first where `marker` is given (a file made before dying)."""
+
+    name = "kill-mid-slide"
+
+    def __init__(self, slide_id: str, marker: str | None = None):
+        self.slide_id, self.marker = slide_id, marker
+
+    def setup(self, worker):
+        from engine.store import SlideWriter
+
+        self.original = write = SlideWriter._write_shard
+        slide_id, marker = self.slide_id, self.marker
+
+        def write_then_die(writer, chunks):
+            write(writer, chunks)
+            if writer.group.basename == slide_id and (marker is None or not os.path.exists(marker)):
+                if marker is not None:
+                    Path(marker).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        SlideWriter._write_shard = write_then_die
+
+    def teardown(self, worker):
+        from engine.store import SlideWriter
+
+        SlideWriter._write_shard = self.original
+
+
+@pytest.fixture
+def client(scheduler):
+    """A client of the running cluster, for the test to install a KillMidSlide; removed afterwards."""
+    with Client(scheduler.address) as c:
+        yield c
+        if KillMidSlide.name in c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_plugins):
+            c.unregister_worker_plugin(KillMidSlide.name)
+
+
+def test_local_cluster_writes_the_store_one_process_writes(tmp_path, slides, reference, capsys, scheduler):
+    out = tmp_path / "p.zarr"
+    assert main(["--slides", str(slides), "--out", str(out), *ARGS, "--scheduler", "local:2"]) == 1
+    text = capsys.readouterr().out
+    assert "3 done, 1 failed" in text and "ran on: 2 local Dask worker processes" in text
+    assert "failed: " in text and "fake.svs" in text and "not a slide" in text
+    assert_same_store(out, reference)
+    # Resumed on a running scheduler: the complete slides are skipped, the bad file fails again.
+    assert main(["--slides", str(slides), "--out", str(out), *ARGS, "--scheduler", scheduler.address]) == 1
+    text = capsys.readouterr().out
+    assert "0 done, 1 failed, 3 skipped" in text and f"Dask workers at {scheduler.address}" in text
+    assert_same_store(out, reference)
+
+
+def test_worker_killed_mid_slide_loses_nothing(tmp_path, slides, reference, scheduler, client):
+    marker = tmp_path / "died"
+    client.register_plugin(KillMidSlide("s1", str(marker)))
+    workers = set(client.nthreads())
+    summary = tile_slides(slides, tmp_path / "p.zarr", CFG, scheduler=scheduler, show_progress=False)
+    assert marker.exists() and workers - set(client.nthreads())  # the worker on s1 died after writing part of it
+    assert summary.count("done") == 3 and [r.slide_id for r in summary.results if r.status == "failed"] == ["fake"]
+    assert_same_store(tmp_path / "p.zarr", reference)
+
+
+def test_slide_that_always_kills_its_worker_fails_alone(tmp_path, slides, reference, scheduler, client):
+    """The last slide: a slide sent after it could wait behind its retry on a worker and, by Dask's
+    rule, count that worker's death too (rare on real slides, certain on a loop of tiny ones)."""
+    out = tmp_path / "p.zarr"
+    client.register_plugin(KillMidSlide("s2"))
+    summary = tile_slides(slides, out, CFG, scheduler=scheduler, show_progress=False)
+    failed = {r.slide_id: r.error for r in summary.results if r.status == "failed"}
+    assert summary.count("done") == 2 and failed.keys() == {"fake", "s2"}
+    assert failed["s2"].startswith(str(slides / "s2.svs")) and "worker died 2 times while tiling it" in failed["s2"]
+    assert "run the same command again" in failed["s2"] and len(failed["s2"].splitlines()) == 1
+    store = PatchStore.open(out)
+    assert store.slide_ids() == ["s0", "s1"] and store.status("s2") == "writing"  # left unfinished, invisible
+    # Without the fault, the same run redoes only s2, and the store is the one a clean run makes.
+    client.unregister_worker_plugin(KillMidSlide.name)
+    again = tile_slides(slides, out, CFG, scheduler=scheduler, show_progress=False)
+    assert [r.slide_id for r in again.results if r.status == "done"] == ["s2"] and again.count("skipped") == 2
+    assert_same_store(out, reference)
+
+
+def test_embed_on_a_local_cluster_equals_one_process(tmp_path, reference, capsys):
+    model = save_standin(tmp_path / "model")
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    shutil.copytree(reference, one)
+    shutil.copytree(reference, two)
+    assert embed.main(["--store", str(one), "--model", str(model), "--batch-size", "8", "--quiet"]) == 0
+    assert embed.main(["--store", str(two), "--model", str(model), "--batch-size", "8", "--quiet", "--scheduler", "local:2"]) == 0
+    text = capsys.readouterr().out
+    assert "3 embedded, 0 failed" in text and "ran on: 2 local Dask worker processes" in text
+    a, b = PatchStore.open(one), PatchStore.open(two)
+    for sid in a.slide_ids():
+        assert b.embeddings_attrs(sid) == a.embeddings_attrs(sid)
+        assert np.abs(a.embeddings(sid) - a.embeddings(sid).mean(0)).max() > 1e-3  # real, varied embeddings
+        np.testing.assert_array_equal(b.embeddings(sid), a.embeddings(sid))
+    # Resumed: nothing to do, so no cluster is started.
+    assert embed.main(["--store", str(two), "--model", str(model), "--quiet", "--scheduler", "local:2"]) == 0
+    text = capsys.readouterr().out
+    assert "0 embedded, 0 failed, 3 skipped" in text and "ran on" not in text
+
+
+@pytest.mark.parametrize("value", ["local:0", "local:x", "local2", "tcp://host", "tcp://host:port", "http://host:8786"])
+def test_bad_scheduler_is_one_line_exit_2(tmp_path, slides, caplog, value):
+    for run in (main, embed.main):
+        caplog.clear()
+        argv = ["--slides", str(slides), "--out", str(tmp_path / "p.zarr")] if run is main else ["--store", str(tmp_path / "p.zarr")]
+        assert run([*argv, "--scheduler", value]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "--scheduler" in errors[0] and "local:N" in errors[0] and "tcp://HOST:PORT" in errors[0]
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_unreachable_scheduler_stops_the_run_with_what_to_do(tmp_path, slides):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at {address}.*dask scheduler"):
+        tile_slides(slides, tmp_path / "p.zarr", CFG, scheduler=Scheduler(address=address, connect_timeout=1))
+
+
+def test_local_workers_share_cores_and_take_one_gpu_each(monkeypatch):
+    assert Scheduler.parse("local", default_local=lambda: 3) == Scheduler(n_local=3)
+    assert Scheduler.parse("local:2", default_local=lambda: 3).n_local == 2
+    assert Scheduler.parse("tcp://10.0.0.5:8786", default_local=lambda: 3).address == "tcp://10.0.0.5:8786"
+    cores = os.cpu_count()
+    assert cluster.worker_env(0, 1, []) == {"OMP_NUM_THREADS": str(cores)}
+    envs = [cluster.worker_env(i, 4, ["2", "5"]) for i in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2", "5"]
+    assert envs[0]["OMP_NUM_THREADS"] == str(max(1, cores // 4))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1, 3")
+    assert cluster.visible_gpus() == ["1", "3"]
+    assert embed._default_local() == 2  # plain `local` embeds with one worker per GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert cluster.visible_gpus() == [] and embed._default_local() == 1

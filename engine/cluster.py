@@ -6,8 +6,8 @@
 
 One task per slide: the function the single-process path calls for that slide, which writes only
 that slide's group (the caller writes the store's root metadata once, before submitting). Results
-come back as slides finish. A slide whose worker dies is tried again on another worker, up to the
-scheduler's allowed failures, and then becomes a failed slide, never a stopped run.
+come back as slides finish. A slide whose worker dies is tried again on another worker, a bounded
+number of times, and then becomes a failed slide, never a stopped run.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import os
 import queue
 import time
 import uuid
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 
 R = TypeVar("R")
 LOCAL_WORKERS_LOST = 60.0  # seconds without a worker after which a local cluster is given up
+RESULT_TIMEOUT = 30.0  # seconds to fetch a finished slide's small result before taking its worker for dead
+POLL = 1.0  # seconds between looks at the cluster's workers while slides run
 
 
 class ClusterError(Exception):
@@ -32,8 +35,7 @@ class ClusterError(Exception):
 @dataclass(frozen=True)
 class Scheduler:
     """Where the slides go: a running scheduler at `address`, or `n_local` worker processes started
-    here for the run. `retries`: how often a local cluster tries a slide again after its worker died
-    on it (a running scheduler has its own setting, distributed.scheduler.allowed-failures)."""
+    here for the run. `retries`: how often a slide is sent again after its worker died running it."""
 
     address: str | None = None  # tcp://HOST:PORT (or tls://)
     n_local: int = 0  # one task at a time each
@@ -106,7 +108,8 @@ def local_cluster(s: Scheduler):
     }
     # The scheduler's HTTP server (health, metrics) still starts: on loopback, any free port.
     scheduler = {"cls": DaskScheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False,
-                                                   "dashboard_address": "127.0.0.1:0", "allowed_failures": s.retries}}
+                                                   "dashboard_address": "127.0.0.1:0",
+                                                   "allowed_failures": 0}}  # run() retries itself
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=quiet)
 
 
@@ -142,59 +145,86 @@ def describe(client, s: Scheduler) -> str:
 
 def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callable[[str, str], R],
         show_progress: bool | None = None) -> dict[str, R]:
-    """tasks[key]() for every key, one Dask task each, collected as they finish. A task that never
-    finished (its worker died more often than the scheduler allows) gives failed(key, why).
+    """tasks[key]() for every key, one Dask task each, collected as they finish. A task whose
+    worker died is sent again to another worker, at most `s.retries` times, and then gives
+    failed(key, why).
 
-    Only as many tasks are in flight as the cluster has worker threads. Dask would hand a few
-    slides to each worker at once, and a worker's death counts against every task it holds; this
-    way it holds only the slides it runs. It also keeps the scheduler small over 10,000 slides."""
+    Each task is pinned to a worker with a thread free for it (of this run's tasks). Left to
+    itself, Dask queues a few tasks on each worker, and moves a dead worker's slide at once onto a
+    busy one; a worker's death counts against every task it holds, so a slide that kills workers
+    would take innocent slides down with it. Pinned, a death is charged only to the slides that
+    were running there, and the scheduler holds no more than the cluster runs (10,000 slides)."""
     from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
     from tqdm import tqdm
 
     run_id = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other runs share
-    todo, in_flight, results = iter(tasks.items()), {}, {}
+    todo = deque(tasks)  # keys still to send; a slide to retry goes first
+    running: dict = {}  # future -> (key, worker address)
+    deaths: Counter = Counter()
+    results: dict[str, R] = {}
     finished: queue.Queue = queue.Queue()
     seen_workers = time.monotonic()
+    bar = tqdm(total=len(tasks), desc="slides", unit="slide", disable=None if show_progress is None else not show_progress)
 
-    def top_up() -> None:  # also as workers join, or come back after dying
-        nonlocal seen_workers
-        threads = sum(client.nthreads().values())
-        if threads:
-            seen_workers = time.monotonic()
-        elif s.n_local and time.monotonic() - seen_workers > LOCAL_WORKERS_LOST:
-            # Seen with distributed 2026.8 after workers died right after starting: their nannies
-            # never started them again.
-            raise ClusterError(f"the local Dask workers died and did not come back for {LOCAL_WORKERS_LOST:.0f} s; "
-                               "slides finished so far are kept: run the same command again to resume")
-        while len(in_flight) < max(1, threads):
-            key, task = next(todo, (None, None))
-            if key is None:
-                return
-            fut = client.submit(task, key=f"{key}-{run_id}")
-            in_flight[fut] = key
-            fut.add_done_callback(finished.put)
+    def done(key: str, result: R) -> None:
+        results[key] = result
+        bar.update()
+
+    def lost(key: str) -> None:  # its worker died while running it
+        deaths[key] += 1
+        if deaths[key] > s.retries:
+            done(key, failed(key, f"its worker died {deaths[key]} times"))
+        else:
+            todo.appendleft(key)
 
     def collect(fut) -> None:
-        key = in_flight.pop(fut)
+        key, _ = running.pop(fut, (None, None))
+        if key is None:  # already given up for lost, below
+            return
         try:
-            results[key] = fut.result()
-        except KilledWorker as e:
-            results[key] = failed(key, f"its worker died {e.allowed_failures + 1} times")
-        except FutureCancelledError as e:
-            raise ClusterError(f"the Dask scheduler dropped the run ({e}); slides finished so far are kept: "
-                               "run the same command again to resume") from e
-        except Exception as e:  # the task's result or error could not come back
-            results[key] = failed(key, f"{type(e).__name__}: {e}")
+            if fut.status == "error":
+                e = fut.exception()
+                lost(key) if isinstance(e, KilledWorker) else done(key, failed(key, f"{type(e).__name__}: {e}"))
+            elif fut.status == "cancelled":
+                raise ClusterError("the Dask scheduler dropped the run (cancelled); slides finished so far are kept: "
+                                   "run the same command again to resume")
+            else:
+                done(key, fut.result(timeout=RESULT_TIMEOUT))
+        except TimeoutError:  # its worker died after the slide was written, before the result came back
+            lost(key)
         fut.release()
 
-    top_up()
-    with tqdm(total=len(tasks), desc="slides", unit="slide", disable=None if show_progress is None else not show_progress) as bar:
-        while in_flight:
+    def send() -> None:
+        nonlocal seen_workers
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        for fut, (key, address) in list(running.items()):
+            if address not in workers:  # died (or left) with the slide; its pinned task would wait forever
+                del running[fut]
+                fut.release()
+                lost(key)
+        # New slides only to running workers: one still starting (or paused) may never run them.
+        ready = {address: w["nthreads"] for address, w in workers.items() if w["status"] == "running"}
+        if ready:
+            seen_workers = time.monotonic()
+        elif s.n_local and time.monotonic() - seen_workers > LOCAL_WORKERS_LOST:
+            # Seen with distributed 2026.8 after workers died right after starting, again and again:
+            # their nannies never started them again, or the new ones never got past starting.
+            raise ClusterError(f"the local Dask workers died and did not come back for {LOCAL_WORKERS_LOST:.0f} s; "
+                               "slides finished so far are kept: run the same command again to resume")
+        busy = Counter(address for _, address in running.values())
+        for address, threads in ready.items():
+            while todo and busy[address] < threads:
+                key = todo.popleft()
+                fut = client.submit(tasks[key], key=f"{key}-{run_id}-{deaths[key]}", workers=[address], allow_other_workers=False)
+                running[fut] = (key, address)
+                busy[address] += 1
+                fut.add_done_callback(finished.put)
+
+    with bar:
+        while todo or running:
+            send()
             try:
-                collect(finished.get(timeout=2))
-                bar.update()
+                collect(finished.get(timeout=POLL))
             except queue.Empty:
                 pass
-            top_up()
     return results

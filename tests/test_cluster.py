@@ -48,9 +48,9 @@ def reference(slides, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scheduler():
-    """A running cluster of 2 worker processes that tries a slide twice at most (one retry)."""
-    with cluster.local_cluster(Scheduler(n_local=2, retries=1)) as c:
-        yield Scheduler(address=c.scheduler_address)
+    """A running cluster of 2 worker processes; a slide is tried twice at most (one retry)."""
+    with cluster.local_cluster(Scheduler(n_local=2)) as c:
+        yield Scheduler(address=c.scheduler_address, retries=1)
 
 
 class KillMidSlide(WorkerPlugin):
@@ -117,22 +117,38 @@ def test_worker_killed_mid_slide_loses_nothing(tmp_path, slides, reference, sche
 
 
 def test_slide_that_always_kills_its_worker_fails_alone(tmp_path, slides, reference, scheduler, client):
-    """The last slide: a slide sent after it could wait behind its retry on a worker and, by Dask's
-    rule, count that worker's death too (rare on real slides, certain on a loop of tiny ones)."""
+    """s0 goes first, so its retries overlap the other slides: none of them is charged with its
+    workers' deaths."""
     out = tmp_path / "p.zarr"
-    client.register_plugin(KillMidSlide("s2"))
+    client.register_plugin(KillMidSlide("s0"))
     summary = tile_slides(slides, out, CFG, scheduler=scheduler, show_progress=False)
     failed = {r.slide_id: r.error for r in summary.results if r.status == "failed"}
-    assert summary.count("done") == 2 and failed.keys() == {"fake", "s2"}
-    assert failed["s2"].startswith(str(slides / "s2.svs")) and "worker died 2 times while tiling it" in failed["s2"]
-    assert "run the same command again" in failed["s2"] and len(failed["s2"].splitlines()) == 1
+    assert summary.count("done") == 2 and failed.keys() == {"fake", "s0"}
+    assert failed["s0"].startswith(str(slides / "s0.svs")) and "worker died 2 times while tiling it" in failed["s0"]
+    assert "run the same command again" in failed["s0"] and len(failed["s0"].splitlines()) == 1
     store = PatchStore.open(out)
-    assert store.slide_ids() == ["s0", "s1"] and store.status("s2") == "writing"  # left unfinished, invisible
-    # Without the fault, the same run redoes only s2, and the store is the one a clean run makes.
+    assert store.slide_ids() == ["s1", "s2"] and store.status("s0") == "writing"  # left unfinished, invisible
+    # Without the fault, the same run redoes only s0, and the store is the one a clean run makes.
     client.unregister_worker_plugin(KillMidSlide.name)
     again = tile_slides(slides, out, CFG, scheduler=scheduler, show_progress=False)
-    assert [r.slide_id for r in again.results if r.status == "done"] == ["s2"] and again.count("skipped") == 2
+    assert [r.slide_id for r in again.results if r.status == "done"] == ["s0"] and again.count("skipped") == 2
     assert_same_store(out, reference)
+
+
+def test_scheduler_with_dask_defaults_charges_only_the_killer(tmp_path, slides, reference):
+    """A scheduler as `dask scheduler` starts one (3 allowed failures, where a pinned slide whose
+    worker died just waits): the run sees the death itself, and retries as often as it says."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as c, Client(c) as client:
+        client.register_plugin(KillMidSlide("s0"))
+        summary = tile_slides(slides, tmp_path / "p.zarr", CFG, scheduler=Scheduler(address=c.scheduler_address, retries=1),
+                              show_progress=False)
+    failed = {r.slide_id: r.error for r in summary.results if r.status == "failed"}
+    assert summary.count("done") == 2 and failed.keys() == {"fake", "s0"} and "worker died 2 times" in failed["s0"]
+    ref = PatchStore.open(reference)
+    for sid in ("s1", "s2"):
+        np.testing.assert_array_equal(PatchStore.open(tmp_path / "p.zarr").slide(sid)["images"][:], ref.slide(sid)["images"][:])
 
 
 def test_embed_on_a_local_cluster_equals_one_process(tmp_path, reference, capsys):

@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +65,31 @@ def test_resume_gives_the_same_weights(store, tmp_path):
     assert any(("ema" in k) and not torch.equal(a[k], a[k.replace("/ema", "/exp_avg")]) for k in a)
 
 
+# `python -m histogen`, SIGKILLed by itself right after the checkpoint of step 4 is written: a
+# deterministic kill point, where a kill timed from outside could come after the last step.
+KILLED_AFTER_STEP_4 = """
+import os, signal, sys
+from histogen import checkpoint
+from histogen.cli import main
+save = checkpoint.save
+def save_then_die(folder, step, *args, **kwargs):
+    save(folder, step, *args, **kwargs)
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_exactly(store, tmp_path):
     args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"]
     sets = [x for s in SMALL + ["train.steps=8", "train.ckpt_every=2", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
     assert main(args + ["--out", str(tmp_path / "straight")] + sets) == 0
-    cmd = [sys.executable, "-m", "histogen"] + args + ["--out", str(tmp_path / "killed")] + sets
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "killed" / "checkpoints" / "step-00000004.json"
-    deadline = time.time() + 300
-    while not marker.exists() and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "checkpoints" / "step-00000008.json").exists()
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_4, *args, "--out", str(tmp_path / "killed"), *sets],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("*.json"))
+    assert checkpoints[-1] == "step-00000004.json"
     assert main(args + ["--out", str(tmp_path / "killed")] + sets) == 0
     assert_same(final(tmp_path / "straight"), final(tmp_path / "killed"))
 

@@ -93,9 +93,14 @@ def worker_env(i: int, n: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def local_cluster(s: Scheduler):
+@contextmanager
+def local_cluster(s: Scheduler) -> Iterator:
     """`s.n_local` worker processes on 127.0.0.1, each restarted by its nanny if it dies, one task at
-    a time each, no dashboards. A context manager; its `scheduler_address` takes clients."""
+    a time each, no dashboards; yields the cluster, whose `scheduler_address` takes clients.
+
+    Dask's nannies set OMP_NUM_THREADS=1, PYTHONHASHSEED and more in this process's environment
+    before they start workers; it is put back afterwards, so that what this process starts later
+    (a training run, say) gets neither one thread nor a fixed hash seed."""
     from distributed import Nanny, SpecCluster
     from distributed import Scheduler as DaskScheduler
 
@@ -110,7 +115,13 @@ def local_cluster(s: Scheduler):
     scheduler = {"cls": DaskScheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False,
                                                    "dashboard_address": "127.0.0.1:0",
                                                    "allowed_failures": 0}}  # run() retries itself
-    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=quiet)
+    environ = dict(os.environ)
+    try:
+        with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=quiet) as cluster:
+            yield cluster
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @contextmanager

@@ -205,3 +205,14 @@ def test_local_workers_share_cores_and_take_one_gpu_each(monkeypatch):
     assert embed._default_local() == 2  # plain `local` embeds with one worker per GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert cluster.visible_gpus() == [] and embed._default_local() == 1
+
+
+def test_local_cluster_leaves_this_process_environment_alone(monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 (and more) here to start workers: a training run started
+    from this process afterwards would run on one thread, and resume on other numerics."""
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(k, raising=False)
+    before = dict(os.environ)
+    with cluster.local_cluster(Scheduler(n_local=1)) as c, Client(c.scheduler_address) as client:
+        assert client.submit(os.getenv, "OMP_NUM_THREADS").result() == str(os.cpu_count())  # its share: all cores
+    assert dict(os.environ) == before

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 LOCAL_WORKERS_LOST = 60.0  # seconds without a worker after which a local cluster is given up
 RESULT_TIMEOUT = 30.0  # seconds to fetch a finished slide's small result before taking its worker for dead
 POLL = 1.0  # seconds between looks at the cluster's workers while slides run
@@ -181,11 +182,12 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
         results[key] = result
         bar.update()
 
-    def lost(key: str) -> None:  # its worker died while running it
+    def lost(key: str, how: str) -> None:  # its worker died while running it
         deaths[key] += 1
         if deaths[key] > s.retries:
             done(key, failed(key, f"its worker died {deaths[key]} times"))
         else:
+            log.warning("%s: its worker %s; sending it to another worker (retry %d of %d)", key, how, deaths[key], s.retries)
             todo.appendleft(key)
 
     def collect(fut) -> None:
@@ -195,24 +197,26 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
         try:
             if fut.status == "error":
                 e = fut.exception()
-                lost(key) if isinstance(e, KilledWorker) else done(key, failed(key, f"{type(e).__name__}: {e}"))
+                lost(key, "died") if isinstance(e, KilledWorker) else done(key, failed(key, f"{type(e).__name__}: {e}"))
             elif fut.status == "cancelled":
                 raise ClusterError("the Dask scheduler dropped the run (cancelled); slides finished so far are kept: "
                                    "run the same command again to resume")
             else:
                 done(key, fut.result(timeout=RESULT_TIMEOUT))
         except TimeoutError:  # its worker died after the slide was written, before the result came back
-            lost(key)
+            lost(key, f"did not hand its result over in {RESULT_TIMEOUT:.0f} s")
         fut.release()
 
     def send() -> None:
         nonlocal seen_workers
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        # Asked directly: client.scheduler_info() returns an attribute that the client's own
+        # periodic refresh overwrites with an identity listing no workers.
+        workers = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
         for fut, (key, address) in list(running.items()):
             if address not in workers:  # died (or left) with the slide; its pinned task would wait forever
                 del running[fut]
                 fut.release()
-                lost(key)
+                lost(key, "left the cluster")
         # New slides only to running workers: one still starting (or paused) may never run them.
         ready = {address: w["nthreads"] for address, w in workers.items() if w["status"] == "running"}
         if ready:

@@ -51,7 +51,7 @@ def exists(loc) -> bool:
     """Whether anything is there. For a URL this asks the server, so it raises where the server
     cannot be reached or refuses the credentials."""
     loc = location(loc)
-    if not is_url(loc):
+    if isinstance(loc, Path):
         return loc.exists()
     fs, path = _fs(loc)
     return fs.exists(path)
@@ -60,7 +60,7 @@ def exists(loc) -> bool:
 def remove(loc) -> None:
     """Delete everything under `loc`."""
     loc = location(loc)
-    if not is_url(loc):
+    if isinstance(loc, Path):
         shutil.rmtree(loc)
         return
     fs, path = _fs(loc)
@@ -69,20 +69,20 @@ def remove(loc) -> None:
 
 def with_suffix(loc, suffix: str) -> Location:
     loc = location(loc)
-    if not is_url(loc):
+    if isinstance(loc, Path):
         return loc.with_suffix(suffix)
     return posixpath.splitext(loc.rstrip("/"))[0] + suffix
 
 
 def name(loc) -> str:
     loc = location(loc)
-    return loc.name if not is_url(loc) else posixpath.basename(loc.rstrip("/"))
+    return loc.name if isinstance(loc, Path) else posixpath.basename(loc.rstrip("/"))
 
 
 def open_write(folder, filename: str):
     """A binary file to write, `filename` in `folder` (made if needed); use it in a `with`."""
     folder = location(folder)
-    if not is_url(folder):
+    if isinstance(folder, Path):
         folder.mkdir(parents=True, exist_ok=True)
         return open(folder / filename, "wb")
     import fsspec

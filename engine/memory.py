@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 # glibc mallopt parameters
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 
+@functools.cache  # a setting of the process: once is enough, wherever tiling starts
 def reuse_freed_memory() -> bool:
     """Keep large freed buffers (decoded tiles, patch batches, shard buffers) in the heap instead
     of returning them to the OS. By default glibc maps every buffer over 128 KiB afresh and unmaps

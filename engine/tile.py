@@ -337,24 +337,23 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
     if qa_dir is None and cfg.qa:
         qa_dir = with_suffix(out, ".qa")
     ids = slide_ids(paths, slides_dir)
-    disable = None if show_progress is None else not show_progress
+    by_id = {ids[p]: p for p in paths}
+    bars = show_progress if scheduler is None else False  # a worker's per-slide bars would go to its log
+    jobs = {sid: functools.partial(guarded, p, sid, functools.partial(_tile_one, p, sid, store, cfg, qa_dir, bars))
+            for sid, p in by_id.items()}
     t0, ran_on = time.perf_counter(), ""
     if scheduler is None:
-        results = [guarded(path, ids[path], functools.partial(_tile_one, path, ids[path], store, cfg, qa_dir, show_progress))
-                   for path in tqdm(paths, desc="slides", unit="slide", disable=disable)]
+        disable = None if show_progress is None else not show_progress
+        results = [job() for job in tqdm(jobs.values(), desc="slides", unit="slide", disable=disable)]
     else:
-        by_id = {ids[p]: p for p in paths}
-        tasks = {sid: functools.partial(guarded, p, sid, functools.partial(_tile_one, p, sid, store, cfg, qa_dir, False))
-                 for sid, p in by_id.items()}
-
         def died(sid: str, why: str) -> SlideResult:
             return SlideResult(by_id[sid], sid, "failed", error=f"{by_id[sid]}: {why} while tiling it (out of memory, or killed); "
                                "check the workers' logs, then run the same command again to retry it")
 
         with cluster.connect(scheduler) as client:
             ran_on = cluster.describe(client, scheduler)
-            done = cluster.run(client, scheduler, tasks, died, show_progress)
-        results = [done[ids[p]] for p in paths]
+            done = cluster.run(client, scheduler, jobs, died, show_progress)
+        results = [done[sid] for sid in jobs]
     return Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None, ran_on)
 
 

@@ -21,9 +21,9 @@ $(STAMP): requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.
 install: $(STAMP)
 
 demo: install
-	$(PY) -m engine.synth --demo $(DEMO)/slides
+	$(PY) -m histosynth --demo $(DEMO)/slides
 	$(PY) -m engine.tile --slides $(DEMO)/slides --out $(DEMO)/patches.zarr --quiet
-	test "$(MODEL)" != "$(DEMO)/standin-model" || test -d $(MODEL) || $(PY) -m engine.standin_model $(MODEL)
+	test "$(MODEL)" != "$(DEMO)/standin-model" || test -d $(MODEL) || $(PY) -m histosynth.standin_model $(MODEL)
 	$(PY) -m engine.embed --store $(DEMO)/patches.zarr --model $(MODEL) --quiet
 	$(PY) -m histogen train --model diffusion --data $(DEMO)/patches.zarr --out $(DEMO)/runs/diffusion-tiny --preset diffusion-tiny --quiet
 	$(PY) -m histogen sample --run $(DEMO)/runs/diffusion-tiny --n 16 --steps 20 --out $(DEMO)/samples

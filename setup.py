@@ -17,7 +17,7 @@ setup(
     name="histogen",
     version="0.1.0",
     description="Whole-slide images to patch stores, embeddings and generative models of histopathology",
-    packages=find_packages(include=["engine", "engine.*", "histogen", "histogen.*", "benchmarks", "benchmarks.*"]),
+    packages=find_packages(include=["engine", "engine.*", "histogen", "histogen.*", "histosynth", "histosynth.*"]),
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
     entry_points={"console_scripts": ["histogen=histogen.cli:main"]},

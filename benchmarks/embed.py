@@ -2,7 +2,7 @@
 ceiling: inputs already resized, in memory), and of the data path alone (store reads + resize) for
 each pipeline backend. Goal: end to end >= 0.9 of model-only; the data path faster than the model.
 
-The model is the ViT-S/16 stand-in with Path Foundation's interface (engine.standin_model): the
+The model is the ViT-S/16 stand-in with Path Foundation's interface (histosynth.standin_model): the
 real one is gated and not downloadable here, and costs the same per patch.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from benchmarks import report
 from benchmarks.tiling import make_slide
 from engine.embed import EmbedConfig, embed_store, load_model
 from engine.pipeline import EMBED, make_resizer, store_batches
-from engine.slide import cuda_available
-from engine.standin_model import save_standin
+from engine.runtime import cuda_available
+from histosynth.standin_model import save_standin
 from engine.store import PatchStore
 from engine.tile import TileConfig, tile_slides
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report
-from engine import synth
+import histosynth as synth
 from engine.check import patch_tissue_reference
 from engine.mask import tissue_mask_reference
 from engine.plan import plan_tiles_reference

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
+from engine.errors import UserError
+
 R = TypeVar("R")
 log = logging.getLogger(__name__)
 LOCAL_WORKERS_LOST = 60.0  # seconds without a worker after which a local cluster is given up
@@ -29,7 +31,7 @@ RESULT_TIMEOUT = 30.0  # seconds to fetch a finished slide's small result before
 POLL = 1.0  # seconds between looks at the cluster's workers while slides run
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """A cluster that cannot be used; the message says what to do."""
 
 
@@ -81,7 +83,7 @@ def visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip()]
-    from engine.slide import cuda_device_count
+    from engine.runtime import cuda_device_count
 
     return [str(i) for i in range(cuda_device_count())]
 

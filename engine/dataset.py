@@ -34,11 +34,22 @@ import pyarrow.parquet as pq
 
 from engine import location
 from engine.discover import fingerprint, match_names
+from engine.errors import UserError
 from engine.plan import PlanParams
 from engine.slide import SlideError
 from engine.store import PatchStore, StoreError
-from engine.tile import (GivenPatches, SlideResult, Summary, TileConfig, add_run_options, guarded, run_config,
-                         slide_files, tile_file, up_to_date)
+from engine.tile import (
+    GivenPatches,
+    SlideResult,
+    Summary,
+    TileConfig,
+    add_run_options,
+    guarded,
+    run_config,
+    slide_files,
+    tile_file,
+    up_to_date,
+)
 
 log = logging.getLogger("engine.dataset")
 
@@ -50,7 +61,7 @@ EMBEDDING_COLUMNS = ("image_embedding_vector", "embedding_vector")  # the study'
 ROWS_PER_FILE, ROWS_PER_FILE_WITH_IMAGES = 250_000, 5_000
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A table or an export that cannot be used or made as asked; the message says what to do."""
 
 

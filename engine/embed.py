@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine import cluster
+from engine.errors import UserError
 from engine.location import location
 from engine.pipeline import BACKENDS, EMBED, PipelineError, make_resizer, store_batches
 from engine.prefetch import ordered_map
@@ -39,7 +40,7 @@ DEFAULT_MODEL = "google/path-foundation"
 WIDTH = 384
 
 
-class EmbedError(Exception):
+class EmbedError(UserError):
     """A model or an input that cannot be used; the message says what to do."""
 
 
@@ -102,8 +103,12 @@ def download(repo_id: str, revision: str | None = None, token: str | None = None
     """The model's snapshot folder, downloaded once into the Hugging Face cache with the user's
     token (HF_TOKEN or the cached login)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     page = f"https://huggingface.co/{repo_id}"
     try:

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.errors import UserError
 from engine.prefetch import ordered_map
 
 BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
 TOLERANCE = 1e-4  # max abs difference between backends on [0, 1] outputs (measured: 7e-6)
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A backend that cannot run here; the message says what to choose instead."""
 
 
@@ -71,7 +72,7 @@ def _dali_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    from engine.slide import cuda_available
+    from engine.runtime import cuda_available
 
     if backend not in BACKENDS:
         raise PipelineError(f"unknown pipeline backend {backend!r}; choose one of {', '.join(BACKENDS)}")

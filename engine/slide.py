@@ -18,8 +18,6 @@ parallel decode by reading batches from several threads, which measured faster t
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import math
 import os
@@ -32,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import runtime
+from engine.errors import UserError
+
 log = logging.getLogger(__name__)
 # tifffile logs damaged files at ERROR level itself; here they reach the user once, as a SlideError.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -43,7 +44,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CUCIM_COMPRESSIONS = {1, 5, 7, 8, 32946}
 
 
-class SlideError(Exception):
+class SlideError(UserError):
     """A slide that cannot be opened or read; the message names the file and what to do."""
 
 
@@ -64,21 +65,6 @@ def plausible_mpp(x: float, y: float, source: str) -> Mpp | None:
         return Mpp(float(x), float(y), source)
     log.warning("ignoring implausible MPP %.4g x %.4g from %s (outside %s-%s µm/px)", x, y, source, lo, hi)
     return None
-
-
-@functools.cache  # importing cupy costs ~0.2 s: ask once per process
-def cuda_device_count() -> int:
-    try:
-        ctypes.CDLL("libcuda.so.1")  # no driver: no GPU, without importing cupy
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no cupy, no driver, no device: all mean "no GPU"
-        return 0
-
-
-def cuda_available() -> bool:
-    return cuda_device_count() > 0
 
 
 class Slide(ABC):
@@ -397,7 +383,7 @@ class CuCIMSlide(Slide):
                 mpp = tiff_mpp(tif)
         except Exception as e:
             raise SlideError(f"{path}: cuCIM cannot open it ({e})") from e
-        self.device = device or ("cuda" if cuda_available() else "cpu")
+        self.device = device or ("cuda" if runtime.cuda_available() else "cpu")
         self._workers = workers or os.cpu_count() or 1
         res = self._img.resolutions
         super().__init__(path, res["level_dimensions"], mpp)
@@ -484,7 +470,7 @@ def choose_backend(path: Path) -> tuple[str, str]:
                 return "openslide", "a vendor layout that OpenSlide knows"
     except Exception as e:
         return "openslide", f"tifffile does not read it ({type(e).__name__})"
-    if not_cucim is None and cuda_available():
+    if not_cucim is None and runtime.cuda_available():
         return "cucim", "GPU decode"
     return "tifffile", f"{not_cucim or 'no CUDA device'}: tile-exact CPU decode with a shared tile cache"
 

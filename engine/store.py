@@ -25,6 +25,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from engine import location
+from engine.errors import UserError
 from engine.location import Location
 
 FORMAT = "histogen-patches"
@@ -33,8 +34,17 @@ COMPLETE, WRITING = "complete", "writing"
 _NO_CHUNK = 2**64 - 1  # shard index entry of a chunk that is not there (zarr v3 sharding spec)
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that cannot be used as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """A complete slide of a store and its patch count: what training, eval and export iterate over."""
+
+    store: str
+    slide: str
+    n: int
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,42 @@ class PatchStore:
     def attrs(self, slide_id: str) -> dict:
         return dict(self._slides()[slide_id].attrs)
 
+    def slide_refs(self, with_patches: bool = False) -> list["SlideRef"]:
+        """The complete slides, each with its patch count (only those with patches if asked)."""
+        refs = [SlideRef(str(self.path), sid, self.n_patches(sid)) for sid in self.slide_ids()]
+        return [r for r in refs if r.n or not with_patches]
+
+    def n_patches(self, slide_id: str) -> int:
+        return int(self.slide(slide_id).attrs["n_patches"])
+
+    def images(self, slide_id: str) -> zarr.Array:
+        """The slide's patches, uint8 (N, P, P, 3), read lazily (index it, or use read_patches)."""
+        return self.slide(slide_id)["images"]
+
+    def read_patches(self, slide_id: str, rows=None) -> np.ndarray:
+        """Patches `rows` (any order, repeats allowed; None = all) as uint8 (len(rows), P, P, 3)."""
+        images = self.images(slide_id)
+        if rows is None:
+            return images[:]
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, *images.shape[1:]), np.uint8)
+        wanted, back = np.unique(rows, return_inverse=True)  # each chunk once, in store order
+        return images.oindex[wanted][back]
+
+    def coords(self, slide_id: str) -> np.ndarray:
+        """int64 (N, 2): level-0 x, y of each patch's top-left corner."""
+        return self.slide(slide_id)["coords"][:]
+
+    def tissue(self, slide_id: str) -> np.ndarray:
+        """float32 (N,): each patch's tissue fraction at full resolution."""
+        return self.slide(slide_id)["tissue"][:]
+
+    def mask(self, slide_id: str) -> tuple[np.ndarray, dict]:
+        """The tissue mask at thumbnail scale, uint8 (h, w), and its attributes (downsample, params)."""
+        m = self.slide(slide_id)["mask"]
+        return m[:], dict(m.attrs)
+
     def embeddings_attrs(self, slide_id: str) -> dict | None:
         """The attributes of the slide's finished embeddings, or None where there are none (or an
         interrupted write left them unfinished)."""
@@ -178,11 +224,19 @@ class PatchStore:
         attrs = dict(g["embeddings"].attrs)
         return attrs if attrs.get("status") == COMPLETE else None
 
-    def embeddings(self, slide_id: str) -> np.ndarray:
-        """(N, D) float32, row i for patch i of the slide."""
+    def embeddings(self, slide_id: str, rows=None) -> np.ndarray:
+        """(N, D) float32, row i for patch i of the slide (only `rows` where given)."""
         if self.embeddings_attrs(slide_id) is None:
             raise StoreError(f"{self.path}: slide {slide_id!r} has no embeddings; run python -m engine.embed --store {self.path}")
-        return self.slide(slide_id)["embeddings"][:]
+        a = self.slide(slide_id)["embeddings"]
+        return a[:] if rows is None else a.oindex[np.asarray(rows, np.int64)]
+
+    def embedding_width(self) -> int | None:
+        """The width D of the store's embeddings (384 for Path Foundation), None where none is complete."""
+        for sid in self.slide_ids():
+            if self.embeddings_attrs(sid) is not None:
+                return int(self.slide(sid)["embeddings"].shape[1])
+        return None
 
     def write_embeddings(self, slide_id: str, embeddings: np.ndarray, attrs: dict) -> None:
         """Replace the slide's embeddings: one row per patch, finite. Marked complete last, so an

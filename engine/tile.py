@@ -26,7 +26,7 @@ from engine.check import CheckParams, check_patches
 from engine.discover import SLIDE_SUFFIXES, find_slides, fingerprint, slide_ids
 from engine.location import Location, location, open_write, with_suffix
 from engine.mask import MaskParams, tissue_mask
-from engine.memory import reuse_freed_memory
+from engine.runtime import reuse_freed_memory
 from engine.prefetch import ordered_map
 from engine.plan import PlanParams, plan_tiles
 from engine.qa import qa_picture

@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine.errors import UserError
+
 log = logging.getLogger("histogen.checkpoint")
 FORMAT = "histogen-checkpoint"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """No usable checkpoint where one is needed; the message says what to do."""
 
 

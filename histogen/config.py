@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from engine.errors import UserError
+
 PRESETS = Path(__file__).parent / "presets"
 KINDS = ("ae", "gan", "diffusion")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A preset, key or value that cannot be used; the message says what is allowed."""
 
 

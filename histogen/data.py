@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
-from engine.slide import cuda_available
+from engine.runtime import cuda_available
 from engine.store import PatchStore, StoreError
 from histogen.config import RunConfig
 from histogen.stain import stain_jitter
@@ -27,7 +28,7 @@ log = logging.getLogger("histogen.data")
 COND_DIM = 384
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Stores that cannot feed this run; the message says what to do."""
 
 

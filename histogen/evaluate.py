@@ -25,16 +25,17 @@ import numpy as np
 import torch
 
 from engine.embed import DEFAULT_MODEL, EmbedError
+from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
 from histogen import metrics
-from histogen.data import COND_DIM, DataError, SlideRef, open_store
+from histogen.data import COND_DIM, SlideRef, open_store
 from histogen.encoders import Encoder, PixelEncoder, load_encoder
 
 log = logging.getLogger("histogen.evaluate")
 CACHE_VERSION = 1
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """Inputs that cannot be evaluated; the message says what to do."""
 
 

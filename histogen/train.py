@@ -25,10 +25,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.errors import UserError
 from engine.store import dict_diff
 from histogen import checkpoint, config
 from histogen.config import ConfigError, RunConfig
-from histogen.data import COND_DIM, Batches, DataError, derive_seed, find_slides, split_slides
+from histogen.data import (
+    COND_DIM,
+    Batches,
+    DataError,
+    derive_seed,
+    find_slides,
+    split_slides,
+)
 from histogen.kernels import AdamWEMA
 from histogen.models import NonFiniteLoss, Task, build_task
 from histogen.sample import save_grid
@@ -37,7 +45,7 @@ from histogen.tblog import ScalarWriter
 log = logging.getLogger("histogen.train")
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """A run that cannot start or go on; the message says what to do."""
 
 

@@ -6,26 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from engine import synth
+import histosynth as synth
+from tests.support.data import shared_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.is_file():
-        pytest.skip(f"real test slide {path} is absent (it lives in ../shared/data beside the checkout)")
-    return path
 
 
 @pytest.fixture(scope="session")
 def cmu_svs() -> Path:
-    return _shared("slides/CMU-1-Small-Region.svs")
+    return shared_file("slides/CMU-1-Small-Region.svs")
 
 
 @pytest.fixture(scope="session")
 def kidney_tif() -> Path:
-    return _shared("odd/kidney-48-5.tif")
+    return shared_file("odd/kidney-48-5.tif")
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +43,7 @@ def tiff_slide(synth_dir) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    from engine.slide import cuda_available
+    from engine.runtime import cuda_available
 
     if cuda_available():
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -24,13 +23,10 @@ from histogen.config import ConfigError
 from histogen.models import build_task
 from histogen.sample import sample_run
 from histogen.train import TrainError, train
-from tests.test_histogen_data import make_store
+from tests.support.stores import make_store
+from tests.support.training import SMALL
 
-ROOT = Path(__file__).resolve().parents[1]
-# Smaller than the tiny presets: seconds per run on two cores.
-SMALL = ["resolution=16", "model.channels=16", "model.head_channels=16", "train.batch_size=4", "train.log_every=1",
-         "train.sample_steps=3", "train.n_samples=4", "train.val_batches=1"]
-
+from tests.support.data import ROOT  # noqa: E402
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:

@@ -9,7 +9,7 @@ import torch
 from engine.pipeline import TOLERANCE, PipelineError, Transform, make_resizer, resolve_backend, store_batches
 from engine.slide import open_slide
 from engine.store import Codec, PatchStore
-from tests.resize_reference import resize_reference
+from tests.support.references import resize_reference
 
 BACKENDS = ["dali-cpu", "torch"]
 
@@ -113,7 +113,7 @@ def test_backend_choice():
     assert resolve_backend("auto") in ("dali-cpu", "dali-gpu")
     with pytest.raises(PipelineError, match="choose one of"):
         resolve_backend("opencv")
-    from engine.slide import cuda_available
+    from engine.runtime import cuda_available
 
     if not cuda_available():
         with pytest.raises(PipelineError, match="needs a CUDA device"):

@@ -6,7 +6,7 @@ let the demo, the tests and the benchmarks run the real loading and inference pa
 [0, 1], output `{"output_0": (N, 384)}`. `vit-s16` costs what the real model (a ViT-S/16) costs
 per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
 
-    python -m engine.standin_model OUT_DIR [--arch vit-s16|tiny]
+    python -m histosynth.standin_model OUT_DIR [--arch vit-s16|tiny]
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.standin_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m histosynth.standin_model", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
     p.add_argument("--arch", choices=ARCHS, default="vit-s16")
     p.add_argument("--seed", type=int, default=0)

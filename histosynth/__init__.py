@@ -919,7 +919,7 @@ def demo_slides(out_dir) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.synth", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m histosynth", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     ap.add_argument("--kind", choices=("svs", "tiff"), default="svs")
     ap.add_argument("--width", type=int, default=SynthSpec.width)

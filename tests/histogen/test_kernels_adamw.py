@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from histogen.kernels import AdamWEMA
-from tests.kernel_helpers import DEVICES, rel_err, use_triton
+from tests.support.kernels import DEVICES, rel_err, use_triton
 
 SHAPES = [(7, 5), (13,), (3, 4, 5), (1,), (47, 53)]  # the last spans two kernel blocks
 HYPER = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)

@@ -16,36 +16,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from distributed import Client, WorkerPlugin  # noqa: E402
 
-from engine import cluster, embed, synth  # noqa: E402
+from engine import cluster, embed  # noqa: E402
 from engine.cluster import ClusterError, Scheduler  # noqa: E402
-from engine.plan import PlanParams  # noqa: E402
-from engine.standin_model import save_standin  # noqa: E402
+from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import PatchStore  # noqa: E402
-from engine.tile import TileConfig, main, tile_slides  # noqa: E402
-from tests.store_compare import assert_same_store  # noqa: E402
-
-CFG = TileConfig(plan=PlanParams(256), qa=False, workers=1, batch_size=8)  # 17-20 patches a slide: two shards
-ARGS = ["--patch-size", "256", "--no-qa", "--quiet", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def slides(tmp_path_factory) -> Path:
-    """Three small slides and a file that is not a slide."""
-    d = tmp_path_factory.mktemp("slides")
-    for i in range(3):
-        synth.write_svs(d / f"s{i}.svs", synth.SynthSpec(width=2048, height=1536, seed=10 + i, mpp=0.25), levels=(1, 4))
-    (d / "fake.svs").write_text("not a slide")
-    return d
-
-
-@pytest.fixture(scope="module")
-def reference(slides, tmp_path_factory) -> Path:
-    """The store one process makes."""
-    out = tmp_path_factory.mktemp("ref") / "p.zarr"
-    assert main(["--slides", str(slides), "--out", str(out), *ARGS]) == 1  # fake.svs fails
-    assert PatchStore.open(out).slide_ids() == ["s0", "s1", "s2"]
-    return out
-
+from engine.tile import main, tile_slides  # noqa: E402
+from tests.support.stores import assert_same_store  # noqa: E402
+from tests.support.tiling import ARGS, CFG  # noqa: E402
 
 @pytest.fixture(scope="module")
 def scheduler():

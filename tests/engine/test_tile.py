@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import synth
+import histosynth as synth
 from engine.check import patch_tissue_reference
 from engine.mask import tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
@@ -21,7 +20,7 @@ from engine.slide import open_slide
 from engine.store import PatchStore
 from engine.tile import TileConfig, main, tile_slides
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.data import ROOT  # noqa: E402
 FAST = dict(workers=2, batch_size=8)
 
 

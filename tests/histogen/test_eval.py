@@ -19,10 +19,10 @@ from histogen import config, metrics
 from histogen.cli import main
 from histogen.encoders import TorchEncoder, torchscript
 from histogen.train import train
-from tests.resize_reference import resize_reference
-from tests.test_histogen_data import make_store
-from tests.test_metrics import brute_precision_recall
-from tests.test_train import SMALL
+from tests.support.references import resize_reference
+from tests.support.stores import make_store
+from tests.support.references import brute_precision_recall
+from tests.support.training import SMALL
 
 SLIDES = {"s1": 12, "s2": 10, "s3": 9}  # diffusion-tiny's split: s3 trains, s1 and s2 validate
 
@@ -209,7 +209,7 @@ def test_bad_input_gets_one_clear_line(store, run, tmp_path, caplog, encoder_fil
 def embedded(store, tmp_path_factory) -> tuple[Path, Path]:
     """The store embedded by a TensorFlow stand-in with Path Foundation's interface."""
     from engine.embed import EmbedConfig, embed_store
-    from engine.standin_model import save_standin
+    from histosynth.standin_model import save_standin
 
     d = tmp_path_factory.mktemp("cond")
     model = save_standin(d / "standin")

@@ -15,7 +15,7 @@ from engine.plan import (
     tile_fractions,
     tile_fractions_reference,
 )
-from tests.test_mask import SLIDE, synthetic_thumbnail
+from tests.support.thumbnails import SLIDE, synthetic_thumbnail
 
 
 def brute_force(mask, level0_size, tile0, stride0, min_tissue):

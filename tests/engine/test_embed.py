@@ -16,15 +16,15 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from engine import synth  # noqa: E402
+import histosynth as synth  # noqa: E402
 from engine.embed import EmbedConfig, EmbedError, embed_store, load_model, main  # noqa: E402
 from engine.pipeline import EMBED  # noqa: E402
-from engine.standin_model import save_standin  # noqa: E402
+from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import PatchStore, StoreError  # noqa: E402
 from engine.tile import TileConfig, tile_slides  # noqa: E402
-from tests.resize_reference import resize_reference  # noqa: E402
+from tests.support.references import resize_reference  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.data import ROOT  # noqa: E402
 FAST = dict(workers=2, batch_size=8, qa=False)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from engine.check import CheckParams, check_patches, patch_tissue, patch_tissue_reference
 from engine.mask import MaskParams
-from tests.test_mask import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
+from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
 
 RULES = [  # threshold, white, dark, pen_margin
     (20, 220, 50, 30),

@@ -12,8 +12,8 @@ import openslide
 import pytest
 import tifffile
 
-from engine import synth
-from engine.synth import (
+import histosynth as synth
+from histosynth import (
     SynthSpec,
     corrupt_tile,
     demo_slides,
@@ -24,6 +24,7 @@ from engine.synth import (
     write_svs,
     write_tiled_tiff,
 )
+from tests.support.data import SHARED
 
 try:
     from cucim import CuImage
@@ -34,7 +35,7 @@ needs_cucim = pytest.mark.skipif(CuImage is None, reason="cuCIM not importable")
 
 W, H = 1000, 760  # not multiples of the tile sizes: exercises edge tiles
 SPEC = SynthSpec(width=W, height=H, seed=3, jpeg_quality=95)
-CMU = Path(__file__).resolve().parents[1] / "../shared/data/slides/CMU-1-Small-Region.svs"
+CMU = SHARED / "slides" / "CMU-1-Small-Region.svs"
 
 
 def os_rgb(slide, x=0, y=0, w=None, h=None, level=0):

@@ -2,41 +2,18 @@
 DALI and torch batches agree, stain jitter, and clear errors."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from engine.store import Codec, PatchStore
+from engine.store import PatchStore
 from histogen import config
 from histogen.config import ConfigError, RunConfig
 from histogen.data import Batches, DataError, SlideRef, StepSampler, embeddings_from, find_slides, split_slides
 from histogen.stain import stain_jitter
-from tests.resize_reference import resize_reference
-
-
-def make_store(path: Path, slides: dict[str, int], patch=64, embeddings=True, seed=0, he=False) -> Path:
-    """A store of random patches, or (`he`) of windows of synthetic H&E slides, one per slide id."""
-    from engine.synth import SynthSpec, render_region
-
-    store = PatchStore.create_or_resume(path, patch, {})
-    rng = np.random.default_rng(seed)
-    for k, (sid, n) in enumerate(slides.items()):
-        if he:
-            side = patch * int(np.ceil(np.sqrt(n)))
-            region = render_region(SynthSpec(width=4 * side, height=4 * side, seed=seed * 100 + k), side, side, side, side)
-            tiles = region.reshape(side // patch, patch, side // patch, patch, 3).swapaxes(1, 2).reshape(-1, patch, patch, 3)
-            images = tiles[:n]
-        else:
-            images = rng.integers(0, 256, (n, patch, patch, 3), dtype=np.uint8)
-        w = store.begin_slide(sid, {}, n, Codec())
-        w.append(images, np.arange(2 * n).reshape(n, 2), np.ones(n))
-        w.finish(np.zeros((2, 2)), {}, {})
-        if embeddings:
-            store.write_embeddings(sid, rng.standard_normal((n, 384)).astype(np.float32), {"model": "test"})
-    return path
+from tests.support.references import resize_reference
+from tests.support.stores import make_store
 
 
 def run_cfg(**data) -> RunConfig:

@@ -1,9 +1,26 @@
-"""Process-wide allocator settings for the tiler's hot loop."""
+"""Facts about the process's runtime: which CUDA devices it sees, and the allocator settings of
+the hot loops. One place, so that no module asks a reader or a pipeline whether there is a GPU."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+
+
+@functools.cache  # importing cupy costs ~0.2 s: ask once per process
+def cuda_device_count() -> int:
+    try:
+        ctypes.CDLL("libcuda.so.1")  # no driver: no GPU, without importing cupy
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU"
+        return 0
+
+
+def cuda_available() -> bool:
+    return cuda_device_count() > 0
+
 
 # glibc mallopt parameters
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3

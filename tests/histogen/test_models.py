@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import synth
+import histosynth as synth
 from histogen.kernels import AdamWEMA
 from histogen.models import TINY, Autoencoder, AutoencoderConfig, NonFiniteLoss, Task, build_task, ssim
 from histogen.models.diffaug import color, cutout, diff_augment, translation
@@ -36,7 +36,7 @@ def one_thread():
 def patches() -> torch.Tensor:
     """8 H&E patches (8, 3, 32, 32) in [-1, 1]: 128 px tissue windows of the real CMU slide,
     4x4-averaged; 64 px windows of a synthetic slide where ../shared is absent."""
-    from tests.conftest import SHARED
+    from tests.support.data import SHARED
 
     cmu = SHARED / "slides" / "CMU-1-Small-Region.svs"
     if cmu.is_file():

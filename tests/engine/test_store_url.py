@@ -17,11 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from engine.cluster import Scheduler  # noqa: E402
 from engine.embed import EmbedConfig, embed_store  # noqa: E402
 from engine.location import location  # noqa: E402
-from engine.standin_model import save_standin  # noqa: E402
+from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import Codec, PatchStore, StoreError  # noqa: E402
 from engine.tile import main, tile_slides  # noqa: E402
-from tests.store_compare import assert_same_store  # noqa: E402
-from tests.test_cluster import ARGS, CFG, reference, slides  # noqa: E402,F401  (shared fixtures)
+from tests.support.stores import assert_same_store  # noqa: E402
+from tests.support.tiling import ARGS, CFG  # noqa: E402
 
 
 def _fresh_s3fs():

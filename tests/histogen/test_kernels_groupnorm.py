@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from histogen.kernels import GroupNormSiLU, group_norm_silu, groupnorm_silu_reference
-from tests.kernel_helpers import DEVICES, rel_err, use_triton
+from tests.support.kernels import DEVICES, rel_err, use_triton
 
 F32, BF16 = torch.float32, torch.bfloat16
 TOL = {F32: 1e-5, BF16: 1e-2}

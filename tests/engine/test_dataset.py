@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import synth
+import histosynth as synth
 from engine.dataset import DatasetError, export_parquet, import_parquet, main, push_to_hub
 from engine.discover import match_names
 from engine.plan import PlanParams

@@ -9,6 +9,7 @@ import torch
 
 from histogen import metrics
 from histogen.stain import from_hed, to_hed
+from tests.support.references import brute_precision_recall
 
 
 def rng(seed=0):
@@ -63,18 +64,6 @@ def test_frechet_of_samples_approaches_the_known_distance():
     assert got == pytest.approx(want, rel=0.03)
     same = metrics.frechet_of(metrics.GaussianStats(d).update(x), metrics.GaussianStats(d).update(x.copy()))
     assert same == pytest.approx(0, abs=1e-9)
-
-
-def brute_precision_recall(real, fake, k):
-    def radii(x):
-        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
-        return np.sort(d, axis=1)[:, k]
-
-    def cov(points, centres, rad):
-        d = np.linalg.norm(points[:, None] - centres[None], axis=-1)
-        return (d <= rad[None]).any(1).mean()
-
-    return cov(fake, real, radii(real)), cov(real, fake, radii(fake))
 
 
 def test_precision_recall_closed_forms_and_reference(monkeypatch):

@@ -1,0 +1,5 @@
+import sys
+
+from histosynth import main
+
+sys.exit(main())

@@ -1,5 +1,5 @@
 """Shared fixtures: the real slides in ../shared/data (skipped with a reason where absent) and small
-synthetic slides written once per session with engine.synth."""
+synthetic slides written once per session with histosynth."""
 from __future__ import annotations
 
 from pathlib import Path

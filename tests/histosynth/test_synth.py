@@ -1,4 +1,4 @@
-"""engine.synth: synthetic slides checked with the real readers (OpenSlide,
+"""histosynth: synthetic slides checked with the real readers (OpenSlide,
 cuCIM, tifffile). Small slides only; the whole file runs in well under 30 s."""
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from histosynth import (
     write_svs,
     write_tiled_tiff,
 )
+from histosynth.mosaic import _mirror
+from histosynth.tiff import _render_level
+from histosynth.tissue import _render
 from tests.support.data import SHARED
 
 try:
@@ -96,7 +99,7 @@ def test_render_exact_in_any_window():
 def test_render_content_and_speed():
     spec = SynthSpec()  # default 4096 x 3072
     # the whole default slide, point-sampled every 8 px: rough tissue fraction
-    img = synth._render(spec, np.arange(0, spec.width, 8.0), np.arange(0, spec.height, 8.0))
+    img = _render(spec, np.arange(0, spec.width, 8.0), np.arange(0, spec.height, 8.0))
     frac = saturation_fraction(img)
     assert 0.2 < frac < 0.6, frac
     # background is near-white; tissue has pink stroma and dark purple nuclei
@@ -105,7 +108,7 @@ def test_render_content_and_speed():
     tissue = img[(img.max(-1).astype(int) - img.min(-1)) > 40]
     assert (tissue[:, 0] > tissue[:, 1]).mean() > 0.9  # red > green: H&E hues
     assert ((tissue.max(-1) < 150) & (tissue[:, 2] > tissue[:, 1])).any()  # nuclei
-    empty = synth._render(SynthSpec(tissue=False), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
+    empty = _render(SynthSpec(tissue=False), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
     assert saturation_fraction(empty) == 0.0 and empty.min() >= 230
     render_region(spec, 1500, 1200, 512, 512)
     t = time.perf_counter()
@@ -114,8 +117,8 @@ def test_render_content_and_speed():
 
 
 def test_pen_stroke_adds_ink():
-    a = synth._render(SynthSpec(pen=True), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
-    b = synth._render(SynthSpec(pen=False), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
+    a = _render(SynthSpec(pen=True), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
+    b = _render(SynthSpec(pen=False), np.arange(0, 4096, 8.0), np.arange(0, 3072, 8.0))
     changed = np.any(a != b, axis=-1)
     assert 0.003 < changed.mean() < 0.1
     ink = a[changed].astype(int)
@@ -138,7 +141,7 @@ def test_svs_openslide(svs):
     # level 0 and a reduced level match the renderer (JPEG Q95, no subsampling)
     mx, mean = diff(os_rgb(s), render_region(SPEC, 0, 0, W, H))
     assert mx <= 24 and mean < 1.0, (mx, mean)
-    mx, mean = diff(os_rgb(s, level=1), synth._render_level(SPEC, 4, 0, 0, W // 4, H // 4))
+    mx, mean = diff(os_rgb(s, level=1), _render_level(SPEC, 4, 0, 0, W // 4, H // 4))
     assert mx <= 24 and mean < 1.0, (mx, mean)
 
 
@@ -255,7 +258,7 @@ def test_tiled_tiff_lossless_exact(out, compression):
         assert 282 not in t.pages[0].tags
         levels = t.series[0].levels
         assert np.array_equal(levels[0].asarray(), ref)
-        assert np.array_equal(levels[2].asarray(), synth._render_level(spec, 4, 0, 0, 700 // 4, 530 // 4))
+        assert np.array_equal(levels[2].asarray(), _render_level(spec, 4, 0, 0, 700 // 4, 530 // 4))
     if CuImage is not None:
         assert np.array_equal(np.asarray(CuImage(str(p)).read_region((0, 0), (700, 530), 0))[..., :3], ref)
 
@@ -281,7 +284,7 @@ def test_kept_and_rerendered_levels_agree(out, monkeypatch):
     re-rendering level 0 per tile; both must give the same pixels."""
     spec = SynthSpec(width=900, height=700, seed=9)
     a = write_tiled_tiff(out / "kept.tif", spec, levels=(1, 2, 8), compression="lzw")
-    monkeypatch.setattr(synth, "_KEEP_BUDGET", 0)
+    monkeypatch.setattr("histosynth.tiff._KEEP_BUDGET", 0)
     b = write_tiled_tiff(out / "rerendered.tif", spec, levels=(1, 2, 8), compression="lzw")
     assert a.read_bytes() == b.read_bytes()
 
@@ -354,7 +357,7 @@ def test_mosaic_svs(out):
     base = tifffile.imread(CMU)
     bh, bw = base.shape[:2]
     x, y = bw - 100, 500  # straddles the vertical mirror seam
-    ref = base[np.ix_(synth._mirror(np.arange(y, y + 300), bh), synth._mirror(np.arange(x, x + 400), bw))]
+    ref = base[np.ix_(_mirror(np.arange(y, y + 300), bh), _mirror(np.arange(x, x + 400), bw))]
     assert diff(os_rgb(s, x, y, 400, 300), ref)[1] < 2
 
 

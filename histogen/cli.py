@@ -8,21 +8,27 @@ import sys
 from pathlib import Path
 
 from engine.embed import DEFAULT_MODEL
+from engine.errors import run_command, setup_logging
 from histogen import config
+from histogen.config import ConfigError
+from histogen.evaluate import EvalConfig, evaluate
+from histogen.models.registry import KINDS
+from histogen.sample import sample_run
+from histogen.train import train
 
-DEFAULT_PRESET = {"ae": "ae-f8", "gan": "gan-128", "diffusion": "diffusion-64"}
 log = logging.getLogger("histogen")
+INTERRUPTED = "the last checkpoint is kept; run the same command to resume"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="histogen", description="Train generative models of histopathology on patch stores.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) a model on patch stores")
-    t.add_argument("--model", required=True, choices=config.KINDS)
+    t.add_argument("--model", required=True, choices=list(KINDS))
     t.add_argument("--data", required=True, type=Path, nargs="+", help="patch store(s) made by python -m engine.tile")
     t.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/NAME; the same command resumes it")
     t.add_argument("--preset", help=f"a preset name ({', '.join(config.presets())}) or a YAML file; default per model: "
-                                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_PRESET.items()))
+                                    + ", ".join(f"{k} {v.preset}" for k, v in KINDS.items()))
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.steps=500 --set model.channels=64 (repeatable)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,11 +58,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_train(a) -> int:
-    from histogen.train import train
-
-    cfg = config.resolve(a.preset or DEFAULT_PRESET[a.model], a.overrides)
+    cfg = config.resolve(a.preset or KINDS[a.model].preset, a.overrides)
     if cfg.kind != a.model:
-        raise config.ConfigError(f"preset {a.preset} trains a {cfg.kind}, not a {a.model}; pick a {a.model} preset")
+        raise ConfigError(f"preset {a.preset} trains a {cfg.kind}, not a {a.model}; pick a {a.model} preset")
     result = train(cfg, a.data, a.out, show_progress=False if a.quiet else None)
     print(f"{a.out}: step {result.step}, {result.images_per_s:.1f} images/s, "
           + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
@@ -64,20 +68,16 @@ def run_train(a) -> int:
 
 
 def run_sample(a) -> int:
-    from histogen.sample import sample_run
-
     if a.n < 1 or a.steps < 1:
-        raise config.ConfigError("--n and --steps must be at least 1")
+        raise ConfigError("--n and --steps must be at least 1")
     pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed)
     print(f"{len(pixels)} samples in {a.out} (grid: {a.out / 'grid.png'}, array: {a.out / 'samples.zarr'})")
     return 0
 
 
 def run_eval(a) -> int:
-    from histogen.evaluate import EvalConfig, evaluate
-
     if a.n < 2 or a.steps < 1 or a.batch_size < 1:
-        raise config.ConfigError("--n must be at least 2, --steps and --batch-size at least 1")
+        raise ConfigError("--n must be at least 2, --steps and --batch-size at least 1")
     cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=a.encoder,
                      revision=a.revision)
     ev = evaluate(a.real, a.out, run=a.run, samples=a.samples, cfg=cfg)
@@ -92,20 +92,9 @@ def run_eval(a) -> int:
 
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from histogen.checkpoint import CheckpointError
-    from histogen.data import DataError
-    from histogen.evaluate import EvalError
-    from histogen.train import TrainError
-
-    try:
-        return {"train": run_train, "sample": run_sample, "eval": run_eval}[a.command](a)
-    except (config.ConfigError, DataError, TrainError, CheckpointError, EvalError) as e:
-        log.error("%s", e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: the last checkpoint is kept; run the same command to resume")
-        return 130
+    setup_logging()
+    job = {"train": run_train, "sample": run_sample, "eval": run_eval}[a.command]
+    return run_command(lambda: job(a), log, INTERRUPTED, flags={"model": "--encoder"} if a.command == "eval" else None)
 
 
 if __name__ == "__main__":

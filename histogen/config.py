@@ -1,28 +1,91 @@
 """Training configuration as data: presets are YAML files in histogen/presets/, a run's resolved
 config is saved beside its checkpoints, and `--set key=value` overrides any key.
 
-    kind: diffusion            # ae | gan | diffusion
+    kind: diffusion            # a kind of histogen.models.registry: ae | gan | diffusion
     resolution: 64             # training image side, resized from the stored patches
     data:  {...}               # DataConfig
-    model: {...}               # the model's own section, validated by histogen.models.build_task
+    model: {...}               # the kind's own config dataclass (e.g. DiffusionConfig)
     train: {...}               # TrainConfig
+
+Every section, the model's included, goes through one validator (`build`): unknown keys and
+values of the wrong type are refused with the known keys, so a whole config is checked before
+anything is written.
 """
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from engine.errors import UserError
+from histogen.models.registry import KINDS
+from histogen.models.task import require
 
 PRESETS = Path(__file__).parent / "presets"
-KINDS = ("ae", "gan", "diffusion")
 
 
 class ConfigError(UserError, ValueError):
     """A preset, key or value that cannot be used; the message says what is allowed."""
+
+
+# -- the validator ------------------------------------------------------------------------------
+
+
+def _name(t) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(where: str, t, v):
+    """v as the field type `t`: lists become tuples, ints and numeric strings become floats
+    (PyYAML reads 1e-4 as a string); anything else of the wrong type raises."""
+    if isinstance(t, types.UnionType) and type(None) in typing.get_args(t):
+        if v is None:
+            return None
+        (t,) = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {v!r}")
+        return tuple(_coerce(where, typing.get_args(t)[0], e) for e in v)
+    if t is float and isinstance(v, (int, str)) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+        raise ConfigError(f"{where}: expected {_name(t)}, got {v!r}")
+    return v
+
+
+def build(cls, d, where: str):
+    """The dataclass `cls` from a YAML mapping, `where` naming it in messages ("train",
+    "diffusion model"): unknown or missing keys and values of the wrong type raise ConfigError,
+    and so do the dataclass's own checks (ValueError in __post_init__)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, not {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
+    missing = [k for k, f in fields.items()
+               if k not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    values = {k: build(hints[k], {} if v is None else v, k) if dataclasses.is_dataclass(hints[k])  # a section
+              else _coerce(f"{where} key {k}", hints[k], v) for k, v in d.items()}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+# -- the sections -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -34,6 +97,9 @@ class DataConfig:
     conditional: bool = False  # condition on the slide's Path Foundation embedding of each patch
     workers: int = 2  # DataLoader processes reading the stores
     pipeline: str = "auto"  # engine.pipeline backend for resize and augmentation
+
+    def __post_init__(self):
+        require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
 
 
 @dataclass
@@ -54,50 +120,46 @@ class TrainConfig:
     sample_steps: int = 50  # DDIM steps for the periodic grids
     guidance: float = 1.0
 
+    def __post_init__(self):
+        require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
+        for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps"):
+            require(getattr(self, key) >= 1, f"train.{key} must be at least 1, not {getattr(self, key)}")
+
+
+def model_config(kind: str, section: dict):
+    """The config dataclass of model `kind` (registry.KINDS) built from a model section."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    return build(KINDS[kind].config, section, f"{kind} model")
+
 
 @dataclass
 class RunConfig:
     kind: str
     resolution: int
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # as written (and saved); model_config(kind, model) types it
     train: TrainConfig = field(default_factory=TrainConfig)
     autoencoder: str | None = None  # run folder of a trained autoencoder: latent diffusion
 
+    def __post_init__(self):
+        require(8 <= self.resolution <= 1024,
+                f"resolution must be an integer number of pixels (64 to 512 for the presets), not {self.resolution!r}")
+        model_config(self.kind, self.model)  # the model section is checked with the rest, before any use
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# -- presets, overrides, files ------------------------------------------------------------------
 
 
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-def _build(cls, d: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"unknown {where} key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return cls(**d)
-
-
 def from_dict(d: dict) -> RunConfig:
-    d = dict(d)
-    if d.get("kind") not in KINDS:
-        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, not {d.get('kind')!r}")
-    if not isinstance(d.get("resolution"), int) or not 8 <= d["resolution"] <= 1024:
-        raise ConfigError(f"resolution must be an integer number of pixels (64 to 512 for the presets), not {d.get('resolution')!r}")
-    cfg = _build(RunConfig, {k: v for k, v in d.items() if k not in ("data", "train")}, "top-level")
-    cfg.data = _build(DataConfig, d.get("data") or {}, "data")
-    cfg.train = _build(TrainConfig, d.get("train") or {}, "train")
-    if not isinstance(cfg.model, dict):
-        raise ConfigError(f"model must be a mapping of the model's settings, not {cfg.model!r}")
-    for key, value in [("data.val_fraction", cfg.data.val_fraction), ("train.ema_decay", cfg.train.ema_decay)]:
-        if not 0 <= value < 1:
-            raise ConfigError(f"{key} must be in [0, 1), not {value}")
-    for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, not {getattr(cfg.train, key)}")
-    return cfg
+    return build(RunConfig, d, "top-level")
 
 
 def parse_override(item: str) -> tuple[list[str], object]:

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.pipeline import Transform, make_resizer
+from engine.embed import EmbedError, load_model
+from engine.pipeline import EMBED, Transform, make_resizer
 
 
 class Encoder:
@@ -44,9 +45,6 @@ class Encoder:
 
 def path_foundation(model: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
     """Path Foundation or a SavedModel with its interface (engine.embed.load_model; raises EmbedError)."""
-    from engine.embed import load_model
-    from engine.pipeline import EMBED
-
     m = load_model(model, revision)
     return Encoder(m.id, m.revision, EMBED, m, m.width, pipeline, batch_size)
 
@@ -88,13 +86,11 @@ class PixelEncoder(Encoder):
 
 def load_encoder(ref: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
     """A TorchScript file (.pt/.ts) or a SavedModel directory / Hugging Face repo id."""
-    from engine.embed import EmbedError
-
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix in (".pt", ".ts", ".pth"):
         try:
             return torchscript(path, pipeline=pipeline, batch_size=batch_size)
         except RuntimeError as e:
-            raise EmbedError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]}); save one with "
-                             "torch.jit.save(torch.jit.script(module), path)") from e
+            raise EmbedError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]})",
+                             "save one with torch.jit.save(torch.jit.script(module), path)") from e
     return path_foundation(ref, revision, pipeline, batch_size)

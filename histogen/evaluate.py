@@ -23,13 +23,19 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import zarr
+from PIL import Image
 
 from engine.embed import DEFAULT_MODEL, EmbedError
 from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
+from engine.progress import Progress
+from engine.store import SlideRef
 from histogen import metrics
-from histogen.data import COND_DIM, SlideRef, open_store
+from histogen.batches import list_slides, open_store
 from histogen.encoders import Encoder, PixelEncoder, load_encoder
+from histogen.report import write_report
+from histogen.run import RunSampler
 
 log = logging.getLogger("histogen.evaluate")
 CACHE_VERSION = 1
@@ -91,36 +97,37 @@ class Patches:
         return out
 
     def _open(self, k: int, with_cond: bool) -> tuple:
-        """Slide k's images array, and its embeddings when `with_cond`."""
+        """Slide k's store, and its embeddings when `with_cond`."""
         ref = self.refs[k]
         store = open_store(ref.store)
         if not with_cond:
-            return store.slide(ref.slide)["images"], None
+            return store, None
         if store.embeddings_attrs(ref.slide) is None:
             raise EvalError(f"{ref.store}: slide {ref.slide} has no embeddings to condition on; "
                             f"run python -m engine.embed --store {ref.store}")
-        return store.slide(ref.slide)["images"], store.embeddings(ref.slide)
+        return store, store.embeddings(ref.slide)
 
     def batches(self, resolution: int, batch_size: int, with_cond: bool = False, cycle_to: int | None = None,
                 pipeline: str = "auto") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(uint8 (b, R, R, 3), embeddings (b, 384) or None), resized as training resizes (no
+        """(uint8 (b, R, R, 3), embeddings (b, D) or None), resized as training resizes (no
         augmentation); `cycle_to` repeats the draw up to that many rows."""
         resize = make_resizer(Transform(resolution), pipeline, max_batch=batch_size)
         rows = self.rows if cycle_to is None else self.rows[np.arange(cycle_to) % len(self.rows)]
-        current, arr, emb = None, None, None  # one slide open at a time: rows are sorted by slide
+        current, store, emb = None, None, None  # one slide open at a time: rows are sorted by slide
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
-            images = None
-            conds = np.zeros((len(chunk), COND_DIM), np.float32) if with_cond else None
+            images, conds = None, None
             for k in np.unique(chunk[:, 0]):
                 if k != current:
-                    current, arr, emb = k, *self._open(k, with_cond)
+                    current, store, emb = k, *self._open(k, with_cond)
                 sel = chunk[:, 0] == k
-                got = arr.oindex[chunk[sel, 1]]
+                got = store.read_patches(self.refs[k].slide, chunk[sel, 1])
                 if images is None:
                     images = np.empty((len(chunk),) + got.shape[1:], np.uint8)
                 images[sel] = got
                 if with_cond:
+                    if conds is None:
+                        conds = np.empty((len(chunk), emb.shape[1]), np.float32)
                     conds[sel] = emb[chunk[sel, 1]]
             x = resize(images)
             yield (x * 255).round().clamp(0, 255).to(torch.uint8).numpy(), conds
@@ -173,23 +180,9 @@ def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalCo
     return side
 
 
-def stored_slides(stores: list[Path]) -> list[SlideRef]:
-    refs = []
-    for path in stores:
-        store = open_store(path)
-        refs += [SlideRef(str(path), s, int(store.attrs(s)["n_patches"])) for s in store.slide_ids()]
-    refs = [r for r in refs if r.n > 0]
-    if not refs:
-        raise EvalError(f"{', '.join(map(str, stores))}: no complete slide with patches; tile slides first (python -m engine.tile)")
-    return refs
-
-
 def load_samples(path: Path, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Images made elsewhere: DIR/samples.zarr (uint8 (n, R, R, 3)) or DIR/*.png; and
     DIR/conditions.npy when there is one."""
-    import zarr
-    from PIL import Image
-
     path = Path(path)
     if (path / "samples.zarr").exists():
         images = np.asarray(zarr.open_array(str(path / "samples.zarr"), mode="r")[:n])
@@ -226,9 +219,6 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
              cfg: EvalConfig = EvalConfig(), encoder: Encoder | None = None) -> Evaluation:
     """Evaluate a run's samples (or images in `samples`) against the real stores; writes
     out/samples.zarr (when sampling), out/metrics.json and out/report.html."""
-    from histogen.report import write_report
-    from histogen.sample import RunSampler
-
     if run is None and samples is None:
         raise EvalError("nothing to evaluate: pass --run RUN, --samples DIR, or both")
     if cfg.n < 2:
@@ -243,7 +233,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
                      "resolution": resolution, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}})
 
     # Real patches: the --real slides the run did not train on.
-    refs = stored_slides(real)
+    refs = list_slides(real)
     split = sampler.split() if sampler else {"train": [], "val": []}
     trained = {(Path(r.store).resolve(), r.slide) for r in split["train"]}
     held = [r for r in refs if (Path(r.store).resolve(), r.slide) not in trained]
@@ -258,7 +248,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
         try:
             encoder = load_encoder(cfg.encoder, cfg.revision, cfg.pipeline)
         except EmbedError as e:
-            reason = f"no encoder: {e}".replace("--model", "--encoder")  # engine.embed's flag is ours here
+            reason = f"no encoder: {e.message({'model': '--encoder'})}"  # engine.embed's {model} is our --encoder
             for m in ("frechet_distance", "precision_recall") + (("conditioning",) if conditional else ()):
                 ev.skipped[m] = reason
             log.warning("%s; the metrics that need it are skipped", reason)
@@ -311,14 +301,11 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
     if given is not None:
         batches = (given[i : i + cfg.batch_size] for i in range(0, len(given), cfg.batch_size))
         return Generated(summarise(batches, encoder, len(given), cfg.grid), given, given_cond, None)
-    import zarr
-    from tqdm import tqdm
-
-    ae = sampler.task.kind == "ae"
-    n = len(real_patches.rows) if ae else cfg.n
+    recon = sampler.reconstructs
+    n = len(real_patches.rows) if recon else cfg.n
     # Autoencoders reconstruct the real draw; conditional models take its embeddings as conditions.
     source = real_patches.batches(resolution, cfg.batch_size, with_cond=sampler.conditional,
-                                  cycle_to=None if ae else n, pipeline=cfg.pipeline) if sampler.conditional or ae else None
+                                  cycle_to=None if recon else n, pipeline=cfg.pipeline) if sampler.conditional or recon else None
     out.mkdir(parents=True, exist_ok=True)
     arr = zarr.create_array(str(out / "samples.zarr"), shape=(n, resolution, resolution, 3), chunks=(1, resolution, resolution, 3),
                             dtype="uint8", overwrite=True)
@@ -327,14 +314,14 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
 
     def stream():
         done = 0
-        with tqdm(total=n, unit="sample", desc="sample") as bar:
+        with Progress(total=n, desc="sample", unit="sample") as bar:
             while done < n:
                 m = min(cfg.batch_size, n - done)
                 real_b, cond_b = next(source) if source is not None else (None, None)
-                images = torch.from_numpy(real_b).permute(0, 3, 1, 2).float() / 127.5 - 1 if ae else None
+                images = torch.from_numpy(real_b).permute(0, 3, 1, 2).float() / 127.5 - 1 if recon else None
                 y = sampler(m, gen, cond=None if cond_b is None else torch.from_numpy(cond_b), images=images,
                             steps=cfg.steps, guidance=cfg.guidance)
-                if ae:
+                if recon:
                     psnrs.append(metrics.psnr(real_b, y))
                     ssims.append(metrics.ssim_uint8(real_b, y))
                 if cond_b is not None:
@@ -349,7 +336,7 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
     cond = np.concatenate(conds) if conds else None
     if cond is not None:
         np.save(out / "conditions.npy", cond)
-    return Generated(side, arr, cond, (np.concatenate(psnrs), np.concatenate(ssims)) if ae else None)
+    return Generated(side, arr, cond, (np.concatenate(psnrs), np.concatenate(ssims)) if recon else None)
 
 
 def conditioning(ev: Evaluation, gen: Side, cond: np.ndarray | None, held: list[SlideRef], encoder: Encoder,

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from histogen import metrics
-from histogen.sample import grid
+from histogen.images import grid
 
 GUIDE = {
     "frechet_distance": "Fréchet distance of Gaussians fitted to encoder features; 0 for identical distributions, lower is better.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import histosynth
 from histosynth.tiff import write_svs, write_tiled_tiff
 from histosynth.tissue import SynthSpec
 
@@ -22,7 +21,7 @@ def demo_slides(out_dir) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m histosynth", description=histosynth.__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m histosynth", description="Realistic synthetic whole-slide images for the demo, tests and benchmarks.")
     ap.add_argument("out_dir")
     ap.add_argument("--kind", choices=("svs", "tiff"), default="svs")
     ap.add_argument("--width", type=int, default=SynthSpec.width)

@@ -1,5 +1,8 @@
-"""The convolutional KL autoencoder (the latent space of latent diffusion) and its training task."""
+"""The convolutional KL autoencoder (the latent space of latent diffusion): its config, networks
+and training task."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -7,10 +10,54 @@ from torch import nn
 
 from histogen.kernels import GroupNormSiLU
 from histogen.models.blocks import Attention, Downsample, ResBlock, Sequence, Upsample
-from histogen.models.config import AutoencoderConfig
 from histogen.models.disc import PatchDiscriminator, hinge_d, hinge_g
 from histogen.models.ssim import ssim
-from histogen.models.task import Task, device_of, eval_mode, noise, unwrap
+from histogen.models.task import Task, check_resolution, device_of, eval_mode, noise, require, unwrap
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """KL autoencoder (taming / Stable Diffusion VAE layout): downsampling 2**(len(channel_mult)-1).
+
+    Loss: L1 + ssim_weight * (1 - SSIM) + kl_weight * KL, KL summed over the latent and divided by
+    the number of image values (so kl_weight means what it does in taming, where both terms are
+    sums), + disc_weight * hinge generator loss of a patch discriminator from step disc_start on
+    (disc_weight 0: no discriminator). The weight is fixed, not taming's adaptive one (that needs a
+    gradient of the last decoder layer, awkward under DistributedDataParallel).
+    """
+
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    groups: int = 32
+    dropout: float = 0.0
+    mid_attention: bool = True
+    head_channels: int = 64
+    ssim_weight: float = 0.2
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.1
+    disc_start: int = 20000
+    disc_channels: int = 64
+    disc_layers: int = 3
+    lr: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        require(len(self.channel_mult) >= 1 and self.num_res_blocks >= 1, "ae: channel_mult and num_res_blocks must be non-empty/>= 1")
+        require(self.disc_weight >= 0 and self.disc_start >= 0, "ae: disc_weight and disc_start must be >= 0")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def optimizers(self) -> dict[str, dict]:
+        hyper = {"ae": dict(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)}
+        if self.disc_weight > 0:
+            hyper["disc"] = dict(lr=self.lr_d, betas=self.betas, weight_decay=self.weight_decay)
+        return hyper
 
 
 def _mid(channels: int, cfg: AutoencoderConfig) -> Sequence:
@@ -21,7 +68,9 @@ def _mid(channels: int, cfg: AutoencoderConfig) -> Sequence:
     return Sequence(blocks)
 
 
-class Encoder(nn.Module):
+class LatentEncoder(nn.Module):
+    """Images -> the (mean, logvar) channels of the latent posterior."""
+
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
@@ -39,7 +88,9 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
-class Decoder(nn.Module):
+class LatentDecoder(nn.Module):
+    """Latents -> images."""
+
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
@@ -70,8 +121,8 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.downsample = cfg.downsample
         self.z_channels = cfg.z_channels
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = LatentEncoder(cfg)
+        self.decoder = LatentDecoder(cfg)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder(x).chunk(2, dim=1)
@@ -98,8 +149,11 @@ def kl_per_value(mean: torch.Tensor, logvar: torch.Tensor, image_values: int) ->
 class AutoencoderTask(Task):
     kind = "ae"
     sample_net = "ae"
+    reconstructs = True
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, resolution: int, cond_dim: int | None = None, autoencoder: nn.Module | None = None):
+        """cond_dim and autoencoder are ignored: an autoencoder is unconditional and its own latent space."""
+        check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
         nets = {"ae": Autoencoder(cfg)}
         if cfg.disc_weight > 0:
             nets["disc"] = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
@@ -131,7 +185,7 @@ class AutoencoderTask(Task):
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, batch, nets):
+    def validation_losses(self, batch, nets):
         x = batch["images"]
         ae = unwrap(nets["ae"])
         with eval_mode(ae):

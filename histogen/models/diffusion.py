@@ -1,16 +1,66 @@
-"""Diffusion in continuous time t in [0, 1]: cosine schedule, eps/v parameterisations, DDIM sampling
-with classifier-free guidance, and the task (pixel space, or a frozen autoencoder's latents)."""
+"""Diffusion in continuous time t in [0, 1]: its config, cosine schedule, eps/v parameterisations,
+DDIM sampling with classifier-free guidance, and the task (pixel space, or a frozen autoencoder's
+latents). The network is the UNet of unet.py."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histogen.models.config import DiffusionConfig
-from histogen.models.task import Task, check_resolution, device_of, draw, eval_mode, noise, unwrap
+from histogen.models.task import Task, check_resolution, device_of, draw, eval_mode, noise, require, unwrap
 from histogen.models.unet import UNet
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """UNet (guided-diffusion layout; attention where the feature map side is in
+    attention_resolutions), cosine schedule in continuous time, eps or v prediction, DDIM sampling
+    (eta 0: deterministic given the initial noise), classifier-free guidance: the condition is
+    replaced by a learned null embedding with probability cond_drop in training.
+
+    latent: model a frozen autoencoder's latents, scaled by latent_scale; None = 1 / std of the
+    first batch's latents, kept in the UNet's `latent_scale` buffer so that it travels in the
+    UNet's checkpoint (0 there = not estimated yet).
+
+    logsnr_min/max bound the schedule's log signal-to-noise ratio at t = 1 and t = 0. Pixel
+    sampling clamps the x0 estimates to [-1, 1]; latent sampling cannot, so eps prediction in
+    latent space wants a higher logsnr_min (about -6, as Stable Diffusion's schedule) or v.
+    Defaults: latent diffusion at 256 px (32x32 latents) or pixel diffusion at 64 px.
+    """
+
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    head_channels: int = 64
+    groups: int = 32
+    dropout: float = 0.0
+    prediction: str = "v"
+    cond_drop: float = 0.1
+    eta: float = 0.0
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+    latent: bool = False
+    latent_scale: float | None = None
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        require(self.prediction in ("eps", "v"), f"diffusion: prediction must be 'eps' or 'v', not {self.prediction!r}")
+        require(0 <= self.cond_drop < 1, f"diffusion: cond_drop must be in [0, 1), not {self.cond_drop}")
+        require(self.logsnr_min < self.logsnr_max, "diffusion: logsnr_min must be < logsnr_max")
+        require(self.latent_scale is None or self.latent_scale > 0, "diffusion: latent_scale must be > 0 or null")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def optimizers(self) -> dict[str, dict]:
+        return {"unet": dict(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)}
 
 
 class CosineSchedule:
@@ -128,7 +178,7 @@ class DiffusionTask(Task):
         return {"loss": loss.item(), "grad_norm_unet": self.backward_step("unet", loss, opts["unet"], clip)}
 
     @torch.no_grad()
-    def evaluate(self, batch, nets):
+    def validation_losses(self, batch, nets):
         """The loss at evenly spread times (less variance than random ones), the condition kept."""
         unet = unwrap(nets["unet"])
         x = batch["images"]

@@ -3,15 +3,51 @@ projection discriminator, hinge loss, lazy R1, DiffAugment. The generator's EMA 
 optimizer (AdamWEMA); sampling uses whichever generator it is given."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from histogen.kernels import GroupNormSiLU
 from histogen.models.blocks import ResBlock, Sequence, Upsample
-from histogen.models.config import GANConfig
+from histogen.models.diffaug import OPS as DIFFAUG_OPS
 from histogen.models.diffaug import diff_augment
 from histogen.models.disc import ProjectionDiscriminator, hinge_d, hinge_g
-from histogen.models.task import Task, device_of, eval_mode, noise, unwrap
+from histogen.models.task import Task, device_of, eval_mode, noise, require, unwrap
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """ResNet generator from a base_res x base_res start, doubling to the training resolution; the
+    spectral-norm discriminator mirrors it. Channels at side r: min(channel_base // r, channel_max)
+    (StyleGAN's rule, so one config serves every resolution). Hinge loss, lazy R1 (gamma r1_gamma,
+    every r1_every D steps, scaled by r1_every), DiffAugment `diffaug` ("" = off) on real and fake."""
+
+    z_dim: int = 128
+    base_res: int = 4
+    channel_base: int = 16384
+    channel_max: int = 512
+    groups: int = 32
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    diffaug: str = "color,translation,cutout"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        ops = [op for op in self.diffaug.split(",") if op]
+        require(all(op in DIFFAUG_OPS for op in ops), f"gan: diffaug {self.diffaug!r}: ops are {', '.join(DIFFAUG_OPS)}")
+        require(self.r1_every >= 1 and self.r1_gamma >= 0, "gan: r1_every must be >= 1 and r1_gamma >= 0")
+        require(self.base_res >= 2, "gan: base_res must be >= 2")
+
+    def channels_at(self, side: int) -> int:
+        return min(self.channel_base // side, self.channel_max)
+
+    def optimizers(self) -> dict[str, dict]:
+        return {"gen": dict(lr=self.lr_g, betas=self.betas, weight_decay=self.weight_decay),
+                "disc": dict(lr=self.lr_d, betas=self.betas, weight_decay=self.weight_decay)}
 
 
 class Generator(nn.Module):
@@ -48,7 +84,8 @@ class GANTask(Task):
     kind = "gan"
     sample_net = "gen"
 
-    def __init__(self, cfg: GANConfig, resolution: int, cond_dim: int | None):
+    def __init__(self, cfg: GANConfig, resolution: int, cond_dim: int | None, autoencoder: nn.Module | None = None):
+        """autoencoder is ignored: the GAN works in pixel space."""
         ratio = resolution // cfg.base_res
         if resolution % cfg.base_res or ratio < 2 or ratio & (ratio - 1):
             raise ValueError(f"resolution {resolution} must be base_res ({cfg.base_res}) times a power of two >= 2 "
@@ -99,7 +136,7 @@ class GANTask(Task):
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, batch, nets):
+    def validation_losses(self, batch, nets):
         """Hinge losses of D and G on the batch and fresh fakes (no augmentation)."""
         real = batch["images"]
         n = real.shape[0]

@@ -1,6 +1,5 @@
 """The contract between the models and the trainer: a Task owns the networks of one kind of
-generative model and knows how to train, evaluate and sample them; `build_task` makes one from
-the model section of the config."""
+generative model and knows how to train, validate and sample them."""
 from __future__ import annotations
 
 import math
@@ -8,8 +7,6 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-
-from histogen.models.config import CONFIGS, from_dict
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,17 +53,27 @@ def draw(seeds: torch.Tensor | None, n: int, shape: tuple, device, normal: bool,
     return torch.stack([fn(shape, generator=torch.Generator().manual_seed(int(s) * 8 + salt)) for s in seeds.tolist()]).to(device)
 
 
+def require(ok: bool, message: str) -> None:
+    """A config dataclass's value check: ValueError (histogen.config.build reports it as a ConfigError)."""
+    if not ok:
+        raise ValueError(message)
+
+
 def check_resolution(resolution: int, factor: int, what: str) -> None:
     if resolution <= 0 or resolution % factor:
         raise ValueError(f"resolution {resolution} must be a positive multiple of {factor} ({what})")
 
 
 class Task:
-    """Base of the three kinds. Subclasses set kind, sample_net, and implement train_step,
-    evaluate and sample (see build_task for the signatures' meaning)."""
+    """Base of the kinds. A subclass sets `kind` and `sample_net` (the network sampled with its EMA
+    weights), is built as `Task(cfg, resolution, cond_dim, autoencoder)` from its model config
+    dataclass, the training image side, the embedding width of a conditional run (None:
+    unconditional) and the frozen autoencoder of latent models (None otherwise), and implements
+    train_step, validation_losses and sample."""
 
     kind: str
     sample_net: str
+    reconstructs = False  # True: `sample` reconstructs the `images` it is given (autoencoders)
 
     def __init__(self, nets: dict[str, nn.Module], hyper: dict[str, dict]):
         self.nets = nn.ModuleDict(nets)
@@ -116,32 +123,10 @@ class Task:
     def train_step(self, batch: dict, step: int, nets: dict[str, nn.Module], opts: dict, clip: float) -> dict[str, float]:
         raise NotImplementedError
 
-    def evaluate(self, batch: dict, nets: dict[str, nn.Module]) -> dict[str, float]:
+    def validation_losses(self, batch: dict, nets: dict[str, nn.Module]) -> dict[str, float]:
         raise NotImplementedError
 
     def sample(self, nets, n: int, generator: torch.Generator, cond=None, images=None, steps: int = 50,
                guidance: float = 1.0) -> torch.Tensor:
         raise NotImplementedError
 
-
-def build_task(kind: str, model: dict, resolution: int, cond_dim: int | None,
-               autoencoder: nn.Module | None = None) -> Task:
-    """The task of `kind` ("ae" | "gan" | "diffusion") from the config's model section `model`.
-
-    resolution: training image side (64..512 in real use, 32 for tiny settings), divisible by the
-    model's total downsampling.
-    cond_dim: None (unconditional) or the embedding width (gan, diffusion; ae ignores it).
-    autoencoder: the frozen `Autoencoder` whose latents latent diffusion ({latent: true}) models."""
-    from histogen.models.autoencoder import AutoencoderTask
-    from histogen.models.diffusion import DiffusionTask
-    from histogen.models.gan import GANTask
-
-    if kind not in CONFIGS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(CONFIGS)}")
-    cfg = from_dict(CONFIGS[kind], model)
-    if kind == "ae":
-        check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
-        return AutoencoderTask(cfg)
-    if kind == "gan":
-        return GANTask(cfg, resolution, cond_dim)
-    return DiffusionTask(cfg, resolution, cond_dim, autoencoder)

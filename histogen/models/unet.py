@@ -8,15 +8,15 @@ from torch import nn
 
 from histogen.kernels import GroupNormSiLU
 from histogen.models.blocks import Attention, Downsample, ResBlock, Sequence, Upsample, sinusoidal, zero_
-from histogen.models.config import DiffusionConfig
 
 
 class UNet(nn.Module):
     """forward(x (N, C, S, S), t (N,) in [0, 1], cond (N, cond_dim) or None, drop (N,) bool or None)
     -> (N, C, S, S). A dropped or missing condition is replaced by the learned null embedding
-    `null_cond` (classifier-free guidance). `side` is S, for placing attention."""
+    `null_cond` (classifier-free guidance). `side` is S, for placing attention; `cfg` is the
+    diffusion.DiffusionConfig (not imported: diffusion.py imports this module)."""
 
-    def __init__(self, channels_in: int, side: int, cfg: DiffusionConfig, cond_dim: int | None = None,
+    def __init__(self, channels_in: int, side: int, cfg, cond_dim: int | None = None,
                  latent_scale: float | None = None):
         super().__init__()
         ch, groups = cfg.channels, cfg.groups

@@ -1,4 +1,4 @@
-"""histogen.data and histogen.config: slide-level splits, batches as functions of (seed, step),
+"""histogen.batches and histogen.config: slide-level splits, batches as functions of (seed, step),
 DALI and torch batches agree, stain jitter, and clear errors."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.store import PatchStore
+from engine.store import PatchStore, SlideRef
 from histogen import config
+from histogen.batches import Batches, DataError, StepSampler, embeddings_from, list_slides, split_slides
 from histogen.config import ConfigError, RunConfig
-from histogen.data import Batches, DataError, SlideRef, StepSampler, embeddings_from, find_slides, split_slides
 from histogen.stain import stain_jitter
 from tests.support.references import resize_reference
 from tests.support.stores import make_store
@@ -45,7 +45,7 @@ def test_step_sampler_is_a_function_of_the_step():
 
 def test_batches_are_resized_patches_and_resume_exactly(tmp_path):
     path = make_store(tmp_path / "s.zarr", {"a": 7, "b": 5})
-    refs = find_slides([path], 32, conditional=True)
+    refs = list_slides([path], 32, conditional=True)
     cfg = run_cfg(conditional=True, flip=False, rot90=False)
     it = Batches(refs, cfg, torch.device("cpu"), steps=3)
     batches = [next(it) for _ in range(3)]
@@ -67,7 +67,7 @@ def test_batches_are_resized_patches_and_resume_exactly(tmp_path):
 
 def test_dali_and_torch_batches_agree(tmp_path):
     path = make_store(tmp_path / "s.zarr", {"a": 9})
-    refs = find_slides([path], 32, conditional=False)
+    refs = list_slides([path], 32, conditional=False)
     a, b = (next(Batches(refs, run_cfg(pipeline=be, flip=False, rot90=False), torch.device("cpu"), steps=1))["images"]
             for be in ("dali-cpu", "torch"))
     assert (a - b).abs().max().item() < 2e-4
@@ -85,15 +85,15 @@ def test_stain_jitter_is_mild_and_off_at_zero():
 def test_data_errors(tmp_path):
     plain = make_store(tmp_path / "plain.zarr", {"a": 3}, embeddings=False)
     with pytest.raises(DataError, match="no embeddings but the preset is conditional.*engine.embed"):
-        find_slides([plain], 32, conditional=True)
+        list_slides([plain], 32, conditional=True)
     with pytest.raises(DataError, match="larger than its 64 px patches"):
-        find_slides([plain], 128, conditional=False)
+        list_slides([plain], 128, conditional=False)
     empty = tmp_path / "empty.zarr"
     PatchStore.create_or_resume(empty, 64, {})
     with pytest.raises(DataError, match="no complete slide"):
-        find_slides([empty], 32, conditional=False)
+        list_slides([empty], 32, conditional=False)
     with pytest.raises(DataError, match="not a patch store"):
-        find_slides([tmp_path / "missing.zarr"], 32, conditional=False)
+        list_slides([tmp_path / "missing.zarr"], 32, conditional=False)
     with pytest.raises(DataError, match="no embeddings to condition on"):
         embeddings_from(plain, 4, 0)
     emb = embeddings_from(make_store(tmp_path / "e.zarr", {"a": 3}), 5, 0)
@@ -105,13 +105,13 @@ def test_config_presets_overrides_and_errors(tmp_path):
     for name in config.presets():
         cfg = config.resolve(name)
         assert cfg.kind in config.KINDS
-    cfg = config.resolve("diffusion-64", ["train.steps=7", "model.channels=[1, 2]", "data.flip=false"])
-    assert cfg.train.steps == 7 and cfg.model["channels"] == [1, 2] and cfg.data.flip is False
+    cfg = config.resolve("diffusion-64", ["train.steps=7", "model.channel_mult=[1, 2]", "data.flip=false"])
+    assert cfg.train.steps == 7 and cfg.model["channel_mult"] == [1, 2] and cfg.data.flip is False
     config.save(cfg, tmp_path / "c.yaml")
     assert config.load(tmp_path / "c.yaml") == cfg
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of"):
         config.resolve("nope")
-    with pytest.raises(ConfigError, match="unknown train key.*stepz.*known:"):
+    with pytest.raises(ConfigError, match="unknown train key.*stepz.*known keys:"):
         config.resolve("diffusion-64", ["train.stepz=3"])
     with pytest.raises(ConfigError, match="expected key=value"):
         config.resolve("diffusion-64", ["train.steps"])

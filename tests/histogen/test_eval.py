@@ -92,9 +92,10 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert m["info"]["n_real"] == 12 and m["info"]["n_generated"] == 12 and not m["info"]["real_is_training"]
 
     # The real side: 12 of the 22 held-out patches, drawn by the seed; recompute from the draw's rows.
-    from histogen.evaluate import Patches, stored_slides
+    from histogen.batches import list_slides
+    from histogen.evaluate import Patches
 
-    held = [r for r in stored_slides([store]) if r.slide != "s3"]
+    held = [r for r in list_slides([store]) if r.slide != "s3"]
     rows = Patches.draw(held, 12, 0).rows
     pool = {r.slide: held_out(store, 16, (r.slide,)) for r in held}
     real = np.stack([pool[held[k].slide][j] for k, j in rows])

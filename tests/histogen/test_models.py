@@ -13,13 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import histosynth as synth
+from histogen import config
 from histogen.kernels import AdamWEMA
-from histogen.models import TINY, Autoencoder, AutoencoderConfig, NonFiniteLoss, Task, build_task, ssim
+from histogen.models.autoencoder import Autoencoder
 from histogen.models.diffaug import color, cutout, diff_augment, translation
 from histogen.models.diffusion import CosineSchedule, ddim, split, target
-from histogen.models.task import draw
+from histogen.models.registry import KINDS
+from histogen.models.ssim import ssim
+from histogen.models.task import NonFiniteLoss, Task, draw
+from histogen.run import build_task
 
 RES, COND = 32, 384
+TINY = {kind: config.resolve(f"{kind}-tiny").model for kind in KINDS}  # the *-tiny presets' model sections
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,9 +84,9 @@ def train(task: Task, batch: dict, steps: int, opts=None) -> dict:
     return metrics
 
 
-def evaluate(task: Task, batch: dict) -> dict:
+def validation_losses(task: Task, batch: dict) -> dict:
     torch.manual_seed(123)
-    return task.evaluate(batch, dict(task.nets))
+    return task.validation_losses(batch, dict(task.nets))
 
 
 def gen(seed: int) -> torch.Generator:
@@ -130,9 +135,9 @@ def test_autoencoder_overfits_and_reconstructs(patches):
     task = build_task("ae", {**TINY["ae"], "disc_weight": 0}, RES, COND)  # cond_dim ignored by the autoencoder
     assert set(task.nets) == {"ae"} and task.sample_net == "ae" and task.opt_groups() == {"ae": ["ae"]}
     batch = {"images": patches, "cond": None}
-    before = evaluate(task, batch)
+    before = validation_losses(task, batch)
     train(task, batch, 100)
-    after = evaluate(task, batch)
+    after = validation_losses(task, batch)
     assert after["loss"] < 0.5 * before["loss"], (before, after)
     assert after["ssim"] > before["ssim"] + 0.3 and after["psnr"] > before["psnr"] + 6
 
@@ -266,9 +271,9 @@ def trained_diffusion(patches, cond):
     torch.manual_seed(0)
     task = build_task("diffusion", TINY["diffusion"], RES, COND)
     batch = {"images": patches, "cond": cond}
-    before = evaluate(task, batch)
+    before = validation_losses(task, batch)
     train(task, batch, 40)
-    return task, before, evaluate(task, batch)
+    return task, before, validation_losses(task, batch)
 
 
 def test_diffusion_overfits(trained_diffusion):
@@ -370,7 +375,7 @@ def test_bad_configs_fail_clearly():
         build_task("ae", TINY["ae"], 36, None)
     with pytest.raises(ValueError, match="multiple of 16 .*autoencoder downsamples by 8 and the UNet by 2"):
         build_task("diffusion", {**TINY["diffusion"], "latent": True}, 40, None,
-                   autoencoder=Autoencoder(AutoencoderConfig(**TINY["ae"])))
+                   autoencoder=Autoencoder(config.model_config("ae", TINY["ae"])))
     with pytest.raises(ValueError, match="multiple of 2 .*UNet downsamples by 2"):
         build_task("diffusion", TINY["diffusion"], 33, None)
     with pytest.raises(ValueError, match="base_res \\(4\\) times a power of two"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -20,9 +21,9 @@ from safetensors.torch import load_file
 from histogen import config
 from histogen.cli import main
 from histogen.config import ConfigError
-from histogen.models import build_task
+from histogen.run import TrainError, build_task
 from histogen.sample import sample_run
-from histogen.train import TrainError, train
+from histogen.train import train
 from tests.support.stores import make_store
 from tests.support.training import SMALL
 
@@ -106,6 +107,35 @@ def test_outputs_and_seeded_sampling(store, tmp_path):
     assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8 and not np.array_equal(a, c)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s1" / "samples.zarr"))[:], a)
     assert len(list((tmp_path / "s1").glob("sample-*.png"))) == 5 and (tmp_path / "s1" / "grid.png").is_file()
+
+
+def test_progress_lines_in_a_log_file(store, tmp_path):
+    """`histogen train ... > log 2>&1`: no terminal, so the progress is logged as status lines."""
+    sets = [x for s in SMALL + ["train.steps=3", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "histogen", "train", "--model", "diffusion", "--data", str(store), "--out", str(tmp_path / "run"),
+                            "--preset", "diffusion-tiny", *sets], cwd=ROOT, env={**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"},
+                           stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert r.returncode == 0, text[-3000:]
+    for step in (1, 2, 3):
+        assert re.search(rf"INFO run: {step}/3 step \(\d+%\), [\d.]+ step/s, loss [\d.e+-]+, ", text), text
+
+
+def test_bad_settings_write_nothing(store, tmp_path, caplog):
+    """A typo in --set is refused before the run folder is written, so the corrected command runs."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny", "--quiet"]
+    args += [x for s in SMALL + ["train.steps=1", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
+    for bad, message in [("model.chanels=16", "unknown diffusion model key(s) chanels"), ("model.channels=sixteen", "expected int"),
+                         ("resolution=15", "multiple of 2")]:
+        caplog.clear()
+        assert main(args + ["--set", bad]) == 2
+        assert message in caplog.text
+        assert not run.exists()
+    assert main(args + ["--set", "model.channels=16"]) == 0
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "step-00000001.json").is_file()
 
 
 def read_scalars(path: Path) -> dict[str, list]:

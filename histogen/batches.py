@@ -1,4 +1,4 @@
-"""Training batches from patch stores.
+"""Training batches from patch stores, and the slides they come from.
 
 Complete slide groups only; train/validation split by slide (neighbouring patches of one slide
 leak into each other, so never split patches); each step's batch is a pure function of (seed,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
 from engine.runtime import cuda_available
-from engine.store import PatchStore, StoreError
+from engine.store import PatchStore, SlideRef, StoreError
 from histogen.config import RunConfig
 from histogen.stain import stain_jitter
 
-log = logging.getLogger("histogen.data")
-COND_DIM = 384
+log = logging.getLogger("histogen.batches")
 
 
 class DataError(UserError, ValueError):
     """Stores that cannot feed this run; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class SlideRef:
-    store: str
-    slide: str
-    n: int
 
 
 def open_store(path) -> PatchStore:
@@ -46,23 +37,33 @@ def open_store(path) -> PatchStore:
         raise DataError(str(e)) from e
 
 
-def find_slides(stores: list[Path], resolution: int, conditional: bool) -> list[SlideRef]:
+def list_slides(stores: list[Path], resolution: int | None = None, conditional: bool = False) -> list[SlideRef]:
+    """The complete slides with patches of `stores`, for training and evaluation. `resolution`:
+    refuse stores whose patches are smaller; `conditional`: refuse slides without embeddings."""
     refs = []
     for path in stores:
         store = open_store(path)
-        if resolution > store.patch_size:
+        if resolution is not None and resolution > store.patch_size:
             raise DataError(f"{path}: resolution {resolution} is larger than its {store.patch_size} px patches; "
                             f"choose --set resolution={store.patch_size} or less (patches are never upsampled)")
-        for sid in store.slide_ids():
-            n = int(store.attrs(sid)["n_patches"])
-            if conditional and n and store.embeddings_attrs(sid) is None:
-                raise DataError(f"{path}: slide {sid} has no embeddings but the preset is conditional; "
+        for ref in store.slide_refs(with_patches=True):
+            if conditional and store.embeddings_attrs(ref.slide) is None:
+                raise DataError(f"{path}: slide {ref.slide} has no embeddings but the preset is conditional; "
                                 f"run python -m engine.embed --store {path}, or --set data.conditional=false")
-            if n:
-                refs.append(SlideRef(str(path), sid, n))
+            refs.append(ref)
     if not refs:
         raise DataError(f"{', '.join(map(str, stores))}: no complete slide with patches; tile slides first (python -m engine.tile)")
     return refs
+
+
+def embedding_width(refs: list[SlideRef]) -> int:
+    """The width of the slides' embeddings (list_slides(..., conditional=True) checked they have them)."""
+    stores = sorted({r.store for r in refs})
+    widths = {open_store(s).embedding_width() for s in stores}
+    if len(widths) > 1:
+        raise DataError(f"{', '.join(stores)}: embeddings of different widths ({', '.join(map(str, sorted(widths)))}); "
+                        "embed every store with one model (python -m engine.embed)")
+    return widths.pop()
 
 
 def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[list[SlideRef], list[SlideRef]]:
@@ -77,8 +78,8 @@ def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[
 
 
 class SlidePatches(Dataset):
-    """Patch i of the concatenated slides -> (uint8 (P, P, 3), float32 (384,) or (0,)). Stores are
-    opened lazily in each worker process."""
+    """Patch i of the concatenated slides -> (uint8 (P, P, 3), float32 (D,) embedding or (0,)).
+    Stores are opened lazily in each worker process."""
 
     def __init__(self, refs: list[SlideRef], conditional: bool):
         self.refs, self.conditional = refs, conditional
@@ -93,7 +94,7 @@ class SlidePatches(Dataset):
         if k not in self._images:
             r = self.refs[k]
             store = PatchStore.open(r.store)
-            self._images[k] = store.slide(r.slide)["images"]
+            self._images[k] = store.images(r.slide)
             self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((r.n, 0), np.float32)
         return self._images[k], self._emb[k]
 
@@ -148,7 +149,7 @@ def _collate(items):
 
 
 class Batches:
-    """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, 384) or None,
+    """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, D) embeddings or None,
     "seeds": int64 (b,)} on `device` (seeds on the CPU), for steps start_step, start_step + 1, ... (b = global batch / world)."""
 
     def __init__(self, refs: list[SlideRef], cfg: RunConfig, device: torch.device, start_step: int = 0,

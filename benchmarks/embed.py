@@ -71,7 +71,7 @@ def main(argv, work: Path, out: Path) -> int:
         seconds, n = min(data_path(store, be, a.batch_size) for _ in range(a.repeats))
         rates[be] = n / seconds
         rows.append({"name": f"data path: store reads + resize ({be})", "patches": n, "seconds": seconds, "patches/s": n / seconds})
-    n = sum(int(store.attrs(s)["n_patches"]) for s in store.slide_ids())
+    n = sum(store.n_patches(s) for s in store.slide_ids())
     seconds = min(model_only(model, n, a.batch_size) for _ in range(a.repeats))
     rates["model"] = n / seconds
     rows.append({"name": "model only (ceiling): resized inputs in memory", "patches": n, "seconds": seconds, "patches/s": n / seconds})

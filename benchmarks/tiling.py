@@ -153,7 +153,7 @@ def main(argv, work: Path, out: Path) -> int:
         results[backend] = n / seconds
         rows.append({"name": f"engine.tile --backend {backend}", "patches": n, "seconds": seconds, "patches/s": n / seconds})
     store = PatchStore.open(work / "store-auto.zarr")
-    coords = store.slide(store.slide_ids()[0])["coords"][:]
+    coords = store.coords(store.slide_ids()[0])
     cfg = TileConfig()
     if not a.skip_baseline:
         seconds, n = run_baseline(slide, work, cfg)

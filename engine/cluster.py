@@ -23,6 +23,7 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from engine.errors import UserError
+from engine.progress import Progress
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -169,7 +170,6 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
     would take innocent slides down with it. Pinned, a death is charged only to the slides that
     were running there, and the scheduler holds no more than the cluster runs (10,000 slides)."""
     from distributed import KilledWorker
-    from tqdm import tqdm
 
     run_id = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other runs share
     todo = deque(tasks)  # keys still to send; a slide to retry goes first
@@ -178,11 +178,11 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
     results: dict[str, R] = {}
     finished: queue.Queue = queue.Queue()
     seen_workers = time.monotonic()
-    bar = tqdm(total=len(tasks), desc="slides", unit="slide", disable=None if show_progress is None else not show_progress)
+    bar = Progress(len(tasks), "slides", "slide", show=show_progress)
 
     def done(key: str, result: R) -> None:
         results[key] = result
-        bar.update()
+        bar.update(1)
 
     def lost(key: str, how: str) -> None:  # its worker died while running it
         deaths[key] += 1

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from pathlib import Path
+
+from engine.errors import UserError
+
+log = logging.getLogger("engine.discover")
 
 SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
@@ -16,6 +21,23 @@ def find_slides(folder: Path) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
     slides = [p for p in files if p.suffix.lower() in SLIDE_SUFFIXES]
     return slides, [p for p in files if p.suffix.lower() not in SLIDE_SUFFIXES]
+
+
+class SlideFolderError(UserError):
+    """A folder that holds no slides to read."""
+
+
+def slide_files(slides_dir: Path) -> list[Path]:
+    """The slides under `slides_dir`; no such folder or no slide in it stops the run."""
+    if not slides_dir.is_dir():
+        raise SlideFolderError(f"{slides_dir}: no such folder", "point {slides} at a folder of slides")
+    paths, ignored = find_slides(slides_dir)
+    if ignored:
+        log.warning("ignoring %d file(s) without a slide suffix: %s", len(ignored), ", ".join(p.name for p in ignored[:5]))
+    if not paths:
+        raise SlideFolderError(f"{slides_dir}: no slides found (looked for {', '.join(sorted(SLIDE_SUFFIXES))})",
+                               "point {slides} at a folder of slides")
+    return paths
 
 
 def slide_ids(paths: list[Path], root: Path) -> dict[Path, str]:

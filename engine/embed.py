@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import cluster
-from engine.errors import UserError
+from engine import cluster, jobs
+from engine.errors import UserError, run_command, setup_logging
 from engine.location import location
-from engine.pipeline import BACKENDS, EMBED, PipelineError, make_resizer, store_batches
+from engine.pipeline import EMBED, RESIZE_BACKENDS, make_resizer, store_batches
 from engine.prefetch import ordered_map
+from engine.progress import Progress
 from engine.store import PatchStore, StoreError
 
 log = logging.getLogger("engine.embed")
@@ -115,18 +116,18 @@ def download(repo_id: str, revision: str | None = None, token: str | None = None
         return Path(snapshot_download(repo_id=repo_id, revision=revision, token=token))
     except GatedRepoError as e:
         raise EmbedError(f"{repo_id} is gated: accept its terms on {page} while logged in, then set HF_TOKEN "
-                         f"(or run `hf auth login`); or pass --model DIR with a downloaded copy") from e
+                         "(or run `hf auth login`)", "or pass {model} DIR with a downloaded copy") from e
     except RepositoryNotFoundError as e:
-        raise EmbedError(f"{repo_id}: not found on the Hugging Face Hub, or not visible without a token; check the id, "
-                         f"set HF_TOKEN after accepting the terms on {page}, or pass --model DIR") from e
+        raise EmbedError(f"{repo_id}: not found on the Hugging Face Hub, or not visible without a token",
+                         f"check the id, set HF_TOKEN after accepting the terms on {page}, or pass {{model}} DIR") from e
     except RevisionNotFoundError as e:
-        raise EmbedError(f"{repo_id}: no revision {revision!r}; leave out --revision or name an existing one") from e
+        raise EmbedError(f"{repo_id}: no revision {revision!r}", "leave out {revision} or name an existing one") from e
     except LocalEntryNotFoundError as e:
-        raise EmbedError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not in the local cache; "
+        raise EmbedError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not in the local cache",
                          f"download it where there is network (accept the terms on {page}, set HF_TOKEN) "
-                         f"and pass --model DIR, or run this online once") from e
+                         "and pass {model} DIR, or run this online once") from e
     except OSError as e:  # connection errors and other I/O failures the hub client surfaces
-        raise EmbedError(f"{repo_id}: download failed ({e}); pass --model DIR with a downloaded copy") from e
+        raise EmbedError(f"{repo_id}: download failed ({e})", "pass {model} DIR with a downloaded copy") from e
 
 
 def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str | None = None) -> Model:
@@ -141,13 +142,13 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
         model_id, path = ref, download(ref, revision, token)
         rev = path.name  # snapshots/<commit>
     else:
-        raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name); pass --model DIR or a repo id")
+        raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name)", "pass {model} DIR or a repo id")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     if not tf.saved_model.contains_saved_model(str(path)):
-        raise EmbedError(f"{path}: not a TensorFlow SavedModel (no saved_model.pb); point --model at the model's folder")
+        raise EmbedError(f"{path}: not a TensorFlow SavedModel (no saved_model.pb)", "point {model} at the model's folder")
     for gpu in tf.config.list_physical_devices("GPU"):  # share the GPU with the DALI pipeline
         tf.config.experimental.set_memory_growth(gpu, True)
     try:
@@ -180,53 +181,23 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
 # -- the run ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Summary:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # one message each
-    n_patches: int = 0
-    seconds: float = 0.0
-    ran_on: str = ""  # the Dask cluster, where there was one
-
-    def add(self, sid: str, n: int, error: str) -> None:
-        if error:
-            self.failed.append(error)
-        else:
-            self.done.append(sid)
-            self.n_patches += n
-
-    def text(self) -> str:
-        rate = self.n_patches / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"slides: {len(self.done)} embedded, {len(self.failed)} failed, {len(self.skipped)} skipped (already embedded)",
-                 f"patches: {self.n_patches} in {self.seconds:.1f} s ({rate:.1f} patches/s)"]
-        if self.ran_on:
-            lines.append(f"ran on: {self.ran_on}")
-        return "\n".join(lines + [f"failed: {m}" for m in self.failed])
-
-
 def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
     have = store.embeddings_attrs(sid)
     want = model.attrs()
     return have is not None and all(have.get(k) == v for k, v in want.items())
 
 
-def embed_slide(store: PatchStore, sid: str, n: int, model: Model, resize, cfg: EmbedConfig, pool, bar=None) -> tuple[int, str]:
-    """(n, "") once the `n` embeddings of the slide are written, or (0, what went wrong): a bad
-    slide never stops the others. `pool` runs the resize a batch or two ahead of the model."""
-    try:
-        out = np.zeros((n, model.width), np.float32)
-        batches = store_batches(store, [sid], cfg.batch_size, cfg.workers)
-        for start, x in ordered_map(pool, lambda b: (b[1], resize(b[2])), batches, ahead=2):
-            out[start : start + len(x)] = model(x)
-            if bar is not None:
-                bar.update(len(x))
-        store.write_embeddings(sid, out, model.attrs())
-    except (EmbedError, StoreError, OSError, ValueError) as e:
-        msg = f"{store.path}: slide {sid}: {e}"
-        log.error("%s", msg)
-        return 0, msg
-    return n, ""
+def embed_slide(store: PatchStore, sid: str, model: Model, resize, cfg: EmbedConfig, pool, bar: Progress | None = None) -> int:
+    """Write the slide's embeddings; returns its patch count. `pool` runs the resize a batch or two
+    ahead of the model."""
+    out = np.zeros((store.n_patches(sid), model.width), np.float32)
+    batches = store_batches(store, [sid], cfg.batch_size, cfg.workers)
+    for start, x in ordered_map(pool, lambda b: (b[1], resize(b[2])), batches, ahead=2):
+        out[start : start + len(x)] = model(x)
+        if bar is not None:
+            bar.update(len(x))
+    store.write_embeddings(sid, out, model.attrs())
+    return len(out)
 
 
 @functools.lru_cache(maxsize=1)
@@ -235,57 +206,45 @@ def _worker_tools(cfg: EmbedConfig) -> tuple[Model, object]:
     return load_model(cfg.model, cfg.revision), make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
 
 
-def _embed_task(store: PatchStore, sid: str, cfg: EmbedConfig) -> tuple[int, str]:
-    """One slide on a Dask worker."""
-    try:
-        model, resize = _worker_tools(cfg)
-    except (EmbedError, PipelineError) as e:
-        return 0, f"{store.path}: slide {sid}: {e}"
+def _embed_on_worker(store: PatchStore, sid: str, cfg: EmbedConfig) -> int:
+    model, resize = _worker_tools(cfg)
     with ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
-        return embed_slide(store, sid, int(store.attrs(sid)["n_patches"]), model, resize, cfg, pool)
+        return embed_slide(store, sid, model, resize, cfg, pool)
 
 
 def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | None = None,
-                show_progress: bool | None = None, scheduler: cluster.Scheduler | None = None) -> Summary:
+                show_progress: bool | None = None, scheduler: cluster.Scheduler | None = None) -> jobs.Summary:
     """Embed every complete slide of the store (a path or a URL) that lacks this model's
     embeddings, here or with one Dask task per slide on `scheduler` (whose workers load
-    `cfg.model` themselves; `model`, if given, is that model loaded). Raises
-    StoreError/EmbedError/ClusterError only for problems that stop the whole run."""
-    from tqdm import tqdm
-
+    `cfg.model` themselves; `model`, if given, is that model loaded). Raises a UserError
+    (StoreError, EmbedError, ClusterError, ...) only for problems that stop the whole run."""
     store = PatchStore.open(store_path)
     ids = store.slide_ids()
     if not ids:
-        raise StoreError(f"{store.path}: no complete slides to embed; tile slides into it first (python -m engine.tile)")
+        raise StoreError(f"{store.path}: no complete slides to embed", "tile slides into it first (python -m engine.tile)")
     model = model or load_model(cfg.model, cfg.revision)  # here too: a bad model stops the run before any task
     todo = [s for s in ids if cfg.overwrite or not _up_to_date(store, s, model)]
-    summary = Summary(skipped=[s for s in ids if s not in todo])
-    disable = None if show_progress is None else not show_progress
+    skipped = [jobs.SlideResult(s, "skipped") for s in ids if s not in todo]
     t0 = time.perf_counter()
+
+    def job(sid: str, work) -> jobs.SlideJob:
+        return jobs.SlideJob(sid, f"{store.path}: slide {sid}", work)
+
     if scheduler is None:
         resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
-        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(summary.skipped))
-        sizes = {s: int(store.attrs(s)["n_patches"]) for s in todo}
-        # The resize runs on its own thread, a batch or two ahead, while TensorFlow runs the model here.
-        with tqdm(total=sum(sizes.values()), unit="patch", desc="embed", disable=disable) as bar, \
+        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(skipped))
+        # One patch bar over the run, no slides bar. The resize runs on its own thread, a batch or
+        # two ahead, while TensorFlow runs the model here.
+        with Progress(sum(store.n_patches(s) for s in todo), "embed", "patch", show=show_progress) as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
-            for sid, n in sizes.items():
-                summary.add(sid, *embed_slide(store, sid, n, model, resize, cfg, pool, bar))
-    elif todo:  # no cluster to start for nothing
-        log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision, len(todo), len(summary.skipped))
-        tasks = {sid: functools.partial(_embed_task, store, sid, cfg) for sid in todo}
-
-        def died(sid: str, why: str) -> tuple[int, str]:
-            return 0, (f"{store.path}: slide {sid}: {why} while embedding it (out of memory, or killed); "
-                       "check the workers' logs, then run the same command again to retry it")
-
-        with cluster.connect(scheduler) as client:
-            summary.ran_on = cluster.describe(client, scheduler)
-            done = cluster.run(client, scheduler, tasks, died, show_progress)
-        for sid in todo:
-            summary.add(sid, *done[sid])
-    summary.seconds = time.perf_counter() - t0
-    return summary
+            todo_jobs = [job(s, functools.partial(embed_slide, store, s, model, resize, cfg, pool, bar)) for s in todo]
+            results, ran_on = jobs.run(todo_jobs, "embedding", show_progress=False)
+    else:
+        if todo:
+            log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision, len(todo), len(skipped))
+        todo_jobs = [job(s, functools.partial(_embed_on_worker, store, s, cfg)) for s in todo]
+        results, ran_on = jobs.run(todo_jobs, "embedding", scheduler, show_progress)
+    return jobs.Summary(skipped + results, time.perf_counter() - t0, ran_on=ran_on, done_as="embedded", skipped_as="already embedded")
 
 
 def _default_local() -> int:
@@ -300,36 +259,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=d.model, help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--pipeline", choices=BACKENDS, default=d.pipeline, help="resize backend (default: DALI, GPU if present)")
+    p.add_argument("--pipeline", choices=RESIZE_BACKENDS, default=d.pipeline, help="resize backend (default: DALI, GPU if present)")
     p.add_argument("--workers", type=int, default=d.workers, help="threads reading the store")
     p.add_argument("--overwrite", action="store_true", help="recompute embeddings that are already there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true")
     cluster.add_option(p, local="one worker per GPU, or one without GPUs")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if a.batch_size < 1:
-        log.error("--batch-size must be at least 1")
-        return 2
-    try:
+    setup_logging(a.debug)
+
+    def job() -> int:
+        if a.batch_size < 1:
+            raise EmbedError("--batch-size must be at least 1")
         scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, _default_local)
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
-    cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite)
-    try:
+        cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite)
         summary = embed_store(a.store, cfg, show_progress=False if a.quiet else None, scheduler=scheduler)
-    except (StoreError, EmbedError, PipelineError, cluster.ClusterError) as e:
-        log.error("%s", e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: slides already embedded are kept; run the same command again to resume")
-        return 130
-    print(summary.text())
-    return 1 if summary.failed else 0
+        print(summary.text())
+        return 1 if summary.failed else 0
+
+    # ValueError: a malformed --scheduler
+    return run_command(job, log, "slides already embedded are kept; run the same command again to resume", errors=(ValueError,))
 
 
 if __name__ == "__main__":

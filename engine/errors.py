@@ -7,6 +7,7 @@ evaluator's is `--encoder`. `str(error)` spells every setting as `--name`, as mo
 from __future__ import annotations
 
 import logging
+import traceback
 
 
 class _Flags(dict):
@@ -37,6 +38,7 @@ def run_command(job, log: logging.Logger, interrupted: str, flags: dict[str, str
         return job()
     except (UserError, *errors) as e:
         log.error("%s", e.message(flags) if isinstance(e, UserError) else e)
+        log.debug("%s", traceback.format_exc())  # shown with --debug
         return 2
     except KeyboardInterrupt:
         log.error("interrupted: %s", interrupted)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from engine.errors import UserError
 from engine.prefetch import ordered_map
 
-BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
+RESIZE_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
 TOLERANCE = 1e-4  # max abs difference between backends on [0, 1] outputs (measured: 7e-6)
 
 
@@ -74,16 +74,16 @@ def _dali_available() -> bool:
 def resolve_backend(backend: str = "auto") -> str:
     from engine.runtime import cuda_available
 
-    if backend not in BACKENDS:
-        raise PipelineError(f"unknown pipeline backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in RESIZE_BACKENDS:
+        raise PipelineError(f"unknown pipeline backend {backend!r}; choose one of {', '.join(RESIZE_BACKENDS)}")
     if backend == "auto":
         if not _dali_available():
             return "torch"
         return "dali-gpu" if cuda_available() else "dali-cpu"
     if backend.startswith("dali") and not _dali_available():
-        raise PipelineError(f"backend {backend} needs DALI (pip install nvidia-dali-cuda130); use --pipeline torch")
+        raise PipelineError(f"backend {backend} needs DALI (pip install nvidia-dali-cuda130)", "use {pipeline} torch")
     if backend == "dali-gpu" and not cuda_available():
-        raise PipelineError("backend dali-gpu needs a CUDA device; use --pipeline dali-cpu or torch")
+        raise PipelineError("backend dali-gpu needs a CUDA device", "use {pipeline} dali-cpu or torch")
     return backend
 
 
@@ -216,7 +216,7 @@ def store_batches(store, slide_ids: list[str], batch_size: int = 64, workers: in
                   ) -> Iterator[tuple[str, int, np.ndarray]]:
     """(slide_id, first patch index, uint8 (n, P, P, 3)) in slide and patch order; batches are read
     and decompressed on `workers` threads (zarr's codecs release the GIL), at most 2 x workers ahead."""
-    arrays = {sid: store.slide(sid)["images"] for sid in slide_ids}
+    arrays = {sid: store.images(sid) for sid in slide_ids}
     jobs = [(sid, i, min(i + batch_size, a.shape[0])) for sid, a in arrays.items() for i in range(0, a.shape[0], batch_size)]
 
     def read(job):

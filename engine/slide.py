@@ -1,10 +1,10 @@
-"""Whole-slide readers behind one small interface, and `open_slide`, which picks one.
+"""A whole-slide image behind one small interface (`Slide`), and `open_slide`, which picks the reader
+for a file. The readers themselves are engine.readers:
 
-Backends:
 - ``tifffile``: tifffile + imagecodecs, reading only the tiles a request covers and keeping decoded
   tiles in a bounded LRU cache, so neighbouring patches that share source tiles decode them once.
   Reads tiled and stripped TIFF/SVS in every codec imagecodecs has (JPEG, JPEG 2000, LZW, deflate,
-  zstd, webp); on a CPU this is the fastest backend we measured (benchmarks/RESULTS.md).
+  zstd, webp); on a CPU this is the fastest reader we measured (benchmarks/RESULTS.md).
 - ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
   tiles, and sees only level 0 of SubIFD pyramids.
 - ``openslide``: OpenSlide, for everything else it opens (NDPI, MRXS, DICOM, ...).
@@ -19,12 +19,7 @@ parallel decode by reading batches from several threads, which measured faster t
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
-import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +29,10 @@ from engine import runtime
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
-# tifffile logs damaged files at ERROR level itself; here they reach the user once, as a SlideError.
-logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
-BACKENDS = ("auto", "tifffile", "cucim", "openslide", "pil")
+READERS = ("auto", "tifffile", "cucim", "openslide", "pil")
 MPP_RANGE = (0.05, 20.0)  # µm/px; anything outside is a broken header, not a microscope
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-# TIFF compressions cuCIM decodes: none, LZW, JPEG (old and new), deflate (two codes).
-CUCIM_COMPRESSIONS = {1, 5, 7, 8, 32946}
 
 
 class SlideError(UserError):
@@ -148,7 +139,7 @@ class Slide(ABC):
         return f"{type(self).__name__}({str(self.path)!r}, {self.dimensions[0]}x{self.dimensions[1]}, levels={self.level_count})"
 
 
-def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+def rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite (non-premultiplied) RGBA over white: outside-slide areas are transparent."""
     rgb, a = rgba[..., :3].astype(np.uint16), rgba[..., 3:4].astype(np.uint16)
     if a.min() == 255:
@@ -156,304 +147,14 @@ def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def _to_rgb(a: np.ndarray) -> np.ndarray:
+def to_rgb(a: np.ndarray) -> np.ndarray:
     if a.ndim == 2:
         a = a[..., None]
     if a.shape[-1] == 1:
         return np.repeat(a, 3, axis=-1)
     if a.shape[-1] == 4:
-        return _rgba_on_white(a)
+        return rgba_on_white(a)
     return a[..., :3]
-
-
-# ---------------------------------------------------------------------------------------------
-# TIFF metadata shared by the tifffile and cuCIM backends
-
-
-def tiff_levels(tif) -> list:
-    """The pages that form the pyramid: level 0 plus tiled pages of the same aspect ratio and
-    smaller size (Aperio's stripped thumbnail, the label and the macro image are not levels)."""
-    base = tif.series[0].levels[0].keyframe
-    h0, w0 = base.imagelength, base.imagewidth
-    candidates = [p.keyframe for p in tif.series[0].levels[1:]]
-    candidates += [p for p in tif.pages[1:] if getattr(p, "is_tiled", False)]
-    levels, seen = [base], {(w0, h0)}
-    for page in sorted(candidates, key=lambda p: -p.imagewidth):
-        w, h = page.imagewidth, page.imagelength
-        if (w, h) in seen or w >= w0 or page.samplesperpixel < 3 or not page.is_tiled:
-            continue
-        if abs(w / h - w0 / h0) > 0.02 * (w0 / h0) + 2 / h:
-            continue
-        levels.append(page)
-        seen.add((w, h))
-    return levels
-
-
-def tiff_mpp(tif) -> Mpp | None:
-    """MPP from an Aperio description, else from the resolution tags and their unit."""
-    page = tif.pages[0]
-    desc = page.description or ""
-    m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)
-    if m:
-        v = float(m.group(1))
-        return plausible_mpp(v, v, "aperio.MPP")
-    tags = page.tags
-    unit = tags.get("ResolutionUnit")
-    unit = int(unit.value) if unit is not None else 2  # TIFF's default unit is the inch
-    per_unit = {2: 25400.0, 3: 10000.0}.get(unit)  # µm per inch / per cm
-    xr, yr = tags.get("XResolution"), tags.get("YResolution")
-    if per_unit is None or xr is None or yr is None:
-        return None
-    (xn, xd), (yn, yd) = xr.value, yr.value
-    if not (xn and xd and yn and yd):
-        return None
-    # A resolution of 1 or 72 per inch is a writer's placeholder, not a scan.
-    if unit == 2 and xn / xd in (1.0, 72.0, 96.0, 300.0):
-        return None
-    return plausible_mpp(per_unit * xd / xn, per_unit * yd / yn, f"tiff.XResolution ({'inch' if unit == 2 else 'cm'})")
-
-
-def _tiff_reason_not_for_cucim(tif) -> str | None:
-    """Why cuCIM cannot read this TIFF, or None where it can."""
-    levels = tiff_levels(tif)
-    for page in levels:
-        if int(page.compression) not in CUCIM_COMPRESSIONS:
-            return f"its {page.compression.name} tiles are outside what cuCIM decodes on the GPU"
-    if tif.pages[0].subifds:
-        return "its pyramid lives in SubIFDs, of which cuCIM sees only level 0"
-    if not levels[0].is_tiled:
-        return "it is not tiled"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Backends
-
-
-class TiffSlide(Slide):
-    """tifffile + imagecodecs, tile-exact reads with a shared LRU cache of decoded tiles."""
-
-    backend = "tifffile"
-
-    def __init__(self, path, cache_bytes: int = 256 << 20):
-        import tifffile
-
-        try:
-            self._tif = tifffile.TiffFile(path)
-            pages = tiff_levels(self._tif)
-        except Exception as e:
-            raise SlideError(f"{path}: not a TIFF that tifffile reads ({e})") from e
-        size = os.path.getsize(path)
-        end = max(int((np.asarray(p.dataoffsets) + np.asarray(p.databytecounts)).max()) for p in pages)
-        if end > size:
-            self._tif.close()
-            raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); copy it again")
-        self._pages = pages
-        self._fd = os.open(path, os.O_RDONLY)
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_bytes, self._cache_cap = 0, cache_bytes
-        self._lock = threading.Lock()
-        super().__init__(path, [(p.imagewidth, p.imagelength) for p in pages], tiff_mpp(self._tif))
-
-    def _grid(self, page):
-        """Tile size and tiles per row; strips are tiles as wide as the image."""
-        if page.is_tiled:
-            tw, th = page.tilewidth, page.tilelength
-        else:
-            tw, th = page.imagewidth, page.rowsperstrip or page.imagelength
-            th = min(th, page.imagelength)
-        return tw, th, -(-page.imagewidth // tw)
-
-    def _tile(self, level: int, index: int) -> np.ndarray:
-        key = (level, index)
-        with self._lock:
-            tile = self._cache.get(key)
-            if tile is not None:
-                self._cache.move_to_end(key)
-                return tile
-        page = self._pages[level]
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if count == 0:
-            raise SlideError(f"{self.path}: tile {index} of level {level} is missing from the file")
-        data = os.pread(self._fd, count, offset)  # whole: the file was checked for truncation at open
-        try:
-            decoded, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
-        except Exception as e:
-            raise SlideError(f"{self.path}: tile {index} of level {level} does not decode ({e})") from e
-        if decoded is None:
-            raise SlideError(f"{self.path}: tile {index} of level {level} does not decode")
-        tile = _to_rgb(decoded.reshape(decoded.shape[-3:]))
-        with self._lock:
-            self._cache[key] = tile
-            self._cache_bytes += tile.nbytes
-            while self._cache_bytes > self._cache_cap and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cache_bytes -= old.nbytes
-        return tile
-
-    def _tiles_for(self, level, x, y, w, h):
-        tw, th, across = self._grid(self._pages[level])
-        lw, lh = self.level_dimensions[level]
-        c0, c1 = max(0, x // tw), min(-(-lw // tw), -(-(x + w) // tw))
-        r0, r1 = max(0, y // th), min(-(-lh // th), -(-(y + h) // th))
-        return [(r * across + c, c * tw, r * th) for r in range(r0, r1) for c in range(c0, c1)]
-
-    def _level_xy(self, x, y, level):
-        ds = self.level_downsamples[level]
-        return math.floor(x / ds), math.floor(y / ds)  # as OpenSlide: floor, also left of 0
-
-    def _assemble(self, level, x, y, w, h, tiles, out: np.ndarray) -> None:
-        """Copy the request's pixels from decoded tiles into `out` (h, w, 3)."""
-        lw, lh = self.level_dimensions[level]
-        if x < 0 or y < 0 or x + w > lw or y + h > lh:
-            out[:] = 255  # partly outside the slide
-        for index, tx, ty in self._tiles_for(level, x, y, w, h):
-            tile = tiles[index]
-            # Overlap of the tile (clipped to the image) with the request, in level coordinates.
-            ax0, ay0 = max(x, tx), max(y, ty)
-            ax1, ay1 = min(x + w, tx + tile.shape[1], lw), min(y + h, ty + tile.shape[0], lh)
-            if ax1 > ax0 and ay1 > ay0:
-                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
-
-    def _read(self, x, y, level, w, h):
-        return self.read_regions([(x, y)], level, (w, h))[0]
-
-    def read_regions(self, locations, level, size):
-        w, h = (int(v) for v in size)
-        regions = [self._level_xy(int(x), int(y), level) + (w, h) for x, y in locations]
-        needed = sorted({i for r in regions for i, _, _ in self._tiles_for(level, *r)})
-        tiles = {i: self._tile(level, i) for i in needed}  # the union of tiles, each decoded once
-        out = np.empty((len(regions), h, w, 3), np.uint8)
-        for k, r in enumerate(regions):
-            self._assemble(level, *r, tiles, out[k])
-        return out
-
-    def close(self):
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._tif.close()
-
-
-class OpenSlideSlide(Slide):
-    backend = "openslide"
-
-    def __init__(self, path):
-        try:
-            self._osr = self._open(path)
-        except Exception as e:
-            raise SlideError(f"{path}: OpenSlide cannot open it ({e})") from e
-        props = self._osr.properties
-        mpp = None
-        if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
-            mpp = plausible_mpp(float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"]), "openslide.mpp")
-        super().__init__(path, self._osr.level_dimensions, mpp)
-        self.level_downsamples = tuple(self._osr.level_downsamples)
-
-    @staticmethod
-    def _open(path):
-        import openslide
-
-        return openslide.OpenSlide(str(path))
-
-    def _read(self, x, y, level, w, h):
-        try:
-            img = self._osr.read_region((x, y), level, (w, h))
-        except Exception as e:
-            # An OpenSlide handle that failed once fails every later read: start a fresh one so
-            # that one corrupt tile costs only the patches over it.
-            self._osr = self._open(self.path)
-            raise SlideError(f"{self.path}: OpenSlide failed reading {w}x{h} at ({x}, {y}) level {level} ({e})") from e
-        return _rgba_on_white(np.asarray(img))
-
-    def close(self):
-        self._osr.close()
-
-
-class CuCIMSlide(Slide):
-    backend = "cucim"
-
-    def __init__(self, path, device: str | None = None, workers: int | None = None):
-        import tifffile
-        from cucim import CuImage
-
-        try:
-            self._img = CuImage(str(path))
-            with tifffile.TiffFile(path) as tif:
-                mpp = tiff_mpp(tif)
-        except Exception as e:
-            raise SlideError(f"{path}: cuCIM cannot open it ({e})") from e
-        self.device = device or ("cuda" if runtime.cuda_available() else "cpu")
-        self._workers = workers or os.cpu_count() or 1
-        res = self._img.resolutions
-        super().__init__(path, res["level_dimensions"], mpp)
-        self.level_downsamples = tuple(float(d) for d in res["level_downsamples"])
-
-    def _host(self, region) -> np.ndarray:
-        if self.device == "cuda":
-            import cupy
-
-            return cupy.asnumpy(cupy.asarray(region))
-        return np.asarray(region)
-
-    def _read(self, x, y, level, w, h):
-        return self.read_regions([(x, y)], level, (w, h))[0]
-
-    def read_regions(self, locations, level, size):
-        w, h = (int(v) for v in size)
-        locs = [(int(x), int(y)) for x, y in locations]
-        try:
-            if len(locs) == 1:
-                batch = self._host(self._img.read_region(locs[0], (w, h), level, device=self.device))[None]
-            else:
-                out = self._img.read_region(
-                    locs, (w, h), level, num_workers=self._workers, batch_size=len(locs), device=self.device
-                )
-                batch = np.concatenate([self._host(b).reshape(-1, h, w, 3) for b in out])
-        except Exception as e:
-            raise SlideError(f"{self.path}: cuCIM failed reading {len(locs)} region(s) at level {level} ({e})") from e
-        batch = np.ascontiguousarray(batch[..., :3])
-        # cuCIM fills outside the slide with black; the other readers (and the tiler) use white.
-        lw, lh = self.level_dimensions[level]
-        ds = self.level_downsamples[level]
-        for k, (x, y) in enumerate(locs):
-            lx, ly = math.floor(x / ds), math.floor(y / ds)
-            batch[k, : max(0, -ly)] = 255
-            batch[k, max(0, lh - ly) :] = 255
-            batch[k, :, : max(0, -lx)] = 255
-            batch[k, :, max(0, lw - lx) :] = 255
-        return batch
-
-    def close(self):
-        self._img.close()
-
-
-class ImageSlide(Slide):
-    """A plain PNG/JPEG as a one-level slide (held in memory: such images are small)."""
-
-    backend = "pil"
-
-    def __init__(self, path):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                self._rgb = _to_rgb(np.asarray(img.convert("RGBA" if "A" in img.mode else "RGB")))
-        except Exception as e:
-            raise SlideError(f"{path}: not an image PIL reads ({e})") from e
-        h, w = self._rgb.shape[:2]
-        super().__init__(path, [(w, h)], None)
-
-    def _read(self, x, y, level, w, h):
-        out = np.full((h, w, 3), 255, np.uint8)
-        H, W = self._rgb.shape[:2]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-        if x1 > x0 and y1 > y0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def choose_backend(path: Path) -> tuple[str, str]:
@@ -463,9 +164,11 @@ def choose_backend(path: Path) -> tuple[str, str]:
         return "pil", "plain image"
     import tifffile
 
+    from engine.readers import reason_not_for_cucim  # the readers subclass Slide: imported when used
+
     try:
         with tifffile.TiffFile(path) as tif:
-            not_cucim = _tiff_reason_not_for_cucim(tif)
+            not_cucim = reason_not_for_cucim(tif)
             if tif.is_ndpi or tif.is_philips or tif.is_scn:
                 return "openslide", "a vendor layout that OpenSlide knows"
     except Exception as e:
@@ -479,12 +182,14 @@ def open_slide(path, backend: str = "auto") -> Slide:
     """Open a slide with `backend`, or with the best one for the file; `auto` falls back to the
     next backend if the first cannot open it, logging why."""
     path = Path(path)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in READERS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(READERS)}")
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: the file is empty; copy it again")
+    from engine.readers import CuCIMSlide, ImageSlide, OpenSlideSlide, TiffSlide
+
     factories = {"tifffile": TiffSlide, "cucim": CuCIMSlide, "openslide": OpenSlideSlide, "pil": ImageSlide}
     if backend != "auto":
         return factories[backend](path)

@@ -57,7 +57,7 @@ class Codec:
 
     def __post_init__(self):
         if self.name not in ("zstd", "lz4", "none"):
-            raise StoreError(f"unknown codec {self.name!r}; choose zstd, lz4 or none")
+            raise StoreError(f"unknown codec {self.name!r}", "choose zstd, lz4 or none")
 
     def compressors(self):
         if self.name == "zstd":
@@ -87,7 +87,7 @@ def _exists(path: Location) -> bool:
         return location.exists(path)
     except Exception as e:  # an object store that cannot be reached or refuses the credentials; no permission
         what = location.URL_HELP if location.is_url(path) else "check the path and its permissions"
-        raise StoreError(f"{path}: cannot reach it ({type(e).__name__}: {e}); {what}") from e
+        raise StoreError(f"{path}: cannot reach it ({type(e).__name__}: {e})", what) from e
 
 
 def _jsonable(d: dict) -> dict:
@@ -113,11 +113,11 @@ class PatchStore:
         """Open an existing store for reading (and for adding embeddings)."""
         path = location.location(path)
         if not _exists(path):
-            raise StoreError(f"{path}: not a patch store (nothing there); make one with python -m engine.tile")
+            raise StoreError(f"{path}: not a patch store (nothing there)", "make one with python -m engine.tile")
         try:
             root = zarr.open_group(str(path), mode="r+")
         except Exception as e:
-            raise StoreError(f"{path}: not a patch store ({e}); make one with python -m engine.tile") from e
+            raise StoreError(f"{path}: not a patch store ({e})", "make one with python -m engine.tile") from e
         if root.attrs.get("format") != FORMAT:
             raise StoreError(f"{path}: not a histogen patch store (format {root.attrs.get('format')!r})")
         return cls(root, path)
@@ -134,10 +134,8 @@ class PatchStore:
             store = cls.open(path)
             old = store.root.attrs.get("params", {})
             if old != params:
-                raise StoreError(
-                    f"{path} was made with other parameters ({dict_diff(old, params)}); "
-                    "write to a new --out, or pass --overwrite to replace it"
-                )
+                raise StoreError(f"{path} was made with other parameters ({dict_diff(old, params)})",
+                                 "write to a new {out}, or pass {overwrite} to replace it")
             return store
         try:
             if not location.is_url(path):
@@ -145,7 +143,7 @@ class PatchStore:
             root = zarr.open_group(str(path), mode="w-")
         except Exception as e:
             where = "an existing bucket you can write to" if location.is_url(path) else "a writable folder"
-            raise StoreError(f"cannot write {path} ({e}); choose an --out in {where}") from e
+            raise StoreError(f"cannot write {path} ({e})", f"choose an {{out}} in {where}") from e
         from engine import __version__
 
         root.attrs.update(

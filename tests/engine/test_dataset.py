@@ -13,11 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 
 import histosynth as synth
-from engine.dataset import DatasetError, export_parquet, import_parquet, main, push_to_hub
+from engine.dataset.cli import main
+from engine.dataset.export import export_parquet
+from engine.dataset.hub import push_to_hub
+from engine.dataset.schema import DatasetError
+from engine.dataset.table_import import import_parquet
 from engine.discover import match_names
 from engine.plan import PlanParams
 from engine.store import PatchStore
 from engine.tile import TileConfig, tile_slides
+from tests.support.stores import assert_same_store
 
 FAST = dict(workers=2, batch_size=8, qa=False)
 LEVEL0 = TileConfig(**FAST)  # 512 px read at level 0
@@ -172,6 +177,16 @@ def test_flat_embeddings_other_column_name_and_low_tissue_rows_kept(tmp_path, sl
     np.testing.assert_array_equal(cam["images"][:n], a.slide("camelyon")["images"][:])
     assert tuple(cam["coords"][n]) == (0, 0) and cam["tissue"][n] < 0.1  # kept though it is no tissue
     assert b.embeddings_attrs("camelyon")["input_size"] == 224  # no resize column: Path Foundation's
+
+
+def test_import_on_a_local_cluster_equals_one_process(tmp_path, slides, store, capsys):
+    export_parquet(store, tmp_path / "out", rows_per_file=5)
+    args = ["import", "--table", str(tmp_path / "out"), "--slides", str(slides), "--no-qa", "--quiet", "--workers", "2", "--batch-size", "8"]
+    assert main([*args, "--out", str(tmp_path / "one.zarr")]) == 0
+    assert main([*args, "--out", str(tmp_path / "two.zarr"), "--scheduler", "local:2"]) == 0
+    text = capsys.readouterr().out
+    assert "slides: 2 done, 0 failed" in text and "ran on: 2 local Dask worker processes" in text
+    assert_same_store(tmp_path / "two.zarr", tmp_path / "one.zarr")
 
 
 def test_unreadable_row_is_dropped_with_its_embedding(tmp_path, svs_slide, store):

@@ -205,6 +205,23 @@ def test_killed_run_resumes(tmp_path, models):
         np.testing.assert_array_equal(a.slide(sid)["images"][:], b.slide(sid)["images"][:])  # patches untouched
 
 
+def test_progress_in_a_log_file_is_status_lines(store_path, models, tmp_path, monkeypatch, caplog):
+    """Output that is not a terminal: status lines of the patches embedded (a line per update here,
+    HISTOGEN_PROGRESS_SECONDS=0) instead of a bar; with --quiet none."""
+    n = sum(PatchStore.open(store_path).n_patches(s) for s in PatchStore.open(store_path).slide_ids())
+    log = tmp_path / "embed.log"
+    env = {**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"}
+    with open(log, "w") as f:
+        cmd = [sys.executable, "-m", "engine.embed", "--store", str(store_path), "--model", str(models["tiny"]), "--batch-size", "8"]
+        assert subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300).returncode == 0
+    lines = [line for line in log.read_text().splitlines() if line.startswith("INFO embed: ")]
+    assert len(lines) >= 3 and all(f"/{n} patch (" in line and "patch/s" in line for line in lines)
+    assert lines[-1].startswith(f"INFO embed: {n}/{n} patch (100%)") and lines[-1].endswith("0:00 left")
+    monkeypatch.setenv("HISTOGEN_PROGRESS_SECONDS", "0")
+    assert main(["--store", str(store_path), "--model", str(models["tiny"]), "--overwrite", "--quiet"]) == 0
+    assert not [r for r in caplog.records if r.name == "histogen.progress"]
+
+
 LOAD = "import engine.embed as e; e.load_model(M)"
 STEP = """import torch, triton
 m = torch.nn.Linear(4, 4); o = torch.optim.AdamW(m.parameters()); m(torch.ones(2, 4)).sum().backward(); o.step()

@@ -158,7 +158,7 @@ def test_corrupt_tile_fails_only_there(tmp_path, svs_slide):
 @pytest.mark.gpu
 def test_cucim_gpu_decode_matches_cpu(cmu_svs):
     """GPU twin of test_real_svs_backends_match_openslide: nvJPEG against libjpeg-turbo."""
-    from engine.slide import CuCIMSlide
+    from engine.readers import CuCIMSlide
 
     rng = np.random.default_rng(3)
     gpu, cpu = CuCIMSlide(cmu_svs, device="cuda"), CuCIMSlide(cmu_svs, device="cpu")

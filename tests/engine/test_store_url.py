@@ -75,9 +75,9 @@ def test_cluster_tiles_into_s3_as_onto_disk_and_resumes(s3, slides, reference):
     # and forked DataLoader workers read them.
     from torch.utils.data import DataLoader
 
-    from histogen.data import SlidePatches, find_slides
+    from histogen.batches import SlidePatches, list_slides
 
-    refs = find_slides([Path(url)], 64, conditional=False)
+    refs = list_slides([Path(url)], 64)
     assert [r.slide for r in refs] == ["s0", "s1", "s2"]
     loader = DataLoader(SlidePatches(refs, conditional=False), batch_size=16, num_workers=2)
     images = np.concatenate([b[0].numpy() for b in loader])

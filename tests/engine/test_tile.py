@@ -288,3 +288,23 @@ def test_killed_run_resumes_redoing_only_unfinished_slides(tmp_path, svs_slide, 
     for sid in a:
         for x, y in zip(a[sid][:3], b[sid][:3]):
             np.testing.assert_array_equal(x, y)
+
+
+def test_progress_in_a_log_file_is_status_lines(tmp_path, slides):
+    """Output that is not a terminal (`> log 2>&1`, a batch job): a status line per update here
+    (HISTOGEN_PROGRESS_SECONDS=0) instead of bars, for the slides and each slide's patches; with
+    --quiet none."""
+    env = {**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"}
+    texts = {}
+    for quiet in (False, True):
+        log = tmp_path / f"quiet-{quiet}.log"
+        cmd = [sys.executable, "-m", "engine.tile", "--slides", str(slides), "--out", str(tmp_path / f"{quiet}.zarr"),
+               "--patch-size", "256", "--no-qa", "--batch-size", "8", *(["--quiet"] if quiet else [])]
+        with open(log, "w") as f:
+            assert subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300).returncode == 1  # fake.svs
+        texts[quiet] = log.read_text()
+    lines = texts[False].splitlines()
+    assert "INFO slides: 1/4 slide (25%)" in "\n".join(lines) and any(line.startswith("INFO slides: 4/4 slide (100%)") for line in lines)
+    assert any(line.startswith("INFO s0: 8/") and "patch/s" in line and line.endswith(" left") for line in lines)
+    assert "\r" not in texts[False] and "slides: 3 done, 1 failed" in texts[False]
+    assert "slide/s" not in texts[True] and "patch/s" not in texts[True] and "slides: 3 done, 1 failed" in texts[True]

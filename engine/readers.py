@@ -1,5 +1,15 @@
-"""The slide readers behind engine.slide's interface: tifffile, cuCIM, OpenSlide and PIL (the module
-docstring of engine.slide says which reads what)."""
+"""The slide readers behind engine.slide's interface, and `open_slide`, which picks the fastest one
+that can read a file's compression and layout and falls back to the next, saying why:
+
+- ``tifffile``: tifffile + imagecodecs, reading only the tiles a request covers and keeping decoded
+  tiles in a bounded LRU cache, so neighbouring patches that share source tiles decode them once.
+  Reads tiled and stripped TIFF/SVS in every codec imagecodecs has (JPEG, JPEG 2000, LZW, deflate,
+  zstd, webp); on a CPU this is the fastest reader we measured (benchmarks/RESULTS.md).
+- ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
+  tiles, and sees only level 0 of SubIFD pyramids.
+- ``openslide``: OpenSlide, for everything else it opens (NDPI, MRXS, DICOM, ...).
+- ``pil``: a plain PNG/JPEG image as a single-level slide.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,15 +18,19 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
 from engine import runtime
 from engine.slide import Mpp, Slide, SlideError, TruncatedSlideError, plausible_mpp, rgba_on_white, to_rgb
 
+log = logging.getLogger(__name__)
 # tifffile logs damaged files at ERROR level itself; here they reach the user once, as a SlideError.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 # TIFF compressions cuCIM decodes: none, LZW, JPEG (old and new), deflate (two codes).
+READERS = ("auto", "tifffile", "cucim", "openslide", "pil")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CUCIM_COMPRESSIONS = {1, 5, 7, 8, 32946}
 
 
@@ -305,3 +319,51 @@ class ImageSlide(Slide):
         if x1 > x0 and y1 > y0:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
         return out
+
+
+def choose_backend(path: Path) -> tuple[str, str]:
+    """(backend, reason): the fastest backend that can read this file's compression and layout."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "pil", "plain image"
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            not_cucim = reason_not_for_cucim(tif)
+            if tif.is_ndpi or tif.is_philips or tif.is_scn:
+                return "openslide", "a vendor layout that OpenSlide knows"
+    except Exception as e:
+        return "openslide", f"tifffile does not read it ({type(e).__name__})"
+    if not_cucim is None and runtime.cuda_available():
+        return "cucim", "GPU decode"
+    return "tifffile", f"{not_cucim or 'no CUDA device'}: tile-exact CPU decode with a shared tile cache"
+
+
+def open_slide(path, backend: str = "auto") -> Slide:
+    """Open a slide with `backend`, or with the best one for the file; `auto` falls back to the
+    next backend if the first cannot open it, logging why."""
+    path = Path(path)
+    if backend not in READERS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: the file is empty; copy it again")
+    factories = {"tifffile": TiffSlide, "cucim": CuCIMSlide, "openslide": OpenSlideSlide, "pil": ImageSlide}
+    if backend != "auto":
+        return factories[backend](path)
+    first, reason = choose_backend(path)
+    order = [first] + [b for b in ("tifffile", "openslide") if b != first and first != "pil"]
+    errors = []
+    for name in order:
+        try:
+            slide = factories[name](path)
+        except TruncatedSlideError:
+            raise
+        except SlideError as e:
+            errors.append(str(e).removeprefix(f"{path}: "))
+            continue
+        log.info("%s: backend %s (%s)", path.name, name, reason if name == first else f"fallback: {errors[-1]}")
+        return slide
+    raise SlideError(f"{path}: not a slide any backend reads ({'; '.join(errors)}); check that the file is a complete WSI")

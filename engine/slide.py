@@ -1,14 +1,5 @@
-"""A whole-slide image behind one small interface (`Slide`), and `open_slide`, which picks the reader
-for a file. The readers themselves are engine.readers:
-
-- ``tifffile``: tifffile + imagecodecs, reading only the tiles a request covers and keeping decoded
-  tiles in a bounded LRU cache, so neighbouring patches that share source tiles decode them once.
-  Reads tiled and stripped TIFF/SVS in every codec imagecodecs has (JPEG, JPEG 2000, LZW, deflate,
-  zstd, webp); on a CPU this is the fastest reader we measured (benchmarks/RESULTS.md).
-- ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
-  tiles, and sees only level 0 of SubIFD pyramids.
-- ``openslide``: OpenSlide, for everything else it opens (NDPI, MRXS, DICOM, ...).
-- ``pil``: a plain PNG/JPEG image as a single-level slide.
+"""A whole-slide image behind one small interface (`Slide`), which every reader of engine.readers
+implements; `engine.readers.open_slide` picks the reader for a file.
 
 All coordinates are level-0 (x, y) of the top-left corner; sizes are (width, height) at the level
 read; pixels come back as RGB uint8 (h, w, 3), with areas outside the slide white.
@@ -25,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import runtime
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
-READERS = ("auto", "tifffile", "cucim", "openslide", "pil")
 MPP_RANGE = (0.05, 20.0)  # µm/px; anything outside is a broken header, not a microscope
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 class SlideError(UserError):
@@ -155,55 +143,3 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
     if a.shape[-1] == 4:
         return rgba_on_white(a)
     return a[..., :3]
-
-
-def choose_backend(path: Path) -> tuple[str, str]:
-    """(backend, reason): the fastest backend that can read this file's compression and layout."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return "pil", "plain image"
-    import tifffile
-
-    from engine.readers import reason_not_for_cucim  # the readers subclass Slide: imported when used
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            not_cucim = reason_not_for_cucim(tif)
-            if tif.is_ndpi or tif.is_philips or tif.is_scn:
-                return "openslide", "a vendor layout that OpenSlide knows"
-    except Exception as e:
-        return "openslide", f"tifffile does not read it ({type(e).__name__})"
-    if not_cucim is None and runtime.cuda_available():
-        return "cucim", "GPU decode"
-    return "tifffile", f"{not_cucim or 'no CUDA device'}: tile-exact CPU decode with a shared tile cache"
-
-
-def open_slide(path, backend: str = "auto") -> Slide:
-    """Open a slide with `backend`, or with the best one for the file; `auto` falls back to the
-    next backend if the first cannot open it, logging why."""
-    path = Path(path)
-    if backend not in READERS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(READERS)}")
-    if not path.is_file():
-        raise SlideError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise SlideError(f"{path}: the file is empty; copy it again")
-    from engine.readers import CuCIMSlide, ImageSlide, OpenSlideSlide, TiffSlide
-
-    factories = {"tifffile": TiffSlide, "cucim": CuCIMSlide, "openslide": OpenSlideSlide, "pil": ImageSlide}
-    if backend != "auto":
-        return factories[backend](path)
-    first, reason = choose_backend(path)
-    order = [first] + [b for b in ("tifffile", "openslide") if b != first and first != "pil"]
-    errors = []
-    for name in order:
-        try:
-            slide = factories[name](path)
-        except TruncatedSlideError:
-            raise
-        except SlideError as e:
-            errors.append(str(e).removeprefix(f"{path}: "))
-            continue
-        log.info("%s: backend %s (%s)", path.name, name, reason if name == first else f"fallback: {errors[-1]}")
-        return slide
-    raise SlideError(f"{path}: not a slide any backend reads ({'; '.join(errors)}); check that the file is a complete WSI")

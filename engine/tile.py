@@ -32,7 +32,8 @@ from engine.prefetch import ordered_map
 from engine.progress import Progress
 from engine.qa import qa_picture
 from engine.runtime import reuse_freed_memory
-from engine.slide import READERS, Slide, SlideError, open_slide
+from engine.readers import READERS, open_slide
+from engine.slide import Slide, SlideError
 from engine.store import Codec, PatchStore
 
 log = logging.getLogger("engine.tile")

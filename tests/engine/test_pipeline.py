@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.pipeline import TOLERANCE, PipelineError, Transform, make_resizer, resolve_backend, store_batches
-from engine.slide import open_slide
+from engine.readers import open_slide
 from engine.store import Codec, PatchStore
 from tests.support.references import resize_reference
 

@@ -7,9 +7,11 @@ import openslide
 import pytest
 import tifffile
 
+from engine import runtime
 from engine import slide as slide_mod
 import histosynth as synth
-from engine.slide import SlideError, choose_backend, open_slide
+from engine.readers import choose_backend, open_slide
+from engine.slide import SlideError
 
 JPEG_TOL = 3  # max abs difference between libjpeg-turbo builds (cuCIM, OpenSlide, imagecodecs)
 
@@ -45,16 +47,16 @@ def test_real_svs_backends_match_openslide(cmu_svs, backend):
 
 
 def test_auto_picks_tile_exact_reader_on_cpu(cmu_svs, monkeypatch):
-    monkeypatch.setattr(slide_mod.runtime, "cuda_available", lambda: False)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False)
     assert choose_backend(cmu_svs)[0] == "tifffile"
-    monkeypatch.setattr(slide_mod.runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
     assert choose_backend(cmu_svs) == ("cucim", "GPU decode")
 
 
 def test_jpeg2000_svs_never_goes_to_cucim(synth_dir, monkeypatch):
     path = synth_dir / "j2k.svs"
     synth.write_svs(path, synth.SynthSpec(width=960, height=720, seed=3, mpp=0.5), levels=(1,), compression="jpeg2000")
-    monkeypatch.setattr(slide_mod.runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
     backend, reason = choose_backend(path)
     assert backend == "tifffile" and "cuCIM" in reason
     with open_slide(path) as s, open_slide(path, "openslide") as o:

@@ -16,7 +16,7 @@ import histosynth as synth
 from engine.check import patch_tissue_reference
 from engine.mask import tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
-from engine.slide import open_slide
+from engine.readers import open_slide
 from engine.store import PatchStore
 from engine.tile import TileConfig, main, tile_slides
 

@@ -143,7 +143,7 @@ def test_colour_deconvolution_matches_scikit_image_on_the_real_slide(cmu_svs):
     """On real H&E pixels, to_hed is scikit-image's rgb2hed in natural-log units (rgb2hed divides
     by -ln(1e-6) and clips at 0)."""
     skimage_color = pytest.importorskip("skimage.color")
-    from engine.slide import open_slide
+    from engine.readers import open_slide
 
     with open_slide(cmu_svs) as s:
         rgb = np.asarray(s.read_regions([(800, 1200)], 0, (128, 128)))[0][..., :3]

@@ -47,7 +47,7 @@ def patches() -> torch.Tensor:
     if cmu.is_file():
         from engine.mask import tissue_mask
         from engine.plan import plan_tiles
-        from engine.slide import open_slide
+        from engine.readers import open_slide
 
         with open_slide(cmu) as s:
             mask = tissue_mask(s.thumbnail(16)).mask

@@ -44,21 +44,43 @@ def patch_tissue(
     return _native.patch_tissue(patches, int(threshold), int(white), int(dark), int(pen_margin), int(step))
 
 
+# INTERFACE FOR ISSUE 14 (temporary body: only `tissue` is computed; the QC helper replaces it).
+SCORES = ("tissue", "ink", "focus", "fold", "bubble", "clean")  # float32 per patch, stored by name
+REASONS = {"tissue": 1, "ink": 2, "blur": 4, "fold": 8, "bubble": 16}  # bits of PatchQC.reasons
+
+
+@dataclass
+class PatchQC:
+    scores: dict[str, np.ndarray]  # name (SCORES) -> float32 (N,)
+    reasons: np.ndarray  # uint8 (N,): OR of the REASONS bits a patch fails; 0 = passes
+
+    @property
+    def passed(self) -> np.ndarray:
+        return self.reasons == 0
+
+
+def reasons_of(scores: dict[str, np.ndarray], params: "CheckParams") -> np.ndarray:
+    """The REASONS bitmask of stored scores under `params` (training may tighten the thresholds)."""
+    r = np.zeros(len(scores["tissue"]), np.uint8)
+    r[scores["tissue"] < params.min_tissue] |= REASONS["tissue"]
+    return r
+
+
 def check_patches(
     patches: np.ndarray,
     threshold: int,
     mask_params: MaskParams | None = None,
     check_params: CheckParams | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fractions float32 (N,), keep bool (N,)) with the rule of the slide's mask.
-
-    threshold is MaskResult.threshold of the slide; white/dark/pen_margin come
-    from the MaskParams used for that mask.
-    """
+) -> PatchQC:
+    """Quality scores and rejection reasons of each patch, with the rule of the slide's mask
+    (threshold is MaskResult.threshold of the slide; white/dark/pen_margin from its MaskParams)."""
     mp = mask_params or MaskParams()
     cp = check_params or CheckParams()
-    fractions = patch_tissue(patches, threshold, mp.white, mp.dark, mp.pen_margin, cp.step)
-    return fractions, fractions >= cp.min_tissue
+    tissue = patch_tissue(patches, threshold, mp.white, mp.dark, mp.pen_margin, cp.step)
+    zeros = np.zeros(len(tissue), np.float32)
+    scores = {"tissue": tissue, "ink": zeros, "focus": np.full(len(tissue), np.inf, np.float32), "fold": zeros,
+              "bubble": zeros, "clean": tissue}
+    return PatchQC(scores, reasons_of(scores, cp))
 
 
 def patch_tissue_reference(

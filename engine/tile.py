@@ -123,8 +123,9 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     def work(start):
         idx = np.arange(start, min(start + cfg.batch_size, len(coords)))
         patches, ok, errors = read_batch(slide, coords[idx], geom, cfg.plan.patch_size)
-        fractions, tissue = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
-        keep = plan.keep(tissue, ok)
+        qc = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
+        fractions = qc.scores["tissue"]
+        keep = plan.keep(qc.passed, ok)
         return idx, writer.encode(patches[keep]), fractions, keep, ok, errors
 
     # Batches are read, checked and compressed on worker threads (decoders, the native check and

@@ -78,15 +78,15 @@ def test_empty_batch():
 
 def test_check_patches_uses_mask_params():
     patches = np.concatenate([solid((255, 255, 255)), solid(PINK), solid((205, 205, 210))])
-    fractions, keep = check_patches(patches, 20)
-    np.testing.assert_array_equal(fractions, [0, 1, 0])  # light grey: low saturation
-    np.testing.assert_array_equal(keep, [False, True, False])
+    qc = check_patches(patches, 20)
+    np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 0])  # light grey: low saturation
+    np.testing.assert_array_equal(qc.passed, [False, True, False])
     # A lower white level turns the light pink into background.
-    fractions, keep = check_patches(patches, 20, MaskParams(white=140))
-    np.testing.assert_array_equal(keep, [False, False, False])
-    fractions, keep = check_patches(patches, 0, MaskParams(), CheckParams(min_tissue=0.0, step=2))
-    np.testing.assert_array_equal(keep, True)
-    np.testing.assert_array_equal(fractions, [0, 1, 1])
+    qc = check_patches(patches, 20, MaskParams(white=140))
+    np.testing.assert_array_equal(qc.passed, [False, False, False])
+    qc = check_patches(patches, 0, MaskParams(), CheckParams(min_tissue=0.0, step=2))
+    np.testing.assert_array_equal(qc.passed, True)
+    np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 1])
 
 
 def test_real_slide_patches():

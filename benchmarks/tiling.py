@@ -3,7 +3,11 @@
 1. a baseline written the common way: OpenSlide `read_region` per patch, a numpy tissue check on
    every pixel, one Zarr write per patch (same mask, same plan, same codec);
 2. the decode ceiling: libjpeg-turbo (imagecodecs) decoding exactly the source tiles those patches
-   cover, once each, on all cores, from bytes already in memory.
+   cover, once each, on all cores, from bytes already in memory;
+
+and the cost of the patch check (engine.check: tissue, ink, focus, fold, bubble): the same run with
+the check and without it, both storing every readable patch (--keep-rejected, so that they write
+the same patches), and check_patches alone on those decoded patches, on all cores.
 """
 from __future__ import annotations
 
@@ -13,12 +17,14 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from benchmarks import report
+import engine.tile
 import histosynth as synth
-from engine.check import patch_tissue_reference
+from engine.check import SCORES, PatchQC, check_patches
 from engine.mask import tissue_mask_reference
 from engine.plan import plan_tiles_reference
 from engine.store import PatchStore
@@ -71,8 +77,7 @@ def run_baseline(slide: Path, work: Path, cfg: TileConfig) -> tuple[float, int]:
     n = 0
     for x, y in coords.tolist():
         patch = np.asarray(osr.read_region((x, y), 0, (p, p)).convert("RGB"))
-        frac = patch_tissue_reference(patch[None], mres.threshold, cfg.mask.white, cfg.mask.dark, cfg.mask.pen_margin, step=1)
-        if frac[0] >= cfg.check.min_tissue:
+        if check_patches(patch[None], mres.threshold, cfg.mask, cfg.check).passed[0]:
             arr[n] = patch
             n += 1
     return time.perf_counter() - t0, n
@@ -134,6 +139,45 @@ def run_write_ceiling(work: Path, n_patches: int, patch: int, repeats: int = 3) 
     return best
 
 
+def no_check(patches: np.ndarray, threshold: int, mask_params=None, check_params=None) -> PatchQC:
+    """What the tiler would cost without the patch check: every patch passes, with zero scores."""
+    zeros = np.zeros(len(patches), np.float32)
+    return PatchQC({name: zeros for name in SCORES}, np.zeros(len(patches), np.uint8))
+
+
+def run_check_only(store: PatchStore, cfg: TileConfig, repeats: int = 3) -> tuple[float, int]:
+    """Seconds of check_patches alone over a store's decoded patches, in the tiler's batches on
+    its worker threads (patches read into memory first)."""
+    sid = store.slide_ids()[0]
+    patches = store.read_patches(sid)
+    threshold = store.attrs(sid)["mask_threshold"]
+    batches = [patches[i : i + cfg.batch_size] for i in range(0, len(patches), cfg.batch_size)]
+    best = float("inf")
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lambda b: check_patches(b, threshold, cfg.mask, cfg.check), batches))
+            best = min(best, time.perf_counter() - t0)
+    return best, len(patches)
+
+
+def qc_cost(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict]:
+    """Rows and figures of the check's cost: tiling with and without it (both --keep-rejected),
+    and the check alone."""
+    cfg = TileConfig(keep_rejected=True)
+    with_qc = min(run_engine(slide, work, cfg) for _ in range(repeats))
+    rejected = PatchStore.open(work / "store-auto.zarr")
+    check_s, n_checked = run_check_only(rejected, cfg)
+    with mock.patch.object(engine.tile, "check_patches", no_check):
+        without = min(run_engine(slide, work, cfg) for _ in range(repeats))
+    rows = [{"name": "engine.tile --keep-rejected, full patch check", "patches": with_qc[1], "seconds": with_qc[0], "patches/s": with_qc[1] / with_qc[0]},
+            {"name": "engine.tile --keep-rejected, no patch check", "patches": without[1], "seconds": without[0], "patches/s": without[1] / without[0]},
+            {"name": "check_patches alone on the decoded patches, all cores", "patches": n_checked, "seconds": check_s, "patches/s": n_checked / check_s}]
+    figures = {"check: throughput with / without (goal >= 0.85)": (with_qc[1] / with_qc[0]) / (without[1] / without[0]),
+               "check alone: seconds / tiling seconds": check_s / with_qc[0]}
+    return rows, figures
+
+
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks tiling")
     p.add_argument("--size", type=int, default=20480, help="slide side in pixels (>= 20000 for the reported figures)")
@@ -171,6 +215,8 @@ def main(argv, work: Path, out: Path) -> int:
     if "baseline" in results:
         extra["goal x baseline >= 4"] = results["auto"] / results["baseline"]
     extra["goal of ceiling >= 0.6"] = results["auto"] / results["ceiling"]
+    qc_rows, qc_figures = qc_cost(slide, work, a.repeats)
+    extra.update(qc_figures)
     extra["store folder"] = str(work.resolve())
-    print(report.write(out, "tiling", rows, extra))
+    print(report.write(out, "tiling", rows + qc_rows, extra))
     return 0

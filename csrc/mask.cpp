@@ -1,4 +1,5 @@
-// Thumbnail tissue mask: Otsu on saturation, morphology, hole fill, speck removal.
+// Thumbnail mask (0 background, 1 tissue, 2 ink): Otsu on saturation, morphology,
+// hole fill that never crosses ink, speck removal.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -8,6 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "morph.hpp"
 #include "native.hpp"
 #include "pixel.hpp"
 
@@ -18,7 +20,7 @@ namespace {
 
 using Hist = std::array<int64_t, 256>;
 
-// Saturation histogram of candidate pixels and the number of pen pixels.
+// Saturation histogram of candidate pixels and the number of ink (dark or pen) pixels.
 void saturation_histogram(const uint8_t* rgb, int64_t n, const PixelRule& rule,
                           Hist& hist, int64_t& pen) {
   hist.fill(0);
@@ -32,7 +34,7 @@ void saturation_histogram(const uint8_t* rgb, int64_t n, const PixelRule& rule,
       const uint8_t* p = rgb + 3 * i;
       const PixelClass c = classify(p[0], p[1], p[2], rule);
       if (c == kCandidate) ++local[saturation(p[0], p[1], p[2])];
-      else if (c == kPen) ++local_pen;
+      else if (c == kPen || c == kDark) ++local_pen;
     }
 #pragma omp critical
     {
@@ -74,54 +76,10 @@ int otsu(const Hist& hist) {
   return -1;
 }
 
-// Square (2r+1) dilation/erosion of a 0/1 image, separable via running counts.
-// Only in-image pixels are counted, which is the same as padding with 0 for
-// dilation (any 1 -> 1) and with 1 for erosion (all in-image 1 -> 1).
-void morph(uint8_t* m, int64_t h, int64_t w, int r, bool dilate) {
-  if (r <= 0) return;
-  std::vector<uint8_t> tmp(static_cast<size_t>(h * w));
-  // Rows: m -> tmp.
-#pragma omp parallel
-  {
-    std::vector<int32_t> pre(static_cast<size_t>(w + 1));
-#pragma omp for schedule(static)
-    for (int64_t y = 0; y < h; ++y) {
-      const uint8_t* row = m + y * w;
-      pre[0] = 0;
-      for (int64_t x = 0; x < w; ++x) pre[x + 1] = pre[x] + row[x];
-      uint8_t* out = tmp.data() + y * w;
-      for (int64_t x = 0; x < w; ++x) {
-        const int64_t lo = std::max<int64_t>(0, x - r), hi = std::min<int64_t>(w - 1, x + r);
-        const int32_t c = pre[hi + 1] - pre[lo];
-        out[x] = dilate ? (c > 0) : (c == hi - lo + 1);
-      }
-    }
-  }
-  // Columns: tmp -> m, via per-column prefix counts laid out row-major.
-  std::vector<int32_t> pre(static_cast<size_t>((h + 1) * w), 0);
-  for (int64_t y = 0; y < h; ++y) {
-    const int32_t* prev = pre.data() + y * w;
-    int32_t* cur = pre.data() + (y + 1) * w;
-    const uint8_t* row = tmp.data() + y * w;
-    for (int64_t x = 0; x < w; ++x) cur[x] = prev[x] + row[x];
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t y = 0; y < h; ++y) {
-    const int64_t lo = std::max<int64_t>(0, y - r), hi = std::min<int64_t>(h - 1, y + r);
-    const int32_t* a = pre.data() + lo * w;
-    const int32_t* b = pre.data() + (hi + 1) * w;
-    const int32_t full = static_cast<int32_t>(hi - lo + 1);
-    uint8_t* out = m + y * w;
-    for (int64_t x = 0; x < w; ++x) {
-      const int32_t c = b[x] - a[x];
-      out[x] = dilate ? (c > 0) : (c == full);
-    }
-  }
-}
-
 // Labels the connected components of pixels equal to `value` (flood fill;
 // components are inherently sequential so this stays single-threaded).
-// label[i] = component id or -1; area and border-contact per component.
+// label[i] = component id or -1; area and border-or-ink contact per component
+// (a neighbour, in the same connectivity, of value 2 is ink).
 void components(const uint8_t* m, int64_t h, int64_t w, uint8_t value, bool eight,
                 std::vector<int32_t>& label, std::vector<int64_t>& area,
                 std::vector<uint8_t>& border) {
@@ -148,6 +106,7 @@ void components(const uint8_t* m, int64_t h, int64_t w, uint8_t value, bool eigh
           const int64_t ny = y + dy, nx = x + dx;
           if (ny < 0 || nx < 0 || ny >= h || nx >= w) continue;
           const int64_t j = ny * w + nx;
+          if (m[j] == 2) touches = true;
           if (m[j] == value && label[j] < 0) {
             label[j] = id;
             stack.push_back(j);
@@ -160,7 +119,8 @@ void components(const uint8_t* m, int64_t h, int64_t w, uint8_t value, bool eigh
   }
 }
 
-// Background (4-connected) enclosed by tissue; max_area 0 = no size limit.
+// Background (4-connected) enclosed by tissue alone (touching neither the border
+// nor ink); max_area 0 = no size limit.
 void fill_holes(uint8_t* m, int64_t h, int64_t w, int64_t max_area) {
   std::vector<int32_t> label;
   std::vector<int64_t> area;
@@ -183,15 +143,18 @@ void remove_small(uint8_t* m, int64_t h, int64_t w, int64_t min_area) {
     if (label[i] >= 0 && area[label[i]] < min_area) m[i] = 0;
 }
 
-// Returns (mask uint8 (H,W), threshold, pen_count). saturation < 0 means Otsu.
-py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb, int white, int dark,
-                      int pen_margin, int saturation_t, int min_saturation,
-                      int max_saturation, int close_radius, int open_radius,
-                      int64_t max_hole_area, int64_t min_object_area) {
+// Returns (mask uint8 (H,W) of 0/1/2, threshold, ink_count). saturation < 0 means Otsu.
+py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
+                      py::array_t<int32_t, py::array::c_style> od_lut, int white, int dark,
+                      int saturation_t, int min_saturation, int max_saturation,
+                      int close_radius, int open_radius, int ink_speck_radius, int64_t max_hole_area,
+                      int64_t min_object_area) {
   if (rgb.ndim() != 3 || rgb.shape(2) != 3)
     throw std::invalid_argument("rgb must have shape (H, W, 3)");
+  if (od_lut.ndim() != 1 || od_lut.shape(0) != 256)
+    throw std::invalid_argument("od_lut must have 256 entries");
   const int64_t h = rgb.shape(0), w = rgb.shape(1), n = h * w;
-  const PixelRule rule{white, dark, pen_margin};
+  const PixelRule rule{white, dark, od_lut.data()};
   const uint8_t* src = rgb.data();
   py::array_t<uint8_t> mask({h, w});
   uint8_t* out = mask.mutable_data();
@@ -207,15 +170,23 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb, int white, i
       const int t = otsu(hist);
       threshold = t < 0 ? min_saturation : std::clamp(t, min_saturation, max_saturation);
     }
+    std::vector<uint8_t> ink(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const uint8_t* p = src + 3 * i;
-      out[i] = is_tissue(p[0], p[1], p[2], rule, threshold);
+      const PixelClass c = classify(p[0], p[1], p[2], rule);
+      out[i] = c == kCandidate && saturation(p[0], p[1], p[2]) >= threshold;
+      ink[i] = c == kPen || c == kDark;
     }
-    morph(out, h, w, close_radius, true);  // closing
-    morph(out, h, w, close_radius, false);
-    morph(out, h, w, open_radius, false);  // opening
-    morph(out, h, w, open_radius, true);
+    close_open(out, h, w, close_radius, open_radius);
+    // Ink: an opening first drops the scattered stain pixels the rule takes for
+    // ink (else the closing joins them into blobs), the same closing as tissue
+    // joins a stroke across pixels the rule missed, the opening trims; ink wins.
+    morph(ink.data(), h, w, ink_speck_radius, false);
+    morph(ink.data(), h, w, ink_speck_radius, true);
+    close_open(ink.data(), h, w, close_radius, open_radius);
+    for (int64_t i = 0; i < n; ++i)
+      if (ink[i]) out[i] = 2;
     fill_holes(out, h, w, max_hole_area);
     remove_small(out, h, w, min_object_area);
   }
@@ -225,11 +196,11 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb, int white, i
 }  // namespace
 
 void register_mask(py::module_& m) {
-  m.def("tissue_mask", &tissue_mask, py::arg("rgb"), py::arg("white"), py::arg("dark"),
-        py::arg("pen_margin"), py::arg("saturation"), py::arg("min_saturation"),
-        py::arg("max_saturation"), py::arg("close_radius"), py::arg("open_radius"),
+  m.def("tissue_mask", &tissue_mask, py::arg("rgb"), py::arg("od_lut"), py::arg("white"),
+        py::arg("dark"), py::arg("saturation"), py::arg("min_saturation"),
+        py::arg("max_saturation"), py::arg("close_radius"), py::arg("open_radius"), py::arg("ink_speck_radius"),
         py::arg("max_hole_area"), py::arg("min_object_area"),
-        "Tissue mask of an RGB thumbnail -> (mask, threshold, pen_count); saturation < 0 = Otsu.");
+        "Mask (0 background, 1 tissue, 2 ink) of an RGB thumbnail -> (mask, threshold, ink_count).");
 }
 
 }  // namespace histogen

@@ -1,4 +1,4 @@
-// Per-pixel tissue rule shared by the mask (thumbnail) and check (patch) kernels.
+// Per-pixel rule shared by the mask (thumbnail) and check (patch) kernels.
 #pragma once
 
 #include <algorithm>
@@ -6,13 +6,14 @@
 
 namespace histogen {
 
-// Classes in the order the rule tests them; only kCandidate can be tissue.
+// Classes in the order the rule tests them; only kCandidate can be tissue,
+// kDark and kPen are ink.
 enum PixelClass : uint8_t { kWhite = 0, kDark = 1, kPen = 2, kCandidate = 3 };
 
 struct PixelRule {
-  int white;       // min channel >= white -> background
-  int dark;        // max channel < dark -> black background / black ink
-  int pen_margin;  // channel dominance that marks green/cyan/blue ink
+  int white;           // min channel >= white -> background
+  int dark;            // max channel < dark -> black ink / black background
+  const int32_t* od;   // 256-entry optical density table (engine.mask.OD_LUT)
 };
 
 // Integer HSV-style saturation in 0..255.
@@ -22,21 +23,31 @@ inline int saturation(int r, int g, int b) {
   return mx == 0 ? 0 : (255 * (mx - mn)) / mx;
 }
 
+// Ink by where the optical density vector points (its chromaticity o/t) and how
+// dense it is: H&E mixtures keep green absorption high, red absorption between
+// eosin's and haematoxylin's and blue absorption moderate; inks leave that cone.
+// Pale eosin and haematoxylin reach into the red and blue cones only below
+// t ~ 1000, hence the density floors. Bounds in percent of t; see engine/ink.py.
+inline bool is_ink_od(int32_t o_r, int32_t o_g, int32_t o_b) {
+  const int32_t t = o_r + o_g + o_b;
+  if (t < 600) return false;  // below every branch's floor
+  const int32_t mx = std::max(o_r, std::max(o_g, o_b)), mn = std::min(o_r, std::min(o_g, o_b));
+  if (100 * o_g < 32 * t) return true;                                  // green / cyan: green passes
+  if (100 * (mx - mn) < 17 * t && t > 900) return true;                 // black: dense and neutral
+  if (100 * o_r < 15 * t && 100 * o_b > 27 * t && t >= 850) return true;  // red: blue absorbed like green
+  if (100 * o_r < 19 * t && 100 * o_b > 24 * t && t >= 1100) return true;  // dense red, wider cone
+  if (100 * o_r > 36 * t && 100 * o_b > 8 * t && 100 * o_b < 20 * t && 100 * o_g < 52 * t && t >= 700)
+    return true;                                                        // blue: red absorbed above green
+  return false;
+}
+
 inline PixelClass classify(int r, int g, int b, const PixelRule& p) {
   const int mx = std::max(r, std::max(g, b));
   const int mn = std::min(r, std::min(g, b));
   if (mn >= p.white) return kWhite;
   if (mx < p.dark) return kDark;
-  // In H&E red always dominates green, so green above red is ink; blue ink
-  // has r close to g, while haematoxylin purple has r clearly above g.
-  const int m = p.pen_margin;
-  if (g >= r + m) return kPen;
-  if (b >= r + m && b >= g + m && r <= g + m / 2) return kPen;
+  if (is_ink_od(p.od[r], p.od[g], p.od[b])) return kPen;
   return kCandidate;
-}
-
-inline bool is_tissue(int r, int g, int b, const PixelRule& p, int threshold) {
-  return classify(r, g, b, p) == kCandidate && saturation(r, g, b) >= threshold;
 }
 
 }  // namespace histogen

@@ -41,7 +41,7 @@ py::array_t<float> tile_fractions(py::array_t<uint8_t, py::array::c_style> mask,
     for (int64_t y = 0; y < mh; ++y) {
       int64_t* row = sat.data() + (y + 1) * sw;
       const uint8_t* src = m + y * mw;
-      for (int64_t x = 0; x < mw; ++x) row[x + 1] = row[x] + (src[x] != 0);
+      for (int64_t x = 0; x < mw; ++x) row[x + 1] = row[x] + (src[x] == 1);  // 2 is ink, not tissue
     }
     for (int64_t y = 1; y <= mh; ++y) {
       int64_t* row = sat.data() + y * sw;

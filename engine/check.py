@@ -1,8 +1,22 @@
-"""Fast tissue check of decoded patches at full resolution.
+"""Quality check of decoded patches at full resolution: scores and the reasons a patch is rejected.
 
-Applies the per-pixel tissue rule of engine.mask (same threshold, white, dark
-and pen margin) on the sub-grid of rows/cols 0, step, 2*step, ... of each patch,
-so blank, white, black and ink patches are caught after decoding.
+Per patch, on the sub-grid of rows/cols 0, step, 2*step, ... with the pixel rule of engine.mask (the
+slide's saturation threshold, white, dark and the optical-density ink rule of engine.ink):
+  tissue  fraction of sampled pixels that are tissue (not ink)
+  ink     fraction of sampled pixels that are ink, after an opening then a closing of radius
+          ink_radius on the sub-grid (drops the lone stain pixels the rule takes for ink first, so
+          the closing cannot join them into false strokes; then joins a stroke across its tissue)
+  fold    fraction of the tissue whose OD sum oR+oG+oB exceeds fold_od: folded, doubled or
+          over-stained tissue
+  bubble  fraction of sampled pixels that are grey (saturation below the threshold, not white,
+          max channel < grey_max): bubble rims, refraction lines, slide edges, dust
+  clean   fraction of sampled pixels that are tissue and not fold
+and at full resolution on every focus_step-th row:
+  focus   sum of squared 4-neighbour Laplacians of the red-channel OD at distance 2 over the same at
+          distance 4: free of intensity and stain strength; distance 1 is left out because JPEG and
+          rounding noise dominate it. Sharp he/ crops give >= 0.15, Gaussian blur of sigma 2 px below.
+Native kernel csrc/check.cpp (OpenMP over patches, GIL released); patch_qc_reference is the numpy
+copy and agrees exactly.
 """
 
 from __future__ import annotations
@@ -13,40 +27,41 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import _native
-from engine.mask import CANDIDATE, MaskParams, pixel_classes_reference
+from engine.ink import OD_LUT, optical_density
+from engine.mask import CANDIDATE, DARK, PEN, MaskParams, open_close_reference, pixel_classes_reference
+
+SCORES = ("tissue", "ink", "focus", "fold", "bubble", "clean")  # float32 per patch, stored by name
+REASONS = {"tissue": 1, "ink": 2, "blur": 4, "fold": 8, "bubble": 16}  # bits of PatchQC.reasons
 
 
 @dataclass(frozen=True)
 class CheckParams:
-    min_tissue: float = 0.1  # keep patches whose sampled tissue fraction >= this
+    min_tissue: float = 0.1  # reject below this sampled tissue fraction
     step: int = 4  # sample every step-th row and column
+    max_ink: float = 0.05  # reject above this ink fraction
+    min_focus: float = 0.15  # reject below this focus ratio (blur)
+    max_fold: float = 0.5  # reject above this fold fraction of the tissue
+    max_bubble: float = 0.2  # reject above this grey (bubble / edge) fraction
+    ink_radius: int = 2  # opening/closing of ink on the sub-grid (2: pale-stain false ink goes, strokes stay)
+    focus_step: int = 8  # focus on every focus_step-th row (cost)
+    fold_od: int = 2700  # OD sum (1000 per decade) above which tissue is fold
+    grey_max: int = 200  # grey pixels darker than this (max channel) are bubble rims
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue!r}")
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ValueError(f"step must be a positive int, got {self.step!r}")
+        for name in ("min_tissue", "max_ink", "max_fold", "max_bubble"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if isinstance(self.min_focus, bool) or not isinstance(self.min_focus, (int, float)) or self.min_focus < 0:
+            raise ValueError(f"min_focus must be a number >= 0, got {self.min_focus!r}")
+        for name, lo, hi in (("step", 1, None), ("focus_step", 1, None), ("ink_radius", 0, 64), ("fold_od", 0, None), ("grey_max", 0, 256)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+                bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name} must be an int in {bound}, got {v!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def patch_tissue(
-    patches: np.ndarray,
-    threshold: int,
-    white: int = 220,
-    dark: int = 50,
-    pen_margin: int = 30,
-    step: int = 4,
-) -> np.ndarray:
-    """Sampled tissue fraction of each patch (N, P, P, 3) uint8 -> float32 (N,)."""
-    patches = _validate(patches, step)
-    return _native.patch_tissue(patches, int(threshold), int(white), int(dark), int(pen_margin), int(step))
-
-
-# INTERFACE FOR ISSUE 14 (temporary body: only `tissue` is computed; the QC helper replaces it).
-SCORES = ("tissue", "ink", "focus", "fold", "bubble", "clean")  # float32 per patch, stored by name
-REASONS = {"tissue": 1, "ink": 2, "blur": 4, "fold": 8, "bubble": 16}  # bits of PatchQC.reasons
 
 
 @dataclass
@@ -59,11 +74,26 @@ class PatchQC:
         return self.reasons == 0
 
 
-def reasons_of(scores: dict[str, np.ndarray], params: "CheckParams") -> np.ndarray:
+def reasons_of(scores: dict[str, np.ndarray], params: CheckParams) -> np.ndarray:
     """The REASONS bitmask of stored scores under `params` (training may tighten the thresholds)."""
     r = np.zeros(len(scores["tissue"]), np.uint8)
     r[scores["tissue"] < params.min_tissue] |= REASONS["tissue"]
+    r[scores["ink"] > params.max_ink] |= REASONS["ink"]
+    r[scores["focus"] < params.min_focus] |= REASONS["blur"]
+    r[scores["fold"] > params.max_fold] |= REASONS["fold"]
+    r[scores["bubble"] > params.max_bubble] |= REASONS["bubble"]
     return r
+
+
+def patch_qc(
+    patches: np.ndarray, threshold: int, mask_params: MaskParams | None = None, check_params: CheckParams | None = None
+) -> dict[str, np.ndarray]:
+    """SCORES of each patch (N, P, P, 3) uint8 -> name -> float32 (N,) (native kernel)."""
+    mp, cp = mask_params or MaskParams(), check_params or CheckParams()
+    patches = _validate(patches)
+    s = _native.patch_qc(patches, OD_LUT, int(threshold), mp.white, mp.dark, cp.step, cp.ink_radius, cp.focus_step,
+                         cp.fold_od, cp.grey_max)
+    return {name: np.ascontiguousarray(s[:, k]) for k, name in enumerate(SCORES)}
 
 
 def check_patches(
@@ -73,41 +103,62 @@ def check_patches(
     check_params: CheckParams | None = None,
 ) -> PatchQC:
     """Quality scores and rejection reasons of each patch, with the rule of the slide's mask
-    (threshold is MaskResult.threshold of the slide; white/dark/pen_margin from its MaskParams)."""
-    mp = mask_params or MaskParams()
+    (threshold is MaskResult.threshold of the slide; white/dark from its MaskParams)."""
     cp = check_params or CheckParams()
-    tissue = patch_tissue(patches, threshold, mp.white, mp.dark, mp.pen_margin, cp.step)
-    zeros = np.zeros(len(tissue), np.float32)
-    scores = {"tissue": tissue, "ink": zeros, "focus": np.full(len(tissue), np.inf, np.float32), "fold": zeros,
-              "bubble": zeros, "clean": tissue}
+    scores = patch_qc(patches, threshold, mask_params, cp)
     return PatchQC(scores, reasons_of(scores, cp))
 
 
-def patch_tissue_reference(
-    patches: np.ndarray,
-    threshold: int,
-    white: int = 220,
-    dark: int = 50,
-    pen_margin: int = 30,
-    step: int = 4,
-) -> np.ndarray:
-    """Plain numpy reference of patch_tissue; results are identical."""
-    patches = _validate(patches, step)
-    sampled = patches[:, ::step, ::step]
-    cls, sat = pixel_classes_reference(sampled, white, dark, pen_margin)
-    tissue = (cls == CANDIDATE) & (sat >= threshold)
-    count = tissue.sum(axis=(1, 2))
-    size = sampled.shape[1] * sampled.shape[2]
-    fractions = count / size if size else np.zeros(len(patches))
-    return fractions.astype(np.float32)
+# ----------------------------------------------------------------------------
+# Plain numpy reference of the same scores (tests compare against it).
 
 
-def _validate(patches: np.ndarray, step: int) -> np.ndarray:
+def patch_qc_reference(
+    patches: np.ndarray, threshold: int, mask_params: MaskParams | None = None, check_params: CheckParams | None = None
+) -> dict[str, np.ndarray]:
+    mp, cp = mask_params or MaskParams(), check_params or CheckParams()
+    patches = _validate(patches)
+    out = {name: np.zeros(len(patches), np.float32) for name in SCORES}
+    for i, patch in enumerate(patches):
+        m = patch_maps_reference(patch, threshold, mp, cp)
+        n, nt, nf = m["ink"].size, int(m["tissue"].sum()), int(m["fold"].sum())
+        if n:
+            out["tissue"][i], out["ink"][i] = nt / n, int(m["ink"].sum()) / n
+            out["bubble"][i], out["clean"][i] = int(m["bubble"].sum()) / n, (nt - nf) / n
+        out["fold"][i] = nf / nt if nt else 0.0
+        out["focus"][i] = focus_reference(patch, cp.focus_step)
+    return out
+
+
+def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: CheckParams) -> dict[str, np.ndarray]:
+    """bool maps on the sub-grid of one patch (P, P, 3): tissue, ink, fold, bubble."""
+    sampled = patch[:: cp.step, :: cp.step]
+    cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark)
+    ink = open_close_reference((cls == PEN) | (cls == DARK), cp.ink_radius) == 1
+    tissue = (cls == CANDIDATE) & (sat >= threshold) & ~ink
+    fold = tissue & (optical_density(sampled).sum(-1) > cp.fold_od)
+    bubble = (cls == CANDIDATE) & (sat < threshold) & (sampled.max(-1) < cp.grey_max)
+    return {"tissue": tissue, "ink": ink, "fold": fold, "bubble": bubble}
+
+
+def focus_reference(patch: np.ndarray, step: int) -> float:
+    """Laplacian energy of the red-channel OD at distance 2 over distance 4, rows 4, 4 + step, ..."""
+    h, w = patch.shape[:2]
+    if h < 9 or w < 9:
+        return 1.0
+    od = OD_LUT[patch[..., 0]].astype(np.int64)
+    ys = np.arange(4, h - 4, step)
+    c = od[ys, 4:-4]
+    fine = 4 * c - od[ys, 2:-6] - od[ys, 6:-2] - od[ys - 2, 4:-4] - od[ys + 2, 4:-4]
+    coarse = 4 * c - od[ys, :-8] - od[ys, 8:] - od[ys - 4, 4:-4] - od[ys + 4, 4:-4]
+    e1, e2 = int((fine * fine).sum()), int((coarse * coarse).sum())
+    return 1.0 if e2 == 0 else e1 / e2
+
+
+def _validate(patches: np.ndarray) -> np.ndarray:
     patches = np.asarray(patches)
     if patches.dtype != np.uint8:
         raise ValueError(f"patches must be uint8, got dtype {patches.dtype}")
     if patches.ndim != 4 or patches.shape[3] != 3:
         raise ValueError(f"patches must have shape (N, P, P, 3), got {patches.shape}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-        raise ValueError(f"step must be a positive int, got {step!r}")
     return np.ascontiguousarray(patches)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from engine import cluster
@@ -27,16 +27,28 @@ class SlideResult:
     status: str  # done | skipped | failed
     n_patches: int = 0
     error: str = ""
+    n_rejected: int = 0
+    rejected_by: dict[str, int] | None = None  # patches the check rejected, per reason; None: no check ran
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a job that checks patches wrote: its patch count, and the patches the check rejected,
+    in all and per reason (a patch failing two reasons counts under both)."""
+
+    n_patches: int
+    n_rejected: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide's work: `work()` returns the number of patches it wrote, or None where the store
-    already held the slide complete (skipped). `where` names the slide in messages."""
+    """One slide's work: `work()` returns the number of patches it wrote (or a Written), or None
+    where the store already held the slide complete (skipped). `where` names the slide in messages."""
 
     slide_id: str
     where: str
-    work: Callable[[], int | None]
+    work: Callable[[], int | Written | None]
 
 
 def guarded(job: SlideJob) -> SlideResult:
@@ -54,6 +66,8 @@ def guarded(job: SlideJob) -> SlideResult:
         return SlideResult(job.slide_id, "failed", error=f"{job.where}: unexpected {type(e).__name__}: {e}")
     if n is None:
         return SlideResult(job.slide_id, "skipped")
+    if isinstance(n, Written):
+        return SlideResult(job.slide_id, "done", n.n_patches, n_rejected=n.n_rejected, rejected_by=n.rejected_by)
     return SlideResult(job.slide_id, "done", n)
 
 
@@ -144,6 +158,14 @@ class Summary:
             f"{self.count('skipped')} skipped ({self.skipped_as})",
             f"patches: {self.n_patches} in {self.seconds:.1f} s ({rate:.1f} patches/s)",
         ]
+        checked = [r for r in self.results if r.status == "done" and r.rejected_by is not None]
+        if checked:
+            by: dict[str, int] = {}
+            for r in checked:
+                for reason, k in r.rejected_by.items():
+                    by[reason] = by.get(reason, 0) + k
+            detail = ", ".join(f"{reason} {k}" for reason, k in by.items() if k)
+            lines.append(f"rejected: {sum(r.n_rejected for r in checked)}" + (f" ({detail})" if detail else ""))
         if self.store is not None:
             lines.append(f"store: {self.store}")
         if self.ran_on:

@@ -1,19 +1,21 @@
-"""Tissue mask of a low-resolution slide thumbnail.
+"""Mask of a low-resolution slide thumbnail: 0 background, 1 tissue, 2 ink.
 
 Per-pixel rule (shared with engine.check, native copy in csrc/pixel.hpp), for
 RGB uint8 with mx/mn the max/min channel and
 sat = 0 if mx == 0 else 255 * (mx - mn) // mx:
-  white  mn >= white                                  -> not tissue
-  dark   mx < dark                                    -> not tissue
-  pen    g >= r + m, or (b >= r + m and b >= g + m and r <= g + m // 2)
-                                                      -> not tissue (ink)
+  white  mn >= white                                  -> background
+  dark   mx < dark                                    -> ink (black)
+  pen    the optical-density ink rule of engine.ink   -> ink
   else   tissue iff sat >= threshold.
 
 Pipeline: Otsu threshold on the saturation of non-white/dark/pen pixels
-(clamped), raw mask, closing then opening with a square element (dilation pads
-with 0, erosion with 1 so the border does not eat tissue), fill enclosed
-4-connected background holes, drop 8-connected specks. Everything is integer
-so the native kernel and the numpy reference agree exactly.
+(clamped), raw tissue and raw ink, each closed then opened with a square
+element (dilation pads with 0, erosion with 1 so the border does not eat
+tissue); ink is opened with ink_speck_radius first, so that the closing cannot
+join scattered stain pixels the rule takes for ink into blobs; ink overrides
+tissue, fill 4-connected background holes enclosed by tissue alone (a region touching the border or ink is not a hole), drop
+8-connected tissue specks. Everything is integer so the native kernel and the
+numpy reference agree exactly. Only 1 is tissue (engine.plan counts mask == 1).
 """
 
 from __future__ import annotations
@@ -25,33 +27,35 @@ import numpy as np
 from scipy import ndimage
 
 from engine import _native
+from engine.ink import OD_LUT, is_ink_reference
 
 # Pixel classes, in the order the rule tests them (csrc/pixel.hpp).
 WHITE, DARK, PEN, CANDIDATE = 0, 1, 2, 3
+# Mask values.
+BACKGROUND, TISSUE, INK = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class MaskParams:
     white: int = 220  # min channel >= white: background glass
-    dark: int = 50  # max channel < dark: black background / ink
-    pen_margin: int = 30  # channel dominance that marks green/blue ink
+    dark: int = 50  # max channel < dark: black ink / black background
     saturation: int | None = None  # fixed threshold; None = Otsu
     min_saturation: int = 20  # Otsu result is clamped to [min, max]
     max_saturation: int = 40  # Otsu alone splits pale eosin from haematoxylin and drops the pale tissue
     close_radius: int = 2  # square side 2r+1; 0 skips
     open_radius: int = 2
+    ink_speck_radius: int = 1  # ink opened with this first: lone false-ink pixels go before the closing
     max_hole_area: int = 0  # largest hole filled (mask pixels); 0 = no limit
     min_object_area: int = 16  # smaller tissue components are dropped
 
     def __post_init__(self) -> None:
         for name in ("white", "dark"):
             _check_int(name, getattr(self, name), 0, 256)
-        _check_int("pen_margin", self.pen_margin, 0, 255)
         if self.saturation is not None:
             _check_int("saturation", self.saturation, 0, 255)
         _check_int("min_saturation", self.min_saturation, 0, 255)
         _check_int("max_saturation", self.max_saturation, self.min_saturation, 255)
-        for name in ("close_radius", "open_radius", "max_hole_area", "min_object_area"):
+        for name in ("close_radius", "open_radius", "ink_speck_radius", "max_hole_area", "min_object_area"):
             _check_int(name, getattr(self, name), 0, None)
 
     def to_dict(self) -> dict:
@@ -60,25 +64,26 @@ class MaskParams:
 
 @dataclass(frozen=True)
 class MaskResult:
-    mask: np.ndarray  # uint8 (H, W) of 0/1
+    mask: np.ndarray  # uint8 (H, W): BACKGROUND 0, TISSUE 1, INK 2
     threshold: int  # saturation threshold actually used
-    pen_fraction: float  # fraction of all pixels flagged as pen ink
+    pen_fraction: float  # fraction of all pixels the pixel rule calls ink (dark or pen), before cleanup
 
 
 def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
-    """Tissue mask of an RGB thumbnail (H, W, 3) uint8 (native kernel)."""
+    """Mask (0 background, 1 tissue, 2 ink) of an RGB thumbnail (H, W, 3) uint8 (native kernel)."""
     params = params or MaskParams()
     rgb = _validate_rgb(rgb)
     mask, threshold, pen = _native.tissue_mask(
         rgb,
+        OD_LUT,
         params.white,
         params.dark,
-        params.pen_margin,
         -1 if params.saturation is None else params.saturation,
         params.min_saturation,
         params.max_saturation,
         params.close_radius,
         params.open_radius,
+        params.ink_speck_radius,
         params.max_hole_area,
         params.min_object_area,
     )
@@ -89,19 +94,15 @@ def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult
 # Plain numpy/scipy reference of the same algorithm (tests compare against it).
 
 
-def pixel_classes_reference(
-    rgb: np.ndarray, white: int, dark: int, pen_margin: int
-) -> tuple[np.ndarray, np.ndarray]:
+def pixel_classes_reference(rgb: np.ndarray, white: int, dark: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel class (WHITE/DARK/PEN/CANDIDATE) and saturation, both (H, W)."""
     r, g, b = (rgb[..., k].astype(np.int32) for k in range(3))
     mx = np.maximum(np.maximum(r, g), b)
     mn = np.minimum(np.minimum(r, g), b)
     sat = np.where(mx == 0, 0, (255 * (mx - mn)) // np.maximum(mx, 1))
-    m = pen_margin
-    pen = (g >= r + m) | ((b >= r + m) & (b >= g + m) & (r <= g + m // 2))
     cls = np.full(r.shape, CANDIDATE, np.uint8)
     # Assign in reverse rule order so the earlier rule wins.
-    cls[pen] = PEN
+    cls[is_ink_reference(rgb)] = PEN
     cls[mx < dark] = DARK
     cls[mn >= white] = WHITE
     return cls, sat
@@ -140,11 +141,30 @@ def _box(mask: np.ndarray, r: int, dilate: bool) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def open_reference(mask: np.ndarray, r: int) -> np.ndarray:
+    """Opening of a 0/1 mask with a square element -> uint8."""
+    return _box(_box(mask.astype(np.uint8), r, False), r, True)
+
+
+def close_open_reference(mask: np.ndarray, close_r: int, open_r: int) -> np.ndarray:
+    """Closing then opening of a 0/1 mask with square elements -> uint8."""
+    mask = mask.astype(np.uint8)
+    mask = _box(_box(mask, close_r, True), close_r, False)
+    return _box(_box(mask, open_r, False), open_r, True)
+
+
+def open_close_reference(mask: np.ndarray, r: int) -> np.ndarray:
+    """Opening then closing of a 0/1 mask with a square element -> uint8 (the check's ink)."""
+    mask = mask.astype(np.uint8)
+    mask = _box(_box(mask, r, False), r, True)
+    return _box(_box(mask, r, True), r, False)
+
+
 def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
     """Readable reference of tissue_mask; results are identical."""
     params = params or MaskParams()
     rgb = _validate_rgb(rgb)
-    cls, sat = pixel_classes_reference(rgb, params.white, params.dark, params.pen_margin)
+    cls, sat = pixel_classes_reference(rgb, params.white, params.dark)
     if params.saturation is not None:
         threshold = params.saturation
     else:
@@ -154,30 +174,32 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
             if t is None
             else min(max(t, params.min_saturation), params.max_saturation)
         )
-    mask = ((cls == CANDIDATE) & (sat >= threshold)).astype(np.uint8)
+    mask = close_open_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius, params.open_radius)
+    ink = open_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
+    ink = close_open_reference(ink, params.close_radius, params.open_radius)
+    mask[ink == 1] = INK
 
-    mask = _box(_box(mask, params.close_radius, True), params.close_radius, False)
-    mask = _box(_box(mask, params.open_radius, False), params.open_radius, True)
-
-    # Holes: 4-connected background components not touching the border.
-    labels, _ = ndimage.label(mask == 0, structure=ndimage.generate_binary_structure(2, 1))
+    # Holes: 4-connected background components touching neither the border nor ink.
+    cross = ndimage.generate_binary_structure(2, 1)
+    labels, _ = ndimage.label(mask == BACKGROUND, structure=cross)
     area = np.bincount(labels.ravel())
     enclosed = np.ones(len(area), bool)
-    enclosed[0] = False  # label 0 is tissue, not a hole
+    enclosed[0] = False  # label 0 is tissue or ink, not a hole
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     enclosed[border] = False
+    enclosed[labels[ndimage.binary_dilation(mask == INK, cross)]] = False
     if params.max_hole_area > 0:
         enclosed &= area <= params.max_hole_area
     mask[enclosed[labels]] = 1
 
     # Specks: 8-connected tissue components smaller than min_object_area.
-    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    labels, _ = ndimage.label(mask == TISSUE, structure=np.ones((3, 3), bool))
     area = np.bincount(labels.ravel())
     small = area < params.min_object_area
     small[0] = False
     mask[small[labels]] = 0
 
-    pen_fraction = int(np.count_nonzero(cls == PEN)) / cls.size
+    pen_fraction = int(np.count_nonzero((cls == PEN) | (cls == DARK))) / cls.size
     return MaskResult(mask, int(threshold), pen_fraction)
 
 

@@ -4,7 +4,8 @@ Tiles lie on a level-0 grid (top-left x in range(0, W0 - tile0 + 1, stride0),
 y likewise, row-major) and only tiles fully inside the slide are considered:
 edge tiles are excluded, never padded. A tile's tissue fraction is measured on
 the thumbnail mask (mh, mw) through a summed-area table, mapping each level-0
-coordinate v to the mask with exact integer rounding
+coordinate v to the mask with exact integer rounding (only mask value 1 is
+tissue: 2 is ink, engine.mask)
 m = (2*v*mw + W0) // (2*W0), clamped to [0, mw] (mh, H0 for y).
 """
 
@@ -39,7 +40,7 @@ class PlanParams:
 def tile_fractions(
     mask: np.ndarray, level0_size: tuple[int, int], boxes: np.ndarray
 ) -> np.ndarray:
-    """Mask fraction inside each level-0 box (N, 4) as x, y, w, h -> float32 (N,)."""
+    """Tissue (mask == 1) fraction inside each level-0 box (N, 4) as x, y, w, h -> float32 (N,)."""
     mask, (width0, height0), boxes = _validate(mask, level0_size, boxes)
     return _native.tile_fractions(mask, width0, height0, boxes)
 
@@ -73,7 +74,7 @@ def tile_fractions_reference(
     mask, (width0, height0), boxes = _validate(mask, level0_size, boxes)
     mh, mw = mask.shape
     sat = np.zeros((mh + 1, mw + 1), np.int64)
-    sat[1:, 1:] = (mask != 0).cumsum(0).cumsum(1)
+    sat[1:, 1:] = (mask == 1).cumsum(0).cumsum(1)
     x, y, w, h = boxes.T
 
     def to_mask(v, m, level0):

@@ -4,17 +4,22 @@
       slides/<slide_id>/        attrs: provenance, n_patches, status ("writing" until "complete")
         images  uint8 (N, P, P, 3)   chunks of one patch, sharded, lossless
         coords  int64 (N, 2)         level-0 x, y of the top-left corner
-        tissue  float32 (N,)         tissue fraction of the patch
+        tissue  float32 (N,)         tissue fraction of the patch (also qc/tissue; kept for older readers)
+        qc/                          the patch check's results; attrs: params (the CheckParams thresholds),
+                                     reasons (the bit of each rejection reason)
+          <score> float32 (N,)       one per engine.check.SCORES name (tissue, ink, focus, ...)
+          reasons uint8 (N,)         the reason bits a patch fails (0 = passes; others only with --keep-rejected)
         mask    uint8 (h, w)         tissue mask at thumbnail scale; attrs: downsample
         embeddings float32 (N, D)    added later by engine.embed; attrs: model, revision, ..., status
 
 A slide group becomes "complete" only after all of it is flushed; readers see complete groups only,
-and a resumed run deletes and redoes the rest.
+and a resumed run deletes and redoes the rest. Stores written before the patch check had scores
+have no qc/ group: `qc` and `qc_attrs` return None for them, and all their patches pass.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import google_crc32c
 import numcodecs
@@ -25,6 +30,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from engine import location
+from engine.check import REASONS, SCORES, PatchQC
 from engine.errors import UserError
 from engine.location import Location
 
@@ -40,11 +46,18 @@ class StoreError(UserError):
 
 @dataclass(frozen=True)
 class SlideRef:
-    """A complete slide of a store and its patch count: what training, eval and export iterate over."""
+    """A complete slide of a store and the patches of it that are used: what training, eval and
+    export iterate over. `rows`: the store rows of those n patches, in order (None: rows 0..n-1);
+    not part of equality, so that refs compare by slide."""
 
     store: str
     slide: str
     n: int
+    rows: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def store_rows(self, i):
+        """The store rows of the ref's patches `i` (ints or an int array)."""
+        return i if self.rows is None else self.rows[i]
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,21 @@ class PatchStore:
         """float32 (N,): each patch's tissue fraction at full resolution."""
         return self.slide(slide_id)["tissue"][:]
 
+    def qc(self, slide_id: str) -> PatchQC | None:
+        """The check's scores (float32 (N,) by name) and reason bits (uint8 (N,)) of each patch;
+        None for a slide written before the check had scores (all its patches passed)."""
+        g = self.slide(slide_id)
+        if "qc" not in g:
+            return None
+        arrays = {name: a[:] for name, a in g["qc"].arrays()}
+        return PatchQC(arrays, arrays.pop("reasons"))
+
+    def qc_attrs(self, slide_id: str) -> dict | None:
+        """The check's settings: params (the CheckParams thresholds the slide was tiled with) and
+        reasons (the bit of each reason); None where the slide has no qc group."""
+        g = self.slide(slide_id)
+        return dict(g["qc"].attrs) if "qc" in g else None
+
     def mask(self, slide_id: str) -> tuple[np.ndarray, dict]:
         """The tissue mask at thumbnail scale, uint8 (h, w), and its attributes (downsample, params)."""
         m = self.slide(slide_id)["mask"]
@@ -257,8 +285,11 @@ class PatchStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def begin_slide(self, slide_id: str, attrs: dict, capacity: int, codec: Codec, shard: int = 16) -> "SlideWriter":
-        """Start (or restart) a slide group; whatever an earlier, unfinished run left is dropped."""
+    def begin_slide(self, slide_id: str, attrs: dict, capacity: int, codec: Codec, shard: int = 16,
+                    check: dict | None = None) -> "SlideWriter":
+        """Start (or restart) a slide group; whatever an earlier, unfinished run left is dropped.
+        `check`: the CheckParams (as a dict) the patches are checked with; its PatchQC then comes
+        with each append and is stored in qc/. None: tissue fractions only (no qc group)."""
         slides = self._slides()
         if slide_id in slides:
             del slides[slide_id]
@@ -274,7 +305,7 @@ class PatchStore:
             compressors=codec.compressors(),
             fill_value=0,
         )
-        return SlideWriter(group, images, shard, codec)
+        return SlideWriter(group, images, shard, codec, check)
 
 
 class SlideWriter:
@@ -285,26 +316,33 @@ class SlideWriter:
     zarr v3 sharding codec declared in the array's metadata reads them. Going through zarr's
     codec pipeline instead cost 3x the CPU of the compression itself on the tiler's hot path."""
 
-    def __init__(self, group: zarr.Group, images: zarr.Array, shard: int, codec: Codec):
-        self.group, self.images, self.shard = group, images, shard
+    def __init__(self, group: zarr.Group, images: zarr.Array, shard: int, codec: Codec, check: dict | None = None):
+        self.group, self.images, self.shard, self.check = group, images, shard, check
         self._encode_chunk = codec.encoder()
         self.n = 0
         self._chunks: list[bytes] = []
         self._coords: list[np.ndarray] = []
         self._tissue: list[np.ndarray] = []
+        self._qc: list[PatchQC] = []
 
     def encode(self, images: np.ndarray) -> list[bytes]:
         """One encoded chunk per patch; safe to call from worker threads."""
         return [self._encode_chunk(np.ascontiguousarray(p)) for p in images]
 
-    def append(self, images, coords: np.ndarray, tissue: np.ndarray) -> None:
-        """`images`: (n, P, P, 3) uint8, or what `encode` made of them."""
+    def append(self, images, coords: np.ndarray, qc: PatchQC | np.ndarray) -> None:
+        """`images`: (n, P, P, 3) uint8, or what `encode` made of them; `qc`: their PatchQC where
+        the slide was begun with `check`, else their tissue fractions."""
+        if (self.check is not None) != isinstance(qc, PatchQC):
+            raise TypeError("append takes a PatchQC exactly when the slide was begun with check params")
         chunks = self.encode(images) if isinstance(images, np.ndarray) else list(images)
         if not chunks:
             return
         self._chunks += chunks
         self._coords.append(np.asarray(coords, np.int64).reshape(-1, 2))
-        self._tissue.append(np.asarray(tissue, np.float32).reshape(-1))
+        if isinstance(qc, PatchQC):
+            self._qc.append(qc)
+            qc = qc.scores["tissue"]
+        self._tissue.append(np.asarray(qc, np.float32).reshape(-1))
         while len(self._chunks) >= self.shard:
             self._write_shard(self._chunks[: self.shard])
             del self._chunks[: self.shard]
@@ -338,8 +376,24 @@ class SlideWriter:
         # for dead that was not) writes the same arrays; whichever finishes last, they agree.
         self.group.create_array("coords", data=coords, chunks=(max(1, min(len(coords), 65536)), 2), overwrite=True)
         self.group.create_array("tissue", data=tissue, chunks=(max(1, min(len(tissue), 65536)),), overwrite=True)
+        if self.check is not None:
+            self._write_qc()
         m = self.group.create_array("mask", data=np.ascontiguousarray(mask, np.uint8), overwrite=True)
         m.attrs.update(_jsonable(mask_attrs))
         self.group.attrs.update(_jsonable({**attrs, "n_patches": self.n}))
         self.group.attrs["status"] = COMPLETE  # last: a reader trusts a group only after this
         return self.n
+
+    def _write_qc(self) -> None:
+        names = self._qc[0].scores if self._qc else SCORES
+        columns = {n: _concat([qc.scores[n] for qc in self._qc], np.float32) for n in names}
+        columns["reasons"] = _concat([qc.reasons for qc in self._qc], np.uint8)
+        assert all(len(c) == self.n for c in columns.values())
+        g = self.group.require_group("qc")
+        g.attrs.update(_jsonable({"params": self.check, "reasons": REASONS}))
+        for name, c in columns.items():
+            g.create_array(name, data=c, chunks=(max(1, min(len(c), 65536)),), overwrite=True)
+
+
+def _concat(parts: list, dtype) -> np.ndarray:
+    return np.concatenate([np.asarray(p, dtype).reshape(-1) for p in parts]) if parts else np.zeros(0, dtype)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, cluster, jobs
-from engine.check import CheckParams, check_patches
+from engine.check import REASONS, CheckParams, PatchQC, check_patches
 from engine.discover import fingerprint, slide_files, slide_ids
 from engine.errors import run_command, setup_logging
 from engine.location import Location, location, open_write, with_suffix
@@ -47,6 +47,7 @@ class TileConfig:
     mask_downsample: float = 16.0  # level-0 pixels per mask pixel
     mask: MaskParams = field(default_factory=MaskParams)
     check: CheckParams = field(default_factory=CheckParams)
+    keep_rejected: bool = False  # store the patches the check rejects too, with their reasons
     codec: Codec = field(default_factory=Codec)
     # How it runs (not part of the store's identity):
     backend: str = "auto"
@@ -93,10 +94,10 @@ def read_batch(slide: Slide, coords: np.ndarray, geom: Geometry, patch_size: int
 
 
 def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, plan: PatchPlan, provenance: dict,
-               qa_dir: Location | None = None, progress: bool | None = False) -> np.ndarray:
+               qa_dir: Location | None = None, progress: bool | None = False) -> tuple[np.ndarray, jobs.Written]:
     """Tile one open slide into its group of `store` as `plan` (engine.patch_plan) says; returns the
-    indices, among the patches planned, of those written, in order. `progress`: a patch bar (or
-    status lines) as engine.progress.Progress's `show`."""
+    indices, among the patches planned, of those written, in order, and what was written and
+    rejected. `progress`: a patch bar (or status lines) as engine.progress.Progress's `show`."""
     info = mpp_info(slide, cfg.assume_mpp)
     geom = plan.geometry(slide, info)
     thumb = slide.thumbnail(cfg.mask_downsample)
@@ -117,54 +118,61 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
         "pen_fraction": float(mres.pen_fraction),
         "n_candidates": int(len(coords)),
     }
-    writer = store.begin_slide(slide_id, attrs, capacity=len(coords), codec=cfg.codec)
-    kept, rejected, failed = [], [], []
+    writer = store.begin_slide(slide_id, attrs, capacity=len(coords), codec=cfg.codec, check=cfg.check.to_dict())
+    kept, rejected, reasons, failed = [], [], [], []
 
     def work(start):
         idx = np.arange(start, min(start + cfg.batch_size, len(coords)))
         patches, ok, errors = read_batch(slide, coords[idx], geom, cfg.plan.patch_size)
         qc = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
-        fractions = qc.scores["tissue"]
-        keep = plan.keep(qc.passed, ok)
-        return idx, writer.encode(patches[keep]), fractions, keep, ok, errors
+        rejected = ok & ~plan.keep(qc.passed, ok)
+        keep = plan.keep(qc.passed | cfg.keep_rejected, ok)
+        return idx, writer.encode(patches[keep]), qc, keep, rejected, errors
 
     # Batches are read, checked and compressed on worker threads (decoders, the native check and
     # the codec release the GIL) while this thread writes finished ones in order as whole shards;
     # at most 2 x workers batches are in flight.
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="read") as pool, \
             Progress(len(coords), slide_id, "patch", leave=False, show=progress) as bar:
-        for idx, encoded, fractions, keep, ok, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size), 2 * cfg.workers):
-            writer.append(encoded, coords[idx[keep]], fractions[keep])
+        for idx, encoded, qc, keep, rej, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size), 2 * cfg.workers):
+            writer.append(encoded, coords[idx[keep]], PatchQC({k: v[keep] for k, v in qc.scores.items()}, qc.reasons[keep]))
             kept.append(idx[keep])
-            rejected.append(idx[ok & ~keep])
+            rejected.append(idx[rej])
+            reasons.append(qc.reasons[rej])
             failed += errors
             bar.update(len(idx))
-    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    rejected = np.concatenate(rejected) if rejected else np.zeros(0, np.int64)
+    kept, rejected, reasons = _concat(kept, np.int64), _concat(rejected, np.int64), _concat(reasons, np.uint8)
+    rejected_by = {name: int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}  # a patch counts under each of its reasons
     writer.finish(
         mres.mask,
         {"downsample": [slide.dimensions[0] / mres.mask.shape[1], slide.dimensions[1] / mres.mask.shape[0]], "params": dataclasses.asdict(cfg.mask)},
-        {"n_rejected": len(rejected), "n_failed": len(failed), "failed_patches": failed[:1000]},
+        {"n_rejected": len(rejected), "n_rejected_by": rejected_by, "n_failed": len(failed), "failed_patches": failed[:1000]},
     )
     if failed:
         log.warning("%s: %d patch(es) skipped: %s", slide.path, len(failed), failed[0]["error"])
     if qa_dir is not None:
-        pic = qa_picture(thumb, mres.mask, cfg.mask_downsample, geom.tile0, coords[kept], coords[rejected], [(f["x"], f["y"]) for f in failed])
+        passed = np.setdiff1d(kept, rejected)  # --keep-rejected writes rejected patches too; they show their reason
+        pic = qa_picture(thumb, mres.mask, cfg.mask_downsample, geom.tile0, coords[passed], coords[rejected], reasons,
+                         [(f["x"], f["y"]) for f in failed])
         with open_write(qa_dir, f"{slide_id}.png") as f:
             pic.save(f, format="PNG", compress_level=1)  # zlib's default costs 0.15 s a slide
-    return kept
+    return kept, jobs.Written(len(kept), len(rejected), rejected_by)
+
+
+def _concat(parts: list, dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def tile_file(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, plan: PatchPlan, provenance: dict,
-              qa_dir: Location | None = None, progress: bool | None = False) -> np.ndarray:
+              qa_dir: Location | None = None, progress: bool | None = False) -> tuple[np.ndarray, jobs.Written]:
     """`tile_slide` on the slide file at `path`."""
     reuse_freed_memory()  # here, so that it holds in every process that tiles (Dask workers too)
     t0 = time.perf_counter()
     with open_slide(path, cfg.backend) as slide:
         provenance = {"source": str(path.resolve()), "created_by": f"histogen {__version__}", **provenance}
-        kept = tile_slide(slide, slide_id, store, cfg, plan, provenance, qa_dir, progress)
+        kept, written = tile_slide(slide, slide_id, store, cfg, plan, provenance, qa_dir, progress)
     log.info("%s: %d patches in %.1f s", slide_id, len(kept), time.perf_counter() - t0)
-    return kept
+    return kept, written
 
 
 def qa_folder(out: Location, cfg: TileConfig, qa_dir: Location | None) -> Location | None:
@@ -172,11 +180,11 @@ def qa_folder(out: Location, cfg: TileConfig, qa_dir: Location | None) -> Locati
     return with_suffix(out, ".qa") if qa_dir is None and cfg.qa else qa_dir
 
 
-def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress) -> int | None:
+def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress) -> jobs.Written | None:
     identity = {"fingerprint": fingerprint(path)}
     if jobs.up_to_date(store, slide_id, path, identity):
         return None
-    return len(tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp), identity, qa_dir, progress))
+    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp), identity, qa_dir, progress)[1]
 
 
 def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
@@ -242,8 +250,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
     p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
     p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
+    p.add_argument("--keep-rejected", action="store_true", help="store the patches the check rejects too, with their reasons")
+    add_check_options(p)
     add_run_options(p)
     return p.parse_args(argv)
+
+
+def add_check_options(p: argparse.ArgumentParser) -> None:
+    """A flag per threshold of CheckParams (its min_* and max_* fields: --max-ink, --min-focus, ...),
+    or --check-NAME where the plain name is taken (--min-tissue is the mask's)."""
+    d = CheckParams()
+    for f in dataclasses.fields(CheckParams):
+        if not f.name.startswith(("min_", "max_")):
+            continue
+        kw = dict(type=float, default=None, metavar="VALUE", dest=f"check_{f.name}", help=f"patch check threshold (default {getattr(d, f.name)})")
+        try:
+            p.add_argument(f"--{f.name.replace('_', '-')}", **kw)
+        except argparse.ArgumentError:
+            p.add_argument(f"--check-{f.name.replace('_', '-')}", **kw)
+
+
+def check_params(a: argparse.Namespace) -> CheckParams:
+    """The CheckParams of `add_check_options`' arguments (defaults where not given)."""
+    given = {f.name: getattr(a, f"check_{f.name}", None) for f in dataclasses.fields(CheckParams)}
+    return CheckParams(**{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv=None) -> int:
@@ -251,7 +281,8 @@ def main(argv=None) -> int:
     setup_logging(a.debug)
 
     def job() -> int:
-        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp)
+        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp, check=check_params(a),
+                                   keep_rejected=a.keep_rejected)
         summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir,
                               show_progress=False if a.quiet else None, scheduler=scheduler)
         print(summary.text())

@@ -1,6 +1,7 @@
 """Training batches from patch stores, and the slides they come from.
 
-Complete slide groups only; train/validation split by slide (neighbouring patches of one slide
+Complete slide groups only, and of them the patches that pass the patch check (histogen.selection);
+train/validation split by slide (neighbouring patches of one slide
 leak into each other, so never split patches); each step's batch is a pure function of (seed,
 step), so a resumed run sees the same batches as an uninterrupted one and the processes of a
 distributed run take disjoint slices of the same global batch. Patches are read by DataLoader
@@ -21,6 +22,7 @@ from engine.pipeline import Transform, make_resizer
 from engine.runtime import cuda_available
 from engine.store import PatchStore, SlideRef, StoreError
 from histogen.config import RunConfig
+from histogen.selection import select
 from histogen.stain import stain_jitter
 
 log = logging.getLogger("histogen.batches")
@@ -37,9 +39,12 @@ def open_store(path) -> PatchStore:
         raise DataError(str(e)) from e
 
 
-def list_slides(stores: list[Path], resolution: int | None = None, conditional: bool = False) -> list[SlideRef]:
-    """The complete slides with patches of `stores`, for training and evaluation. `resolution`:
-    refuse stores whose patches are smaller; `conditional`: refuse slides without embeddings."""
+def list_slides(stores: list[Path], resolution: int | None = None, conditional: bool = False, qc: dict | None = None,
+                strict: bool = True) -> list[SlideRef]:
+    """The complete slides of `stores` with patches that pass the check (tightened by `qc`, a
+    run's data.qc; `strict`: a looser threshold is refused, else ignored), each ref holding the
+    rows of those patches, for training and evaluation. `resolution`: refuse stores whose patches
+    are smaller; `conditional`: refuse slides without embeddings."""
     refs = []
     for path in stores:
         store = open_store(path)
@@ -50,9 +55,12 @@ def list_slides(stores: list[Path], resolution: int | None = None, conditional: 
             if conditional and store.embeddings_attrs(ref.slide) is None:
                 raise DataError(f"{path}: slide {ref.slide} has no embeddings but the preset is conditional; "
                                 f"run python -m engine.embed --store {path}, or --set data.conditional=false")
-            refs.append(ref)
+            ref = select(store, ref, qc or {}, strict)
+            if ref.n:
+                refs.append(ref)
     if not refs:
-        raise DataError(f"{', '.join(map(str, stores))}: no complete slide with patches; tile slides first (python -m engine.tile)")
+        raise DataError(f"{', '.join(map(str, stores))}: no complete slide with patches that pass the check; "
+                        "tile slides first (python -m engine.tile), or loosen data.qc")
     return refs
 
 
@@ -78,8 +86,8 @@ def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[
 
 
 class SlidePatches(Dataset):
-    """Patch i of the concatenated slides -> (uint8 (P, P, 3), float32 (D,) embedding or (0,)).
-    Stores are opened lazily in each worker process."""
+    """Patch i of the concatenated slides' patches in use (each ref's `rows`) -> (uint8 (P, P, 3),
+    float32 (D,) embedding or (0,)). Stores are opened lazily in each worker process."""
 
     def __init__(self, refs: list[SlideRef], conditional: bool):
         self.refs, self.conditional = refs, conditional
@@ -95,13 +103,13 @@ class SlidePatches(Dataset):
             r = self.refs[k]
             store = PatchStore.open(r.store)
             self._images[k] = store.images(r.slide)
-            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((r.n, 0), np.float32)
+            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((store.n_patches(r.slide), 0), np.float32)
         return self._images[k], self._emb[k]
 
     def __getitem__(self, i: int):
         k = int(np.searchsorted(self.starts, i, side="right") - 1)
         images, emb = self._open(k)
-        j = i - int(self.starts[k])
+        j = int(self.refs[k].store_rows(i - int(self.starts[k])))
         return images[j], emb[j]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.check import CheckParams
 from engine.errors import UserError
 from histogen.models.registry import KINDS
 from histogen.models.task import require
@@ -97,9 +98,22 @@ class DataConfig:
     conditional: bool = False  # condition on the slide's Path Foundation embedding of each patch
     workers: int = 2  # DataLoader processes reading the stores
     pipeline: str = "auto"  # engine.pipeline backend for resize and augmentation
+    # Patch-check thresholds tighter than the store's (e.g. {max_ink: 0.001}): applied to the stored
+    # scores, so patches that pass at tiling but fail these are left out without re-tiling.
+    qc: dict = field(default_factory=dict)
 
     def __post_init__(self):
         require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
+        known = qc_thresholds()
+        unknown = sorted(set(self.qc) - set(known))
+        require(not unknown, f"unknown data.qc key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(known)}")
+        for k, v in self.qc.items():
+            require(isinstance(v, (int, float)) and not isinstance(v, bool), f"data.qc.{k}: expected a number, got {v!r}")
+
+
+def qc_thresholds() -> list[str]:
+    """The thresholds of engine.check.CheckParams (its min_* and max_* fields): what data.qc may set."""
+    return [f.name for f in dataclasses.fields(CheckParams) if f.name.startswith(("min_", "max_"))]
 
 
 @dataclass

@@ -77,7 +77,7 @@ class Side:
 
 @dataclass
 class Patches:
-    """A seeded draw of patches from slides: rows of (slide index, patch index), in read order."""
+    """A seeded draw of patches from slides: rows of (slide index, store row), in read order."""
 
     refs: list[SlideRef]
     rows: np.ndarray
@@ -86,8 +86,8 @@ class Patches:
     def draw(cls, refs: list[SlideRef], n: int, seed: int) -> "Patches":
         starts = np.cumsum([0] + [r.n for r in refs])
         flat = np.sort(np.random.default_rng(seed).choice(starts[-1], min(n, int(starts[-1])), replace=False))
-        k = np.searchsorted(starts, flat, side="right") - 1
-        return cls(refs, np.stack([k, flat - starts[k]], 1))
+        k = np.searchsorted(starts, flat, side="right") - 1  # then each ref's i-th patch in use to its store row
+        return cls(refs, np.array([(s, refs[s].store_rows(i)) for s, i in zip(k, flat - starts[k])], np.int64).reshape(-1, 2))
 
     def key(self) -> list:
         out = []
@@ -232,8 +232,8 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
                      "samples": str(samples) if samples else None, "real": [str(s) for s in real],
                      "resolution": resolution, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}})
 
-    # Real patches: the --real slides the run did not train on.
-    refs = list_slides(real)
+    # Real patches: the --real slides the run did not train on, those of their patches that pass the run's check.
+    refs = list_slides(real, qc=sampler.cfg.data.qc if sampler else None, strict=False)
     split = sampler.split() if sampler else {"train": [], "val": []}
     trained = {(Path(r.store).resolve(), r.slide) for r in split["train"]}
     held = [r for r in refs if (Path(r.store).resolve(), r.slide) not in trained]

@@ -11,7 +11,6 @@ The training loop that fills it is histogen.train.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from engine.errors import UserError
 from engine.store import SlideRef, dict_diff
 from histogen import checkpoint, config
-from histogen.batches import embedding_width
+from histogen.batches import embedding_width, open_store
 from histogen.checkpoint import CheckpointError
 from histogen.config import ConfigError, RunConfig
 from histogen.images import to_uint8
@@ -29,6 +28,7 @@ from histogen.kernels import AdamWEMA
 from histogen.models.autoencoder import AutoencoderTask
 from histogen.models.registry import KINDS
 from histogen.models.task import Task
+from histogen.selection import select
 
 # Settings a resumed run may change: how long it trains, and how often it logs, samples and saves.
 FREE_ON_RESUME = {f"train.{k}" for k in ("steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples",
@@ -60,16 +60,20 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
 
 
 def write_run(out: Path, cfg: RunConfig, train: list[SlideRef], val: list[SlideRef]) -> None:
+    """config.yaml, and split.json: the slides as {store, slide, n} (their rows follow from the
+    stores and the config's data.qc, so they are not written)."""
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "config.yaml")
-    split = {"train": [dataclasses.asdict(r) for r in train], "val": [dataclasses.asdict(r) for r in val]}
+    split = {k: [{"store": r.store, "slide": r.slide, "n": r.n} for r in refs] for k, refs in (("train", train), ("val", val))}
     (out / "split.json").write_text(json.dumps(split, indent=1))
 
 
 def read_split(run: Path) -> dict[str, list[SlideRef]]:
-    """The run's {"train": [SlideRef], "val": [SlideRef]}."""
+    """The run's {"train": [SlideRef], "val": [SlideRef]}, each standing for the patches of its
+    slide that pass the check under the run's data.qc (as in training)."""
     split = json.loads((run / "split.json").read_text())
-    return {k: [SlideRef(**r) for r in v] for k, v in split.items()}
+    qc = config.load(run / "config.yaml").data.qc
+    return {k: [select(open_store(r["store"]), SlideRef(**r), qc) for r in v] for k, v in split.items()}
 
 
 # -- the models ---------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     device = d.device()
     check_resume(cfg, out)
     try:
-        refs = list_slides(stores, cfg.resolution, cfg.data.conditional)
+        refs = list_slides(stores, cfg.resolution, cfg.data.conditional, cfg.data.qc)
         cond_dim = embedding_width(refs) if cfg.data.conditional else None
     except DataError as e:
         raise TrainError(str(e)) from e

@@ -17,7 +17,7 @@ from engine.tile import TileConfig, qa_folder, tile_file
 
 
 def _import_one(entry: TableSlide, matches: list[Path], sid: str, store: PatchStore, cfg: TileConfig,
-                slides_dir: Path, qa_dir, progress) -> int | None:
+                slides_dir: Path, qa_dir, progress) -> jobs.Written | None:
     name, label = entry.name, entry.label
     if not matches:
         raise SlideError(f"slide {name} of {label} is not under {slides_dir} (no file named {name} or {name}.<suffix>)",
@@ -34,11 +34,11 @@ def _import_one(entry: TableSlide, matches: list[Path], sid: str, store: PatchSt
         return None
     provenance = {**identity, "table": label, **({"organ": rows.organ} if rows.organ else {})}
     plan = GivenPlan(rows.coords, rows.level, rows.read_size, cfg.plan.patch_size)
-    kept = tile_file(path, sid, store, cfg, plan, provenance, qa_dir, progress)
+    kept, written = tile_file(path, sid, store, cfg, plan, provenance, qa_dir, progress)
     # An unreadable patch is left out with its embedding (and recorded in failed_patches, as the
     # tiler does): the store's patches and embeddings stay row for row.
     store.write_embeddings(sid, rows.embeddings[kept], {"model": MODEL, "source": f"imported from {label}", "input_size": rows.input_size})
-    return len(kept)
+    return written
 
 
 def import_parquet(table_paths, slides_dir, out_store, cfg: TileConfig = TileConfig(), organ: str | None = None,

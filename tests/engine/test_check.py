@@ -1,4 +1,4 @@
-"""engine.check: sampled per-patch tissue fraction, native vs reference."""
+"""engine.check: per-patch scores, native vs reference, known answers, reasons."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.check import CheckParams, check_patches, patch_tissue, patch_tissue_reference
+from engine.check import REASONS, SCORES, CheckParams, check_patches, patch_qc, patch_qc_reference, reasons_of
 from engine.mask import MaskParams
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
 
-RULES = [  # threshold, white, dark, pen_margin
-    (20, 220, 50, 30),
-    (90, 220, 50, 30),
-    (0, 256, 0, 0),
-    (45, 200, 80, 12),
-]
+PARAMS = [CheckParams(), CheckParams(step=1, ink_radius=0), CheckParams(step=3, ink_radius=1, fold_od=1500, grey_max=230),
+          CheckParams(step=7, ink_radius=3)]
 
 
 def patches_of(rng, n, p):
@@ -26,112 +22,124 @@ def patches_of(rng, n, p):
     return np.stack(out)
 
 
+def assert_same(a, b):
+    assert set(a) == set(b) == set(SCORES)
+    for k in SCORES:
+        assert a[k].dtype == np.float32
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("step", [1, 3, 4, 7])
-def test_native_matches_reference(seed, step):
+@pytest.mark.parametrize("cp", PARAMS)
+def test_native_matches_reference(seed, cp):
     rng = np.random.default_rng(seed)
-    patches = patches_of(rng, 6, int(rng.integers(16, 80)))
-    for rule in RULES:
-        native = patch_tissue(patches, *rule, step=step)
-        assert native.dtype == np.float32 and native.shape == (6,)
-        np.testing.assert_allclose(native, patch_tissue_reference(patches, *rule, step=step), rtol=0, atol=1e-6)
+    patches = patches_of(rng, 5, int(rng.integers(16, 80)))
+    for threshold, mp in ((20, MaskParams()), (90, MaskParams()), (45, MaskParams(white=200, dark=80))):
+        assert_same(patch_qc(patches, threshold, mp, cp), patch_qc_reference(patches, threshold, mp, cp))
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 13), (13, 1), (7, 13)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 13), (13, 1), (5, 5), (7, 13)])
 def test_odd_patch_sizes(shape):
-    rng = np.random.default_rng(5)
-    patches = rng.integers(0, 256, (3, *shape, 3), dtype=np.uint8)
-    for step in (1, 2, 5, 20):
-        np.testing.assert_allclose(
-            patch_tissue(patches, 30, step=step), patch_tissue_reference(patches, 30, step=step), rtol=0, atol=1e-6
-        )
+    patches = np.random.default_rng(5).integers(0, 256, (3, *shape, 3), dtype=np.uint8)
+    for cp in PARAMS:
+        assert_same(patch_qc(patches, 30, None, cp), patch_qc_reference(patches, 30, None, cp))
 
 
 def solid(colour, p=32):
     return np.broadcast_to(np.array(colour, np.uint8), (1, p, p, 3)).copy()
 
 
-@pytest.mark.parametrize("fn", [patch_tissue, patch_tissue_reference])
+@pytest.mark.parametrize("fn", [patch_qc, patch_qc_reference])
 def test_known_answers(fn):
-    assert fn(solid((255, 255, 255)), 20)[0] == 0.0
-    assert fn(solid((0, 0, 0)), 20)[0] == 0.0
-    assert fn(solid(BLACK_INK), 20)[0] == 0.0
-    assert fn(solid(GREEN_INK), 20)[0] == 0.0
-    assert fn(solid(BLUE_INK), 20)[0] == 0.0
-    assert fn(solid(PURPLE), 20)[0] == 1.0
-    assert fn(solid(PINK), 20)[0] == 1.0
-    assert fn(solid(PINK), 89)[0] == 0.0  # pink saturation is 88
-    # Left half tissue: sampled columns 0, 4 of 0, 4, 8, 12.
+    def score(patch, name, threshold=20, cp=None):
+        return fn(patch, threshold, None, cp)[name][0]
+
+    assert score(solid((255, 255, 255)), "tissue") == 0.0
+    for ink in ((0, 0, 0), BLACK_INK, GREEN_INK, BLUE_INK, (170, 10, 30)):
+        assert score(solid(ink), "tissue") == 0.0 and score(solid(ink), "ink") == 1.0
+    for stain in (PURPLE, PINK):
+        assert score(solid(stain), "tissue") == 1.0 and score(solid(stain), "ink") == 0.0
+        assert score(solid(stain), "clean") == 1.0 and score(solid(stain), "fold") == 0.0
+    assert score(solid(PINK), "tissue", 89) == 0.0  # pink saturation is 88
+    assert score(solid((40, 10, 60)), "fold") == 1.0  # dark purple: OD sum above fold_od
+    assert score(solid((40, 10, 60)), "clean") == 0.0
+    assert score(solid((150, 150, 150)), "bubble") == 1.0  # grey, not glass
+    assert score(solid((150, 150, 150)), "focus") == 1.0  # flat: nothing to judge
     half = solid((255, 255, 255), 16)
     half[:, :, :8] = PURPLE
-    assert fn(half, 20, step=4)[0] == 0.5
-    # Only the sampled sub-grid counts: tissue off the grid is invisible.
-    grid = solid((255, 255, 255), 16)
-    grid[:, 1::4, 1::4] = PURPLE
-    assert fn(grid, 20, step=4)[0] == 0.0 and fn(grid, 20, step=1)[0] == 1 / 16
+    assert score(half, "tissue", cp=CheckParams(step=4)) == 0.5
+
+
+@pytest.mark.parametrize("fn", [patch_qc, patch_qc_reference])
+def test_focus_drops_with_blur(fn):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    sharp = (rng.random((64, 64)) < 0.3) * 120 + 100
+    img = np.stack([sharp, sharp * 0.6, sharp], -1).astype(np.uint8)
+    blurred = np.stack([ndimage.gaussian_filter(img[..., k].astype(float), 2) for k in range(3)], -1).round().astype(np.uint8)
+    focus = fn(np.stack([img, blurred]), 20)["focus"]
+    assert focus[0] > 0.5 and focus[1] < 0.15
 
 
 def test_empty_batch():
-    out = patch_tissue(np.zeros((0, 8, 8, 3), np.uint8), 20)
-    assert out.shape == (0,) and out.dtype == np.float32
+    for fn in (patch_qc, patch_qc_reference):
+        out = fn(np.zeros((0, 8, 8, 3), np.uint8), 20)
+        assert all(v.shape == (0,) and v.dtype == np.float32 for v in out.values())
 
 
-def test_check_patches_uses_mask_params():
-    patches = np.concatenate([solid((255, 255, 255)), solid(PINK), solid((205, 205, 210))])
+def test_check_patches_reasons():
+    patches = np.concatenate([solid((255, 255, 255)), solid(PINK), solid(GREEN_INK), solid((205, 205, 210))])
     qc = check_patches(patches, 20)
-    np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 0])  # light grey: low saturation
-    np.testing.assert_array_equal(qc.passed, [False, True, False])
+    np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 0, 0])
+    np.testing.assert_array_equal(qc.passed, [False, True, False, False])
+    assert qc.reasons[2] == REASONS["tissue"] | REASONS["ink"]
     # A lower white level turns the light pink into background.
-    qc = check_patches(patches, 20, MaskParams(white=140))
-    np.testing.assert_array_equal(qc.passed, [False, False, False])
-    qc = check_patches(patches, 0, MaskParams(), CheckParams(min_tissue=0.0, step=2))
-    np.testing.assert_array_equal(qc.passed, True)
-    np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 1])
+    assert not check_patches(patches, 20, MaskParams(white=140)).passed.any()
+
+
+def test_reasons_of_rethresholds():
+    scores = {k: np.array(v, np.float32) for k, v in dict(
+        tissue=[0.5, 0.05, 0.5, 0.5, 0.5, 0.5], ink=[0, 0, 0.5, 0, 0, 0], focus=[1, 1, 1, 0.05, 1, 1],
+        fold=[0, 0, 0, 0, 0.9, 0], bubble=[0, 0, 0, 0, 0, 0.9], clean=[0.5] * 6).items()}
+    r = reasons_of(scores, CheckParams())
+    np.testing.assert_array_equal(r, [0, REASONS["tissue"], REASONS["ink"], REASONS["blur"], REASONS["fold"], REASONS["bubble"]])
+    assert reasons_of(scores, CheckParams(min_tissue=0.6))[0] == REASONS["tissue"]
 
 
 def test_real_slide_patches():
     if not SLIDE.exists():
         pytest.skip(f"real slide not available: {SLIDE} (../shared/data is absent)")
-    openslide = pytest.importorskip("openslide")
-    with openslide.OpenSlide(str(SLIDE)) as slide:
+    from engine.readers import open_slide
+
+    with open_slide(SLIDE) as slide:
         w, h = slide.dimensions
         corners = [(0, 0), (w // 2 - 128, h // 2 - 128), (w // 2, h - 600), (w - 256, h - 256)]
-        patches = np.stack([np.asarray(slide.read_region(c, 0, (256, 256)).convert("RGB")) for c in corners])
-    for step in (1, 4):
-        native = patch_tissue(patches, 40, step=step)
-        np.testing.assert_allclose(native, patch_tissue_reference(patches, 40, step=step), rtol=0, atol=1e-6)
-    assert native[0] < 0.05  # glass corner
-    assert native[1] > 0.5  # centre of the tissue strip
+        patches = slide.read_regions(corners, 0, (256, 256))
+    for cp in (CheckParams(step=1), CheckParams()):
+        native = patch_qc(patches, 40, None, cp)
+        assert_same(native, patch_qc_reference(patches, 40, None, cp))
+    assert native["tissue"][0] < 0.05  # glass corner
+    assert native["tissue"][1] > 0.5 and check_patches(patches, 40).passed[1]  # centre of the tissue strip
 
 
 def test_params():
     p = CheckParams()
-    assert p.to_dict() == {"min_tissue": 0.1, "step": 4}
+    assert set(p.to_dict()) >= {"min_tissue", "step", "max_ink", "min_focus", "max_fold", "max_bubble"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.step = 2  # type: ignore[misc]
-    with pytest.raises(ValueError, match="step"):
-        CheckParams(step=0)
-    with pytest.raises(ValueError, match="min_tissue"):
-        CheckParams(min_tissue=-0.1)
+    for kwargs, match in [(dict(step=0), "step"), (dict(min_tissue=-0.1), "min_tissue"), (dict(max_ink=2), "max_ink"),
+                          (dict(min_focus=-1), "min_focus"), (dict(ink_radius=-1), "ink_radius")]:
+        with pytest.raises(ValueError, match=match):
+            CheckParams(**kwargs)
 
 
-@pytest.mark.parametrize("fn", [patch_tissue, patch_tissue_reference])
+@pytest.mark.parametrize("fn", [patch_qc, patch_qc_reference])
 @pytest.mark.parametrize(
-    "patches, step, match",
-    [
-        (np.zeros((2, 8, 8, 3), np.float32), 4, "uint8"),
-        (np.zeros((8, 8, 3), np.uint8), 4, "shape"),
-        (np.zeros((2, 8, 8, 4), np.uint8), 4, "shape"),
-        (np.zeros((2, 8, 8, 3), np.uint8), 0, "step"),
-    ],
+    "patches, match",
+    [(np.zeros((2, 8, 8, 3), np.float32), "uint8"), (np.zeros((8, 8, 3), np.uint8), "shape"),
+     (np.zeros((2, 8, 8, 4), np.uint8), "shape")],
 )
-def test_bad_input(fn, patches, step, match):
+def test_bad_input(fn, patches, match):
     with pytest.raises(ValueError, match=match):
-        fn(patches, 20, step=step)
-
-
-def test_empty_batch_gives_empty_fractions():
-    empty = np.zeros((0, 16, 16, 3), np.uint8)
-    for fn in (patch_tissue, patch_tissue_reference):
-        out = fn(empty, 30)
-        assert out.dtype == np.float32 and out.shape == (0,)
+        fn(patches, 20)

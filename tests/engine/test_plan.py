@@ -31,7 +31,7 @@ def brute_force(mask, level0_size, tile0, stride0, min_tissue):
             x0, x1 = to_mask(x, mw, w0), to_mask(x + tile0, mw, w0)
             y0, y1 = to_mask(y, mh, h0), to_mask(y + tile0, mh, h0)
             area = (x1 - x0) * (y1 - y0)
-            f = np.float32(int((mask[y0:y1, x0:x1] != 0).sum()) / area if area else 0.0)
+            f = np.float32(int((mask[y0:y1, x0:x1] == 1).sum()) / area if area else 0.0)
             if f >= min_tissue:
                 coords.append((x, y))
                 fractions.append(f)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
+from engine.check import REASONS, SCORES, CheckParams, PatchQC
 from engine.store import COMPLETE, Codec, PatchStore, StoreError
 
 P = 32
@@ -80,3 +81,32 @@ def test_unwritable_or_foreign_paths(tmp_path):
         PatchStore.open(tmp_path / "other.zarr")
     with pytest.raises(StoreError, match="unknown codec"):
         Codec("gzip").compressors()
+
+
+def test_qc_scores_and_reasons_round_trip_and_old_slides_read(tmp_path):
+    store = PatchStore.create_or_resume(tmp_path / "s.zarr", P, PARAMS)
+    check = CheckParams().to_dict()
+    writer = store.begin_slide("a", {}, capacity=6, codec=Codec(), shard=4, check=check)
+    rng = np.random.default_rng(1)
+    parts = []
+    for n in (4, 0, 3):
+        scores = {name: rng.random(n).astype(np.float32) for name in SCORES}
+        parts.append(PatchQC(scores, rng.choice([0, *REASONS.values()], n).astype(np.uint8)))
+        writer.append(rng.integers(0, 256, (n, P, P, 3), dtype=np.uint8), np.zeros((n, 2)), parts[-1])
+    with pytest.raises(TypeError, match="PatchQC"):
+        writer.append(np.zeros((1, P, P, 3), np.uint8), np.zeros((1, 2)), np.ones(1))  # tissue only: not for this slide
+    finish(writer)
+    qc = PatchStore.open(tmp_path / "s.zarr").qc("a")
+    assert set(qc.scores) == set(SCORES) and qc.reasons.dtype == np.uint8
+    for name in SCORES:
+        np.testing.assert_array_equal(qc.scores[name], np.concatenate([p.scores[name] for p in parts]))
+    np.testing.assert_array_equal(qc.reasons, np.concatenate([p.reasons for p in parts]))
+    np.testing.assert_array_equal(store.tissue("a"), qc.scores["tissue"])  # also where older readers look
+    assert store.qc_attrs("a") == {"params": check, "reasons": REASONS}
+    empty = store.begin_slide("none", {}, capacity=0, codec=Codec(), check=check)
+    finish(empty)
+    assert len(store.qc("none").reasons) == 0 and set(store.qc("none").scores) == set(SCORES)
+    old = store.begin_slide("old", {}, capacity=2, codec=Codec())  # as written before the check had scores
+    old.append(np.zeros((2, P, P, 3), np.uint8), np.zeros((2, 2)), np.ones(2))
+    finish(old)
+    assert store.qc("old") is None and store.qc_attrs("old") is None and store.n_patches("old") == 2

@@ -25,10 +25,15 @@ from tests.support.tiling import ARGS, CFG  # noqa: E402
 
 
 def _fresh_s3fs():
-    """s3fs caches filesystems (and the endpoint they were made with) per process."""
+    """s3fs caches filesystems (and the endpoint they were made with) per process. Dropping them
+    leaves their aiohttp sessions unclosed: collect them now, so that asyncio's "Unclosed client
+    session" line is logged here and not in the middle of the next command under test."""
+    import gc
+
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import histosynth as synth
-from engine.check import patch_tissue_reference
+from engine.check import REASONS, CheckParams, patch_qc_reference, reasons_of
 from engine.mask import tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
+from engine.qa import FAILED, KEPT, qa_picture, reason_colours
 from engine.readers import open_slide
 from engine.store import PatchStore
 from engine.tile import TileConfig, main, tile_slides
@@ -33,10 +34,9 @@ def expected_patches(path, cfg: TileConfig, backend: str = "openslide"):
         size = cfg.plan.patch_size
         coords, _ = plan_tiles_reference(mres.mask, s.dimensions, size, cfg.plan.stride or size, cfg.plan.min_tissue)
         patches = s.read_regions([tuple(c) for c in coords.tolist()], 0, (size, size)) if len(coords) else np.zeros((0, size, size, 3), np.uint8)
-    m = cfg.mask
-    frac = patch_tissue_reference(patches, mres.threshold, m.white, m.dark, m.pen_margin, cfg.check.step)
-    keep = frac >= cfg.check.min_tissue
-    return coords[keep], patches[keep], frac[keep]
+    scores = patch_qc_reference(patches, mres.threshold, cfg.mask, cfg.check)
+    keep = reasons_of(scores, cfg.check) == 0
+    return coords[keep], patches[keep], scores["tissue"][keep]
 
 
 def test_real_slide_exact(tmp_path, cmu_svs):
@@ -308,3 +308,45 @@ def test_progress_in_a_log_file_is_status_lines(tmp_path, slides):
     assert any(line.startswith("INFO s0: 8/") and "patch/s" in line and line.endswith(" left") for line in lines)
     assert "\r" not in texts[False] and "slides: 3 done, 1 failed" in texts[False]
     assert "slide/s" not in texts[True] and "patch/s" not in texts[True] and "slides: 3 done, 1 failed" in texts[True]
+
+
+def test_rejected_patches_are_counted_by_reason_and_kept_on_request(tmp_path, svs_slide, capsys):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(svs_slide, slides)
+    args = ["--slides", str(slides), "--quiet", "--no-qa", "--batch-size", "8", "--check-min-tissue", "0.6"]
+    assert main([*args, "--out", str(tmp_path / "p.zarr")]) == 0
+    printed = capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "k.zarr"), "--keep-rejected"]) == 0
+    p, k = PatchStore.open(tmp_path / "p.zarr"), PatchStore.open(tmp_path / "k.zarr")
+    a, b = p.attrs("aperio"), k.attrs("aperio")
+    kq = k.qc("aperio")
+    by = {name: int(np.count_nonzero(kq.reasons & bit)) for name, bit in REASONS.items()}  # two reasons: counted in both
+    assert a["n_rejected"] == np.count_nonzero(kq.reasons) and a["n_rejected_by"] == by and by["tissue"] > 0
+    assert f"rejected: {a['n_rejected']} ({', '.join(f'{r} {n}' for r, n in by.items() if n)})" in printed.splitlines()
+    qc = p.qc("aperio")
+    assert (qc.reasons == 0).all() and (qc.scores["tissue"] >= 0.6).all()
+    np.testing.assert_array_equal(qc.scores["tissue"], p.tissue("aperio"))
+    assert p.qc_attrs("aperio")["params"] == CheckParams(min_tissue=0.6).to_dict()
+    # --keep-rejected: the same patches plus the rejected ones, in plan order, with their reasons.
+    assert (b["n_rejected"], b["n_rejected_by"]) == (a["n_rejected"], a["n_rejected_by"])
+    assert b["n_patches"] == a["n_patches"] + a["n_rejected"]
+    passed = kq.reasons == 0
+    np.testing.assert_array_equal(kq.reasons, reasons_of(kq.scores, CheckParams(min_tissue=0.6)))
+    np.testing.assert_array_equal(k.coords("aperio")[passed], p.coords("aperio"))
+    np.testing.assert_array_equal(k.read_patches("aperio", np.flatnonzero(passed)), p.read_patches("aperio"))
+
+
+def test_qa_picture_colours_rejections_by_first_reason_with_a_legend():
+    thumb = np.full((60, 60, 3), 230, np.uint8)  # enlarged 10x to 600 px; 160 px patches at downsample 16
+    mask = np.zeros((60, 60), np.uint8)
+    reasons = np.array([REASONS["ink"] | REASONS["blur"], REASONS["tissue"] | REASONS["ink"]], np.uint8)
+    pic = np.asarray(qa_picture(thumb, mask, 16.0, 160, [(0, 0)], [(160, 0), (320, 0)], reasons, [(480, 0)]))
+    colours = reason_colours()
+    assert pic.shape[0] > 600 and pic.shape[1] == 600  # the legend is a band under the slide
+    assert tuple(pic[0, 0]) == KEPT and tuple(pic[0, 100]) == colours["ink"] and tuple(pic[0, 200]) == colours["tissue"]
+    assert tuple(pic[0, 300]) == FAILED
+    legend = {tuple(c) for c in pic[600:].reshape(-1, 3)}
+    assert {KEPT, FAILED, colours["ink"], colours["tissue"]} <= legend and colours["blur"] not in legend  # only entries present
+    plain = np.asarray(qa_picture(thumb, mask, 16.0, 160, [(0, 0)]))
+    assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"]} == set()

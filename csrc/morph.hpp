@@ -1,0 +1,71 @@
+// Square-element binary morphology shared by the mask and check kernels.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace histogen {
+
+// Square (2r+1) dilation/erosion of a 0/1 image, separable via running counts.
+// Only in-image pixels are counted, which is the same as padding with 0 for
+// dilation (any 1 -> 1) and with 1 for erosion (all in-image 1 -> 1).
+inline void morph(uint8_t* m, int64_t h, int64_t w, int r, bool dilate) {
+  if (r <= 0) return;
+  std::vector<uint8_t> tmp(static_cast<size_t>(h * w));
+  // Rows: m -> tmp.
+#pragma omp parallel
+  {
+    std::vector<int32_t> pre(static_cast<size_t>(w + 1));
+#pragma omp for schedule(static)
+    for (int64_t y = 0; y < h; ++y) {
+      const uint8_t* row = m + y * w;
+      pre[0] = 0;
+      for (int64_t x = 0; x < w; ++x) pre[x + 1] = pre[x] + row[x];
+      uint8_t* out = tmp.data() + y * w;
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t lo = std::max<int64_t>(0, x - r), hi = std::min<int64_t>(w - 1, x + r);
+        const int32_t c = pre[hi + 1] - pre[lo];
+        out[x] = dilate ? (c > 0) : (c == hi - lo + 1);
+      }
+    }
+  }
+  // Columns: tmp -> m, via per-column prefix counts laid out row-major.
+  std::vector<int32_t> pre(static_cast<size_t>((h + 1) * w), 0);
+  for (int64_t y = 0; y < h; ++y) {
+    const int32_t* prev = pre.data() + y * w;
+    int32_t* cur = pre.data() + (y + 1) * w;
+    const uint8_t* row = tmp.data() + y * w;
+    for (int64_t x = 0; x < w; ++x) cur[x] = prev[x] + row[x];
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t y = 0; y < h; ++y) {
+    const int64_t lo = std::max<int64_t>(0, y - r), hi = std::min<int64_t>(h - 1, y + r);
+    const int32_t* a = pre.data() + lo * w;
+    const int32_t* b = pre.data() + (hi + 1) * w;
+    const int32_t full = static_cast<int32_t>(hi - lo + 1);
+    uint8_t* out = m + y * w;
+    for (int64_t x = 0; x < w; ++x) {
+      const int32_t c = b[x] - a[x];
+      out[x] = dilate ? (c > 0) : (c == full);
+    }
+  }
+}
+
+// Closing then opening with the same radii as the numpy reference's _box pairs.
+inline void close_open(uint8_t* m, int64_t h, int64_t w, int close_r, int open_r) {
+  morph(m, h, w, close_r, true);
+  morph(m, h, w, close_r, false);
+  morph(m, h, w, open_r, false);
+  morph(m, h, w, open_r, true);
+}
+
+// Opening then closing: lone pixels go first, then what is left is joined.
+inline void open_close(uint8_t* m, int64_t h, int64_t w, int r) {
+  morph(m, h, w, r, false);
+  morph(m, h, w, r, true);
+  morph(m, h, w, r, true);
+  morph(m, h, w, r, false);
+}
+
+}  // namespace histogen

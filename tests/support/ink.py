@@ -1,0 +1,46 @@
+"""Marker ink painted on real tissue: strokes alpha-blended in optical density, and the real images."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from tests.support.data import SHARED
+
+# Full-density transmitted colour of common slide markers.
+INKS = {"red": (170, 10, 30), "green": (20, 100, 40), "blue": (20, 30, 130), "black": (15, 15, 20)}
+HE = SHARED / "he"
+
+
+def he_files() -> list:
+    return sorted(p for p in HE.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff", ".png"))
+
+
+@lru_cache(maxsize=None)
+def load_he(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _od(rgb):
+    return -np.log10((rgb.astype(np.float64) + 1) / 256)
+
+
+def stroke(shape, rng: np.random.Generator, width: float) -> np.ndarray:
+    """bool (H, W): a thick straight stroke across the image."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    p0 = np.array([rng.uniform(0, h), 0.0]) if rng.random() < 0.5 else np.array([0.0, rng.uniform(0, w)])
+    p1 = np.array([h - p0[0], w - p0[1]]) + rng.uniform(-0.2, 0.2, 2) * (h, w)
+    d = p1 - p0
+    t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / (d @ d), 0, 1)
+    return np.hypot(yy - p0[0] - t * d[0], xx - p0[1] - t * d[1]) <= width / 2
+
+
+def paint(rgb: np.ndarray, where: np.ndarray, ink: str, alpha: float) -> np.ndarray:
+    """`rgb` with `ink` blended in optical density at `alpha` (0 none, 1 full ink) where `where`."""
+    od = _od(rgb)
+    od[where] = (1 - alpha) * od[where] + alpha * _od(np.array(INKS[ink]))
+    return np.clip(np.round(256 * 10 ** (-od) - 1), 0, 255).astype(np.uint8)

@@ -36,6 +36,7 @@ inline bool is_ink_od(int32_t o_r, int32_t o_g, int32_t o_b) {
   if (100 * (mx - mn) < 17 * t && t > 900) return true;                 // black: dense and neutral
   if (100 * o_r < 15 * t && 100 * o_b > 27 * t && t >= 850) return true;  // red: blue absorbed like green
   if (100 * o_r < 19 * t && 100 * o_b > 24 * t && t >= 1100) return true;  // dense red, wider cone
+  if (100 * o_r < 25 * t && 100 * o_b > 22 * t && t >= 1800) return true;  // very dense red, widest cone
   if (100 * o_r > 36 * t && 100 * o_b > 8 * t && 100 * o_b < 20 * t && 100 * o_g < 52 * t && t >= 700)
     return true;                                                        // blue: red absorbed above green
   return false;

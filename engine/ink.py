@@ -7,12 +7,17 @@ between eosin's and haematoxylin's. Ink leaves it (percent of t):
   green/cyan  100*oG < 32*t                                          and t >= 600
   black       100*(max - min) < 17*t (neutral)                       and t > 900
   red         100*oR < 15*t and 100*oB > 27*t (blue absorbed like green) and t >= 850,
-              or the wider 100*oR < 19*t and 100*oB > 24*t             and t >= 1100
+              or the wider 100*oR < 19*t and 100*oB > 24*t             and t >= 1100,
+              or the widest 100*oR < 25*t and 100*oB > 22*t            and t >= 1800 (dark / orange reds)
   blue        100*oR > 36*t, 8*t < 100*oB < 20*t, 100*oG < 52*t (red above green) and t >= 700
 The density floors matter as much as the cones: pale eosin (osteosarcoma) and pale haematoxylin
 (lung) reach into the red and blue cones, but only below t ~ 1000, while most marker strokes are
-denser. Tuned on painted strokes over the 303 images of ../shared/data/he
-(tests/support/qc_real.py). All integer: native and reference agree exactly.
+denser. Tuned on painted strokes (four shades per marker family, tests/support/ink.py) over the even-index
+half of the 303 images of ../shared/data/he; on the held-out odd half (tests/support/qc_real.py) the mask
+rejects red 93.5 / green 98.1 / blue 81.8 / black 97.4 % of stroke pixels and loses 1.2 % of clean tissue,
+the check red 95.2 / green 98.1 / blue 81.4 / black 97.4 %, losing 0.3 % and rejecting 1.3 % of clean crops.
+Light and violet blues overlap haematoxylin (and pale reds eosin) in chromaticity and density, so blue
+and the mask's red stay below the 95 % goal. All integer: native and reference agree exactly.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ def is_ink_reference(rgb: np.ndarray) -> np.ndarray:
     green = (100 * g < 32 * t) & (t >= 600)
     black = (100 * spread < 17 * t) & (t > 900)
     red = ((100 * r < 15 * t) & (100 * b > 27 * t) & (t >= 850)) | (
-        (100 * r < 19 * t) & (100 * b > 24 * t) & (t >= 1100))
+        (100 * r < 19 * t) & (100 * b > 24 * t) & (t >= 1100)) | (
+        (100 * r < 25 * t) & (100 * b > 22 * t) & (t >= 1800))
     blue = (100 * r > 36 * t) & (100 * b > 8 * t) & (100 * b < 20 * t) & (100 * g < 52 * t) & (t >= 700)
     return green | black | red | blue

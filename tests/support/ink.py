@@ -7,8 +7,14 @@ import numpy as np
 
 from tests.support.data import SHARED
 
-# Full-density transmitted colour of common slide markers.
-INKS = {"red": (170, 10, 30), "green": (20, 100, 40), "blue": (20, 30, 130), "black": (15, 15, 20)}
+# Full-density transmitted colour of common slide markers, a family of shades per colour (the first is the
+# classic shade; then lighter, darker and hue-shifted ones). Each painted stroke draws one shade of its family.
+INKS = {
+    "red": ((170, 10, 30), (200, 40, 60), (120, 5, 15), (190, 40, 20)),
+    "green": ((20, 100, 40), (50, 140, 70), (10, 70, 25), (20, 110, 90)),
+    "blue": ((20, 30, 130), (50, 80, 170), (10, 15, 90), (60, 40, 140)),
+    "black": ((15, 15, 20), (45, 45, 50), (5, 5, 8), (35, 25, 40)),
+}
 HE = SHARED / "he"
 
 
@@ -39,8 +45,8 @@ def stroke(shape, rng: np.random.Generator, width: float) -> np.ndarray:
     return np.hypot(yy - p0[0] - t * d[0], xx - p0[1] - t * d[1]) <= width / 2
 
 
-def paint(rgb: np.ndarray, where: np.ndarray, ink: str, alpha: float) -> np.ndarray:
-    """`rgb` with `ink` blended in optical density at `alpha` (0 none, 1 full ink) where `where`."""
+def paint(rgb: np.ndarray, where: np.ndarray, ink, alpha: float) -> np.ndarray:
+    """`rgb` with `ink` (an RGB shade) blended in optical density at `alpha` (0 none, 1 full ink) where `where`."""
     od = _od(rgb)
-    od[where] = (1 - alpha) * od[where] + alpha * _od(np.array(INKS[ink]))
+    od[where] = (1 - alpha) * od[where] + alpha * _od(np.array(ink))
     return np.clip(np.round(256 * 10 ** (-od) - 1), 0, 255).astype(np.uint8)

@@ -21,13 +21,19 @@ def _blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def half(parity: int) -> list:
+    """Every other real image: parity 0 (even index) is what the ink rule may be tuned on, 1 (odd) is held out."""
+    return he_files()[parity::2]
+
+
 @lru_cache(maxsize=None)
-def measure() -> dict:
-    """Per image and ink colour: pixel counts of the mask and check, and the focus of sharp and blurred crops."""
-    rng = np.random.default_rng(14)
+def measure(parity: int = 1) -> dict:
+    """Per image and ink family: pixel counts of the mask and check, and the focus of sharp and blurred crops,
+    on one half of the images (default: the held-out odd half)."""
+    rng = np.random.default_rng(14 + parity)
     mp, cp = MaskParams(), CheckParams()
     rows = []
-    for path in he_files():
+    for path in half(parity):
         img = load_he(path)
         h, w = img.shape[:2]
         thumb = np.asarray(Image.fromarray(img).reduce(THUMB))
@@ -37,13 +43,14 @@ def measure() -> dict:
         row = dict(tissue=path.parent.name, mask_tissue=int((clean_mask.mask != 0).sum()),
                    mask_lost=int((clean_mask.mask == INK).sum()),
                    check_tissue=int((clean["tissue"] | clean["ink"]).sum()), check_lost=int(clean["ink"].sum()))
-        for ink in INKS:
+        for ink, shades in INKS.items():
+            shade = shades[rng.integers(len(shades))]
             alpha = rng.uniform(0.3, 1.0)
             where = stroke(thumb.shape[:2], rng, rng.uniform(6, 20))
-            m = tissue_mask(paint(thumb, where, ink, alpha), mp).mask
+            m = tissue_mask(paint(thumb, where, shade, alpha), mp).mask
             row[f"mask_{ink}"] = (int(where.sum()), int((m[where] != TISSUE).sum()))
             where = stroke(crop.shape[:2], rng, rng.uniform(24, 80))
-            maps = patch_maps_reference(paint(crop, where, ink, alpha), clean_mask.threshold, mp, cp)
+            maps = patch_maps_reference(paint(crop, where, shade, alpha), clean_mask.threshold, mp, cp)
             sub = where[:: cp.step, :: cp.step]
             row[f"check_{ink}"] = (int(sub.sum()), int((~maps["tissue"][sub]).sum()))
         scores = patch_qc(np.stack([crop, _blur(crop, 2.0)]), clean_mask.threshold, mp, cp)

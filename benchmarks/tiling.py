@@ -24,7 +24,8 @@ import numpy as np
 from benchmarks import report
 import engine.tile
 import histosynth as synth
-from engine.check import SCORES, PatchQC, check_patches
+from engine.check import check_patches
+from engine.qc import SCORES, PatchQC
 from engine.mask import tissue_mask_reference
 from engine.plan import plan_tiles_reference
 from engine.store import PatchStore

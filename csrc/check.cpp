@@ -65,7 +65,8 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
                 std::max<int>(p[0], std::max<int>(p[1], p[2])) < q.grey_max;
     }
   }
-  open_close(ink.data(), gh, gw, q.ink_radius);
+  opening(ink.data(), gh, gw, q.ink_radius);  // lone false-ink pixels go first,
+  closing(ink.data(), gh, gw, q.ink_radius);  // then a stroke is joined across its tissue
   int64_t nt = 0, ni = 0, nf = 0;
   for (int64_t i = 0; i < n; ++i) {
     ni += ink[i];

@@ -178,13 +178,14 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
       out[i] = c == kCandidate && saturation(p[0], p[1], p[2]) >= threshold;
       ink[i] = c == kPen || c == kDark;
     }
-    close_open(out, h, w, close_radius, open_radius);
+    closing(out, h, w, close_radius);
+    opening(out, h, w, open_radius);
     // Ink: an opening first drops the scattered stain pixels the rule takes for
     // ink (else the closing joins them into blobs), the same closing as tissue
     // joins a stroke across pixels the rule missed, the opening trims; ink wins.
-    morph(ink.data(), h, w, ink_speck_radius, false);
-    morph(ink.data(), h, w, ink_speck_radius, true);
-    close_open(ink.data(), h, w, close_radius, open_radius);
+    opening(ink.data(), h, w, ink_speck_radius);
+    closing(ink.data(), h, w, close_radius);
+    opening(ink.data(), h, w, open_radius);
     for (int64_t i = 0; i < n; ++i)
       if (ink[i]) out[i] = 2;
     fill_holes(out, h, w, max_hole_area);

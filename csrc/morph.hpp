@@ -52,18 +52,14 @@ inline void morph(uint8_t* m, int64_t h, int64_t w, int r, bool dilate) {
   }
 }
 
-// Closing then opening with the same radii as the numpy reference's _box pairs.
-inline void close_open(uint8_t* m, int64_t h, int64_t w, int close_r, int open_r) {
-  morph(m, h, w, close_r, true);
-  morph(m, h, w, close_r, false);
-  morph(m, h, w, open_r, false);
-  morph(m, h, w, open_r, true);
-}
-
-// Opening then closing: lone pixels go first, then what is left is joined.
-inline void open_close(uint8_t* m, int64_t h, int64_t w, int r) {
+// Opening (lone pixels go) and closing (gaps are joined), as the numpy references'
+// opening_reference / closing_reference.
+inline void opening(uint8_t* m, int64_t h, int64_t w, int r) {
   morph(m, h, w, r, false);
   morph(m, h, w, r, true);
+}
+
+inline void closing(uint8_t* m, int64_t h, int64_t w, int r) {
   morph(m, h, w, r, true);
   morph(m, h, w, r, false);
 }

@@ -1,4 +1,4 @@
-"""Quality check of decoded patches at full resolution: scores and the reasons a patch is rejected.
+"""Quality check of decoded patches at full resolution: the scores of engine.qc, computed natively.
 
 Per patch, on the sub-grid of rows/cols 0, step, 2*step, ... with the pixel rule of engine.mask (the
 slide's saturation threshold, white, dark and the optical-density ink rule of engine.ink):
@@ -21,68 +21,20 @@ copy and agrees exactly.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import numpy as np
 
 from engine import _native
 from engine.ink import OD_LUT, optical_density
-from engine.mask import CANDIDATE, DARK, PEN, MaskParams, open_close_reference, pixel_classes_reference
-
-SCORES = ("tissue", "ink", "focus", "fold", "bubble", "clean")  # float32 per patch, stored by name
-REASONS = {"tissue": 1, "ink": 2, "blur": 4, "fold": 8, "bubble": 16}  # bits of PatchQC.reasons
-
-
-@dataclass(frozen=True)
-class CheckParams:
-    min_tissue: float = 0.1  # reject below this sampled tissue fraction
-    step: int = 4  # sample every step-th row and column
-    max_ink: float = 0.05  # reject above this ink fraction
-    min_focus: float = 0.15  # reject below this focus ratio (blur)
-    max_fold: float = 0.5  # reject above this fold fraction of the tissue
-    max_bubble: float = 0.2  # reject above this grey (bubble / edge) fraction
-    ink_radius: int = 2  # opening/closing of ink on the sub-grid (2: pale-stain false ink goes, strokes stay)
-    focus_step: int = 8  # focus on every focus_step-th row (cost)
-    fold_od: int = 2700  # OD sum (1000 per decade) above which tissue is fold
-    grey_max: int = 200  # grey pixels darker than this (max channel) are bubble rims
-
-    def __post_init__(self) -> None:
-        for name in ("min_tissue", "max_ink", "max_fold", "max_bubble"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
-        if isinstance(self.min_focus, bool) or not isinstance(self.min_focus, (int, float)) or self.min_focus < 0:
-            raise ValueError(f"min_focus must be a number >= 0, got {self.min_focus!r}")
-        for name, lo, hi in (("step", 1, None), ("focus_step", 1, None), ("ink_radius", 0, 64), ("fold_od", 0, None), ("grey_max", 0, 256)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-                bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-                raise ValueError(f"{name} must be an int in {bound}, got {v!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class PatchQC:
-    scores: dict[str, np.ndarray]  # name (SCORES) -> float32 (N,)
-    reasons: np.ndarray  # uint8 (N,): OR of the REASONS bits a patch fails; 0 = passes
-
-    @property
-    def passed(self) -> np.ndarray:
-        return self.reasons == 0
-
-
-def reasons_of(scores: dict[str, np.ndarray], params: CheckParams) -> np.ndarray:
-    """The REASONS bitmask of stored scores under `params` (training may tighten the thresholds)."""
-    r = np.zeros(len(scores["tissue"]), np.uint8)
-    r[scores["tissue"] < params.min_tissue] |= REASONS["tissue"]
-    r[scores["ink"] > params.max_ink] |= REASONS["ink"]
-    r[scores["focus"] < params.min_focus] |= REASONS["blur"]
-    r[scores["fold"] > params.max_fold] |= REASONS["fold"]
-    r[scores["bubble"] > params.max_bubble] |= REASONS["bubble"]
-    return r
+from engine.mask import (
+    CANDIDATE,
+    DARK,
+    PEN,
+    MaskParams,
+    closing_reference,
+    opening_reference,
+    pixel_classes_reference,
+)
+from engine.qc import SCORES, CheckParams, PatchQC, reasons_of
 
 
 def patch_qc(
@@ -134,7 +86,7 @@ def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: 
     """bool maps on the sub-grid of one patch (P, P, 3): tissue, ink, fold, bubble."""
     sampled = patch[:: cp.step, :: cp.step]
     cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark)
-    ink = open_close_reference((cls == PEN) | (cls == DARK), cp.ink_radius) == 1
+    ink = closing_reference(opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius), cp.ink_radius) == 1
     tissue = (cls == CANDIDATE) & (sat >= threshold) & ~ink
     fold = tissue & (optical_density(sampled).sum(-1) > cp.fold_od)
     bubble = (cls == CANDIDATE) & (sat < threshold) & (sampled.max(-1) < cp.grey_max)

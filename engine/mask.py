@@ -141,23 +141,14 @@ def _box(mask: np.ndarray, r: int, dilate: bool) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def open_reference(mask: np.ndarray, r: int) -> np.ndarray:
-    """Opening of a 0/1 mask with a square element -> uint8."""
+def opening_reference(mask: np.ndarray, r: int) -> np.ndarray:
+    """Opening of a 0/1 mask with a square element (lone pixels go) -> uint8."""
     return _box(_box(mask.astype(np.uint8), r, False), r, True)
 
 
-def close_open_reference(mask: np.ndarray, close_r: int, open_r: int) -> np.ndarray:
-    """Closing then opening of a 0/1 mask with square elements -> uint8."""
-    mask = mask.astype(np.uint8)
-    mask = _box(_box(mask, close_r, True), close_r, False)
-    return _box(_box(mask, open_r, False), open_r, True)
-
-
-def open_close_reference(mask: np.ndarray, r: int) -> np.ndarray:
-    """Opening then closing of a 0/1 mask with a square element -> uint8 (the check's ink)."""
-    mask = mask.astype(np.uint8)
-    mask = _box(_box(mask, r, False), r, True)
-    return _box(_box(mask, r, True), r, False)
+def closing_reference(mask: np.ndarray, r: int) -> np.ndarray:
+    """Closing of a 0/1 mask with a square element (gaps are joined) -> uint8."""
+    return _box(_box(mask.astype(np.uint8), r, True), r, False)
 
 
 def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
@@ -174,9 +165,9 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
             if t is None
             else min(max(t, params.min_saturation), params.max_saturation)
         )
-    mask = close_open_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius, params.open_radius)
-    ink = open_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
-    ink = close_open_reference(ink, params.close_radius, params.open_radius)
+    mask = opening_reference(closing_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius), params.open_radius)
+    ink = opening_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
+    ink = opening_reference(closing_reference(ink, params.close_radius), params.open_radius)
     mask[ink == 1] = INK
 
     # Holes: 4-connected background components touching neither the border nor ink.

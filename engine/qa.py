@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.check import REASONS
+from engine.qc import REASONS
 
 KEPT, FAILED, OUTLINE = (0, 90, 255), (255, 0, 0), (0, 200, 0)
 # Rejection colours in REASONS order (tissue: orange, as before reasons existed); cycled if more.

@@ -30,7 +30,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from engine import location
-from engine.check import REASONS, SCORES, PatchQC
+from engine.qc import REASONS, SCORES, PatchQC
 from engine.errors import UserError
 from engine.location import Location
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, cluster, jobs
-from engine.check import REASONS, CheckParams, PatchQC, check_patches
+from engine.check import check_patches
+from engine.qc import REASONS, CheckParams
 from engine.discover import fingerprint, slide_files, slide_ids
 from engine.errors import run_command, setup_logging
 from engine.location import Location, location, open_write, with_suffix
@@ -135,13 +136,15 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="read") as pool, \
             Progress(len(coords), slide_id, "patch", leave=False, show=progress) as bar:
         for idx, encoded, qc, keep, rej, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size), 2 * cfg.workers):
-            writer.append(encoded, coords[idx[keep]], PatchQC({k: v[keep] for k, v in qc.scores.items()}, qc.reasons[keep]))
+            writer.append(encoded, coords[idx[keep]], qc.take(keep))
             kept.append(idx[keep])
             rejected.append(idx[rej])
             reasons.append(qc.reasons[rej])
             failed += errors
             bar.update(len(idx))
-    kept, rejected, reasons = _concat(kept, np.int64), _concat(rejected, np.int64), _concat(reasons, np.uint8)
+    # An empty start keeps the dtype where a slide has no batches.
+    kept, rejected = np.concatenate([np.zeros(0, np.int64), *kept]), np.concatenate([np.zeros(0, np.int64), *rejected])
+    reasons = np.concatenate([np.zeros(0, np.uint8), *reasons])
     rejected_by = {name: int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}  # a patch counts under each of its reasons
     writer.finish(
         mres.mask,
@@ -157,10 +160,6 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
         with open_write(qa_dir, f"{slide_id}.png") as f:
             pic.save(f, format="PNG", compress_level=1)  # zlib's default costs 0.15 s a slide
     return kept, jobs.Written(len(kept), len(rejected), rejected_by)
-
-
-def _concat(parts: list, dtype) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def tile_file(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, plan: PatchPlan, provenance: dict,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.check import CheckParams
+from engine.qc import CheckParams
 from engine.errors import UserError
 from histogen.models.registry import KINDS
 from histogen.models.task import require

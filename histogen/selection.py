@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from engine.check import CheckParams, reasons_of
+from engine.qc import CheckParams, reasons_of
 from engine.store import PatchStore, SlideRef
 from histogen.config import ConfigError
 

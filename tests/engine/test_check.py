@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.check import REASONS, SCORES, CheckParams, check_patches, patch_qc, patch_qc_reference, reasons_of
+from engine.check import check_patches, patch_qc, patch_qc_reference
+from engine.qc import REASONS, SCORES, CheckParams, reasons_of
 from engine.mask import MaskParams
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
 

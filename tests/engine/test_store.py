@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.check import REASONS, SCORES, CheckParams, PatchQC
+from engine.qc import REASONS, SCORES, CheckParams, PatchQC
 from engine.store import COMPLETE, Codec, PatchStore, StoreError
 
 P = 32

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import histosynth as synth
-from engine.check import REASONS, CheckParams, patch_qc_reference, reasons_of
+from engine.check import patch_qc_reference
+from engine.qc import REASONS, CheckParams, reasons_of
 from engine.mask import tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
 from engine.qa import FAILED, KEPT, qa_picture, reason_colours

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.check import REASONS, SCORES, PatchQC
+from engine.qc import REASONS, SCORES, PatchQC
 from engine.store import PatchStore
 from histogen import config
 from histogen.batches import Batches, SlidePatches, list_slides

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from engine.check import CheckParams, patch_maps_reference, patch_qc
+from engine.check import patch_maps_reference, patch_qc
+from engine.qc import CheckParams
 from engine.mask import INK, TISSUE, MaskParams, tissue_mask
 from tests.support.ink import INKS, he_files, load_he, paint, stroke
 

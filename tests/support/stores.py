@@ -42,7 +42,7 @@ def make_store(path: Path, slides: dict[str, int], patch=64, embeddings=True, se
     """A store of random patches, or (`he`) of windows of synthetic H&E slides, one per slide id.
     `qc`: slide id -> the PatchQC its patches are stored with, as checked with `check` (CheckParams
     as a dict, default CheckParams()); slides without one are stored as before the check had scores."""
-    from engine.check import CheckParams
+    from engine.qc import CheckParams
 
     from histosynth import SynthSpec, render_region
 

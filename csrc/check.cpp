@@ -20,6 +20,7 @@ struct QCRule {
   int threshold;    // tissue saturation threshold (the slide's mask threshold)
   int step;         // sub-grid of rows/cols 0, step, 2*step, ...
   int ink_radius;   // opening/closing radius of ink on the sub-grid
+  int ink_region_radius;  // bluish regions filling a (2r+1) square of the sub-grid are ink; 0 = off
   int focus_step;   // focus on rows 4, 4 + focus_step, ...
   int32_t fold_od;  // tissue with OD sum (R+G+B) above this is fold / over-stain
   int grey_max;     // low-saturation pixels with max channel < this are bubble rims
@@ -50,7 +51,7 @@ float focus(const uint8_t* patch, int64_t h, int64_t w, int step, const int32_t*
 void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, float* out) {
   const int64_t gh = (h + q.step - 1) / q.step, gw = (w + q.step - 1) / q.step, n = gh * gw;
   std::vector<uint8_t> tissue(static_cast<size_t>(n)), ink(static_cast<size_t>(n)),
-      fold(static_cast<size_t>(n));
+      fold(static_cast<size_t>(n)), bluish(static_cast<size_t>(n));
   int64_t bubble = 0;
   for (int64_t gy = 0; gy < gh; ++gy) {
     for (int64_t gx = 0; gx < gw; ++gx) {
@@ -59,6 +60,7 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
       const PixelClass c = classify(p[0], p[1], p[2], q.pixel);
       const int sat = saturation(p[0], p[1], p[2]);
       ink[i] = c == kPen || c == kDark;
+      bluish[i] = q.ink_region_radius > 0 && is_bluish_od(q.pixel.od[p[0]], q.pixel.od[p[1]], q.pixel.od[p[2]]);
       tissue[i] = c == kCandidate && sat >= q.threshold;
       fold[i] = q.pixel.od[p[0]] + q.pixel.od[p[1]] + q.pixel.od[p[2]] > q.fold_od;
       bubble += c == kCandidate && sat < q.threshold &&
@@ -66,6 +68,8 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
     }
   }
   opening(ink.data(), gh, gw, q.ink_radius);  // lone false-ink pixels go first,
+  region_opening(bluish.data(), gh, gw, q.ink_region_radius);  // thinned blue ink: wide uniform bluish regions,
+  for (int64_t i = 0; i < n; ++i) ink[i] |= bluish[i];
   closing(ink.data(), gh, gw, q.ink_radius);  // then a stroke is joined across its tissue
   int64_t nt = 0, ni = 0, nf = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -86,7 +90,7 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
 // patches (N,H,W,3) uint8 -> scores (N,6) float32 in the order of engine.check.SCORES.
 py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
                             py::array_t<int32_t, py::array::c_style> od_lut, int threshold,
-                            int white, int dark, int step, int ink_radius, int focus_step, int fold_od,
+                            int white, int dark, int step, int ink_radius, int ink_region_radius, int focus_step, int fold_od,
                             int grey_max) {
   if (patches.ndim() != 4 || patches.shape(3) != 3)
     throw std::invalid_argument("patches must have shape (N, H, W, 3)");
@@ -94,7 +98,8 @@ py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
     throw std::invalid_argument("od_lut must have 256 entries");
   if (step < 1 || focus_step < 1) throw std::invalid_argument("step and focus_step must be >= 1");
   const int64_t n = patches.shape(0), h = patches.shape(1), w = patches.shape(2);
-  const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, focus_step, fold_od, grey_max};
+  const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, ink_region_radius, focus_step, fold_od,
+                  grey_max};
   const uint8_t* src = patches.data();
   py::array_t<float> scores({n, static_cast<int64_t>(6)});
   float* out = scores.mutable_data();
@@ -110,7 +115,8 @@ py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
 
 void register_check(py::module_& m) {
   m.def("patch_qc", &patch_qc, py::arg("patches"), py::arg("od_lut"), py::arg("threshold"),
-        py::arg("white"), py::arg("dark"), py::arg("step"), py::arg("ink_radius"), py::arg("focus_step"),
+        py::arg("white"), py::arg("dark"), py::arg("step"), py::arg("ink_radius"), py::arg("ink_region_radius"),
+        py::arg("focus_step"),
         py::arg("fold_od"), py::arg("grey_max"),
         "Scores (N, 6): tissue, ink, focus, fold, bubble, clean fractions of each patch.");
 }

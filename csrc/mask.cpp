@@ -147,7 +147,8 @@ void remove_small(uint8_t* m, int64_t h, int64_t w, int64_t min_area) {
 py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
                       py::array_t<int32_t, py::array::c_style> od_lut, int white, int dark,
                       int saturation_t, int min_saturation, int max_saturation,
-                      int close_radius, int open_radius, int ink_speck_radius, int64_t max_hole_area,
+                      int close_radius, int open_radius, int ink_speck_radius, int ink_region_radius,
+                      int64_t max_hole_area,
                       int64_t min_object_area) {
   if (rgb.ndim() != 3 || rgb.shape(2) != 3)
     throw std::invalid_argument("rgb must have shape (H, W, 3)");
@@ -170,13 +171,14 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
       const int t = otsu(hist);
       threshold = t < 0 ? min_saturation : std::clamp(t, min_saturation, max_saturation);
     }
-    std::vector<uint8_t> ink(static_cast<size_t>(n));
+    std::vector<uint8_t> ink(static_cast<size_t>(n)), bluish(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const uint8_t* p = src + 3 * i;
       const PixelClass c = classify(p[0], p[1], p[2], rule);
       out[i] = c == kCandidate && saturation(p[0], p[1], p[2]) >= threshold;
       ink[i] = c == kPen || c == kDark;
+      bluish[i] = ink_region_radius > 0 && is_bluish_od(rule.od[p[0]], rule.od[p[1]], rule.od[p[2]]);
     }
     closing(out, h, w, close_radius);
     opening(out, h, w, open_radius);
@@ -184,6 +186,9 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
     // ink (else the closing joins them into blobs), the same closing as tissue
     // joins a stroke across pixels the rule missed, the opening trims; ink wins.
     opening(ink.data(), h, w, ink_speck_radius);
+    // Thinned blue ink looks like haematoxylin pixel by pixel; a wide, uniformly bluish region is ink.
+    region_opening(bluish.data(), h, w, ink_region_radius);
+    for (int64_t i = 0; i < n; ++i) ink[i] |= bluish[i];
     closing(ink.data(), h, w, close_radius);
     opening(ink.data(), h, w, open_radius);
     for (int64_t i = 0; i < n; ++i)
@@ -200,7 +205,7 @@ void register_mask(py::module_& m) {
   m.def("tissue_mask", &tissue_mask, py::arg("rgb"), py::arg("od_lut"), py::arg("white"),
         py::arg("dark"), py::arg("saturation"), py::arg("min_saturation"),
         py::arg("max_saturation"), py::arg("close_radius"), py::arg("open_radius"), py::arg("ink_speck_radius"),
-        py::arg("max_hole_area"), py::arg("min_object_area"),
+        py::arg("ink_region_radius"), py::arg("max_hole_area"), py::arg("min_object_area"),
         "Mask (0 background, 1 tissue, 2 ink) of an RGB thumbnail -> (mask, threshold, ink_count).");
 }
 

@@ -42,6 +42,13 @@ inline bool is_ink_od(int32_t o_r, int32_t o_g, int32_t o_b) {
   return false;
 }
 
+// Red absorbed about as much as green: haematoxylin, or blue ink thinned over tissue. Not ink by
+// itself; ink where it fills a whole square window (see engine.ink.is_bluish_reference).
+inline bool is_bluish_od(int32_t o_r, int32_t o_g, int32_t o_b) {
+  const int32_t t = o_r + o_g + o_b;
+  return t >= 400 && 100 * o_r >= 33 * t && 100 * o_g <= 45 * t;
+}
+
 inline PixelClass classify(int r, int g, int b, const PixelRule& p) {
   const int mx = std::max(r, std::max(g, b));
   const int mn = std::min(r, std::min(g, b));

@@ -5,7 +5,9 @@ slide's saturation threshold, white, dark and the optical-density ink rule of en
   tissue  fraction of sampled pixels that are tissue (not ink)
   ink     fraction of sampled pixels that are ink, after an opening then a closing of radius
           ink_radius on the sub-grid (drops the lone stain pixels the rule takes for ink first, so
-          the closing cannot join them into false strokes; then joins a stroke across its tissue)
+          the closing cannot join them into false strokes; then joins a stroke across its tissue);
+          before the closing, bluish pixels that fill a square of radius ink_region_radius are added
+          (thinned blue ink, which pixel by pixel looks like haematoxylin; engine.ink)
   fold    fraction of the tissue whose OD sum oR+oG+oB exceeds fold_od: folded, doubled or
           over-stained tissue
   bubble  fraction of sampled pixels that are grey (saturation below the threshold, not white,
@@ -31,6 +33,7 @@ from engine.mask import (
     PEN,
     MaskParams,
     closing_reference,
+    ink_regions_reference,
     opening_reference,
     pixel_classes_reference,
 )
@@ -43,8 +46,8 @@ def patch_qc(
     """SCORES of each patch (N, P, P, 3) uint8 -> name -> float32 (N,) (native kernel)."""
     mp, cp = mask_params or MaskParams(), check_params or CheckParams()
     patches = _validate(patches)
-    s = _native.patch_qc(patches, OD_LUT, int(threshold), mp.white, mp.dark, cp.step, cp.ink_radius, cp.focus_step,
-                         cp.fold_od, cp.grey_max)
+    s = _native.patch_qc(patches, OD_LUT, int(threshold), mp.white, mp.dark, cp.step, cp.ink_radius,
+                         cp.ink_region_radius, cp.focus_step, cp.fold_od, cp.grey_max)
     return {name: np.ascontiguousarray(s[:, k]) for k, name in enumerate(SCORES)}
 
 
@@ -86,7 +89,8 @@ def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: 
     """bool maps on the sub-grid of one patch (P, P, 3): tissue, ink, fold, bubble."""
     sampled = patch[:: cp.step, :: cp.step]
     cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark)
-    ink = closing_reference(opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius), cp.ink_radius) == 1
+    ink = opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius) | ink_regions_reference(sampled, cp.ink_region_radius)
+    ink = closing_reference(ink, cp.ink_radius) == 1
     tissue = (cls == CANDIDATE) & (sat >= threshold) & ~ink
     fold = tissue & (optical_density(sampled).sum(-1) > cp.fold_od)
     bubble = (cls == CANDIDATE) & (sat < threshold) & (sampled.max(-1) < cp.grey_max)

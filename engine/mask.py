@@ -12,7 +12,10 @@ Pipeline: Otsu threshold on the saturation of non-white/dark/pen pixels
 (clamped), raw tissue and raw ink, each closed then opened with a square
 element (dilation pads with 0, erosion with 1 so the border does not eat
 tissue); ink is opened with ink_speck_radius first, so that the closing cannot
-join scattered stain pixels the rule takes for ink into blobs; ink overrides
+join scattered stain pixels the rule takes for ink into blobs, and bluish pixels
+(engine.ink.is_bluish_reference) are added where an opening of radius
+ink_region_radius keeps them, its window wholly inside the image (wide uniform
+blue: thinned blue ink); ink overrides
 tissue, fill 4-connected background holes enclosed by tissue alone (a region touching the border or ink is not a hole), drop
 8-connected tissue specks. Everything is integer so the native kernel and the
 numpy reference agree exactly. Only 1 is tissue (engine.plan counts mask == 1).
@@ -27,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from engine import _native
-from engine.ink import OD_LUT, is_ink_reference
+from engine.ink import OD_LUT, is_bluish_reference, is_ink_reference
 
 # Pixel classes, in the order the rule tests them (csrc/pixel.hpp).
 WHITE, DARK, PEN, CANDIDATE = 0, 1, 2, 3
@@ -45,6 +48,7 @@ class MaskParams:
     close_radius: int = 2  # square side 2r+1; 0 skips
     open_radius: int = 2
     ink_speck_radius: int = 1  # ink opened with this first: lone false-ink pixels go before the closing
+    ink_region_radius: int = 3  # bluish regions that fill a (2r+1) square are ink; 0 = off
     max_hole_area: int = 0  # largest hole filled (mask pixels); 0 = no limit
     min_object_area: int = 16  # smaller tissue components are dropped
 
@@ -55,7 +59,8 @@ class MaskParams:
             _check_int("saturation", self.saturation, 0, 255)
         _check_int("min_saturation", self.min_saturation, 0, 255)
         _check_int("max_saturation", self.max_saturation, self.min_saturation, 255)
-        for name in ("close_radius", "open_radius", "ink_speck_radius", "max_hole_area", "min_object_area"):
+        for name in ("close_radius", "open_radius", "ink_speck_radius", "ink_region_radius", "max_hole_area",
+                     "min_object_area"):
             _check_int(name, getattr(self, name), 0, None)
 
     def to_dict(self) -> dict:
@@ -84,6 +89,7 @@ def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult
         params.close_radius,
         params.open_radius,
         params.ink_speck_radius,
+        params.ink_region_radius,
         params.max_hole_area,
         params.min_object_area,
     )
@@ -131,11 +137,11 @@ def otsu_reference(hist: np.ndarray) -> int | None:
     return int(t[valid][np.argmax(score)])  # argmax: first maximum
 
 
-def _box(mask: np.ndarray, r: int, dilate: bool) -> np.ndarray:
-    """Square (2r+1) dilation (pad 0) or erosion (pad 1) of a 0/1 mask."""
+def _box(mask: np.ndarray, r: int, dilate: bool, pad: int | None = None) -> np.ndarray:
+    """Square (2r+1) dilation (pad 0) or erosion (pad 1, unless `pad` says) of a 0/1 mask."""
     if r == 0:
         return mask
-    padded = np.pad(mask, r, constant_values=0 if dilate else 1)
+    padded = np.pad(mask, r, constant_values=(0 if dilate else 1) if pad is None else pad)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 1, 2 * r + 1))
     out = windows.max(axis=(2, 3)) if dilate else windows.min(axis=(2, 3))
     return out.astype(np.uint8)
@@ -149,6 +155,14 @@ def opening_reference(mask: np.ndarray, r: int) -> np.ndarray:
 def closing_reference(mask: np.ndarray, r: int) -> np.ndarray:
     """Closing of a 0/1 mask with a square element (gaps are joined) -> uint8."""
     return _box(_box(mask.astype(np.uint8), r, True), r, False)
+
+
+def ink_regions_reference(rgb: np.ndarray, radius: int) -> np.ndarray:
+    """uint8 0/1: bluish pixels that fill a (2 radius + 1) square inside the image (thinned blue ink: the
+    erosion pads with 0, so a nucleus cut by the border is not taken for a wide region); none if radius is 0."""
+    if radius == 0:
+        return np.zeros(rgb.shape[:2], np.uint8)
+    return _box(_box(is_bluish_reference(rgb).astype(np.uint8), radius, False, pad=0), radius, True)
 
 
 def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult:
@@ -167,6 +181,7 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
         )
     mask = opening_reference(closing_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius), params.open_radius)
     ink = opening_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
+    ink |= ink_regions_reference(rgb, params.ink_region_radius)
     ink = opening_reference(closing_reference(ink, params.close_radius), params.open_radius)
     mask[ink == 1] = INK
 

@@ -12,8 +12,9 @@ from engine.qc import REASONS, SCORES, CheckParams, reasons_of
 from engine.mask import MaskParams
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
 
+BLUISH = (90, 80, 140)  # haematoxylin-like blue: not ink pixel by pixel, only as a wide region
 PARAMS = [CheckParams(), CheckParams(step=1, ink_radius=0), CheckParams(step=3, ink_radius=1, fold_od=1500, grey_max=230),
-          CheckParams(step=7, ink_radius=3)]
+          CheckParams(step=7, ink_radius=3), CheckParams(ink_region_radius=0), CheckParams(step=2, ink_region_radius=1)]
 
 
 def patches_of(rng, n, p):
@@ -69,6 +70,22 @@ def test_known_answers(fn):
     half = solid((255, 255, 255), 16)
     half[:, :, :8] = PURPLE
     assert score(half, "tissue", cp=CheckParams(step=4)) == 0.5
+
+
+@pytest.mark.parametrize("fn", [patch_qc, patch_qc_reference])
+def test_wide_bluish_region_is_ink_nuclei_are_not(fn):
+    patch = solid(PINK, 64)
+    patch[:, :, 32:] = BLUISH  # a band of 8 sub-grid columns: wider than the (2 * 3 + 1) window
+    assert fn(patch, 20)["ink"][0] == 0.5
+    assert fn(patch, 20, None, CheckParams(ink_region_radius=0))["ink"][0] == 0.0
+    nuclei = solid(PINK, 64)
+    for y in range(0, 64, 24):
+        for x in range(0, 64, 24):
+            nuclei[0, y : y + 16, x : x + 16] = BLUISH  # 4 sub-grid pixels wide
+    assert fn(nuclei, 20)["ink"][0] == 0.0 and fn(nuclei, 20)["tissue"][0] == 1.0
+    both = np.concatenate([patch, nuclei])
+    for cp in PARAMS:
+        assert_same(patch_qc(both, 20, None, cp), patch_qc_reference(both, 20, None, cp))
 
 
 @pytest.mark.parametrize("fn", [patch_qc, patch_qc_reference])
@@ -130,7 +147,8 @@ def test_params():
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.step = 2  # type: ignore[misc]
     for kwargs, match in [(dict(step=0), "step"), (dict(min_tissue=-0.1), "min_tissue"), (dict(max_ink=2), "max_ink"),
-                          (dict(min_focus=-1), "min_focus"), (dict(ink_radius=-1), "ink_radius")]:
+                          (dict(min_focus=-1), "min_focus"), (dict(ink_radius=-1), "ink_radius"),
+                          (dict(ink_region_radius=-1), "ink_region_radius")]:
         with pytest.raises(ValueError, match=match):
             CheckParams(**kwargs)
 

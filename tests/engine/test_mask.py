@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from engine.ink import is_bluish_reference, is_ink_reference
 from engine.mask import (
     CANDIDATE,
     DARK,
@@ -19,6 +20,8 @@ from engine.mask import (
     tissue_mask_reference,
 )
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
+
+BLUISH = (90, 80, 140)  # haematoxylin-like blue: not ink pixel by pixel, only as a wide region
 
 
 def assert_same(a: MaskResult, b: MaskResult) -> None:
@@ -44,6 +47,8 @@ PARAM_VARIANTS = [
     MaskParams(min_saturation=0, max_saturation=255, min_object_area=1),
     MaskParams(white=200, dark=80, max_hole_area=1),
     MaskParams(open_radius=0, max_hole_area=50, min_object_area=60),
+    MaskParams(ink_region_radius=0),
+    MaskParams(ink_region_radius=1, ink_speck_radius=0),
 ]
 
 
@@ -231,6 +236,28 @@ def test_pen_stroke_is_ink(fn, ink, width):
     assert result.pen_fraction == pytest.approx(64 * width / 64**2)
 
 
+def bluish_stroke_and_nuclei() -> np.ndarray:
+    """Pink tissue with a 10 px band and 5 px blobs of BLUISH (a wide stroke vs nuclei)."""
+    img = np.full((64, 64, 3), PINK, np.uint8)
+    img[:, 40:50] = BLUISH
+    for y in range(4, 60, 10):
+        for x in range(4, 32, 10):
+            img[y : y + 5, x : x + 5] = BLUISH
+    return img
+
+
+@pytest.mark.parametrize("fn", [tissue_mask, tissue_mask_reference])
+def test_wide_bluish_region_is_ink_nuclei_are_not(fn):
+    img = bluish_stroke_and_nuclei()
+    assert not is_ink_reference(np.array(BLUISH, np.uint8)) and is_bluish_reference(np.array(BLUISH, np.uint8))
+    mask = fn(img).mask
+    assert (mask[:, 40:50] == 2).all() and (mask[:, :36] == 1).all() and (mask[:, 54:] == 1).all()
+    assert (fn(img, MaskParams(ink_region_radius=0)).mask == 1).all()  # per pixel it is tissue
+    assert (fn(img, MaskParams(ink_region_radius=5)).mask == 1).all()  # narrower than 11 px: not a region
+    for params in PARAM_VARIANTS:
+        assert_same(tissue_mask(img, params), tissue_mask_reference(img, params))
+
+
 @pytest.mark.parametrize("fn", [tissue_mask, tissue_mask_reference])
 def test_hole_touching_ink_is_not_filled(fn):
     img = square_image(colour=PURPLE)
@@ -286,6 +313,7 @@ def test_params_defaults_and_dict():
         "close_radius": 2,
         "open_radius": 2,
         "ink_speck_radius": 1,
+        "ink_region_radius": 3,
         "max_hole_area": 0,
         "min_object_area": 16,
     }
@@ -301,6 +329,7 @@ def test_params_defaults_and_dict():
         (dict(min_saturation=50, max_saturation=40), "max_saturation"),
         (dict(close_radius=-1), "close_radius"),
         (dict(ink_speck_radius=-1), "ink_speck_radius"),
+        (dict(ink_region_radius=-1), "ink_region_radius"),
         (dict(min_object_area=2.5), "min_object_area"),
     ],
 )

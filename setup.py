@@ -21,6 +21,6 @@ setup(
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
     entry_points={"console_scripts": ["histogen=histogen.cli:main"]},
-    package_data={"histogen": ["presets/*.yaml"]},
+    package_data={"histogen": ["presets/*.yaml"], "engine.fetch": ["study.yaml"]},
     python_requires=">=3.10",
 )

@@ -7,6 +7,9 @@ that can read a file's compression and layout and falls back to the next, saying
   zstd, webp); on a CPU this is the fastest reader we measured (benchmarks/RESULTS.md).
 - ``cucim``: cuCIM, decoding on the GPU when CUDA is there. It cannot read JPEG 2000, zstd or webp
   tiles, and sees only level 0 of SubIFD pyramids.
+- ``wsidicom``: DICOM whole-slide images, a folder holding one series (an instance per pyramid
+  level, as Imaging Data Commons serves them) or a single file. It reads more of the DICOM files we
+  made than OpenSlide (JPEG-LS frames too), so it comes first, with OpenSlide as its fallback.
 - ``openslide``: OpenSlide, for everything else it opens (NDPI, MRXS, DICOM, ...).
 - ``pil``: a plain PNG/JPEG image as a single-level slide.
 """
@@ -29,9 +32,29 @@ log = logging.getLogger(__name__)
 # tifffile logs damaged files at ERROR level itself; here they reach the user once, as a SlideError.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 # TIFF compressions cuCIM decodes: none, LZW, JPEG (old and new), deflate (two codes).
-READERS = ("auto", "tifffile", "cucim", "openslide", "pil")
+READERS = ("auto", "tifffile", "cucim", "wsidicom", "openslide", "pil")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CUCIM_COMPRESSIONS = {1, 5, 7, 8, 32946}
+DICOM_SUFFIX = ".dcm"
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether the file carries DICOM's 'DICM' mark after its 128-byte preamble."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(path: Path) -> list[Path]:
+    """The DICOM instances of a slide: the .dcm files of a folder (one series, one slide), or the
+    file itself; empty where `path` is no DICOM slide."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() == DICOM_SUFFIX and p.is_file() and not p.name.startswith("."))
+    return [path] if path.is_file() and is_dicom_file(path) else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +245,12 @@ class OpenSlideSlide(Slide):
     def _open(path):
         import openslide
 
+        path = Path(path)
+        if path.is_dir():  # a DICOM series: OpenSlide finds the other instances beside the one named
+            files = dicom_files(path)
+            if not files:
+                raise SlideError(f"{path}: a folder without .dcm files")
+            path = files[0]
         return openslide.OpenSlide(str(path))
 
     def _read(self, x, y, level, w, h):
@@ -296,6 +325,49 @@ class CuCIMSlide(Slide):
         self._img.close()
 
 
+class DicomSlide(Slide):
+    """wsidicom: a DICOM WSI series (a folder of instances) or a single-file DICOM WSI; MPP from the
+    base level's pixel spacing."""
+
+    backend = "wsidicom"
+
+    def __init__(self, path):
+        import wsidicom
+
+        files = dicom_files(path)
+        if not files:
+            raise SlideError(f"{path}: no DICOM file there")
+        try:
+            self._wsi = wsidicom.WsiDicom.open(files)
+            levels = list(self._wsi.levels)
+            mpp = levels[0].mpp
+        except Exception as e:
+            raise SlideError(f"{path}: wsidicom cannot open it ({type(e).__name__}: {e})") from e
+        # wsidicom names levels by log2 of their downsample. Its reads are thread-safe (a lock per
+        # file around the seek and read, locked frame caches), so threads decode in parallel.
+        self._levels = [lv.level for lv in levels]
+        super().__init__(path, [(lv.size.width, lv.size.height) for lv in levels],
+                         plausible_mpp(float(mpp.width), float(mpp.height), "dicom.PixelSpacing"))
+
+    def _read(self, x, y, level, w, h):
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(x / ds), math.floor(y / ds)  # as OpenSlide: floor, also left of 0
+        lw, lh = self.level_dimensions[level]
+        out = np.full((h, w, 3), 255, np.uint8)  # outside the slide is white; wsidicom refuses it
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        try:
+            region = self._wsi.read_region((x0, y0), self._levels[level], (x1 - x0, y1 - y0), as_array=True)
+        except Exception as e:
+            raise SlideError(f"{self.path}: wsidicom failed reading {w}x{h} at ({x}, {y}) level {level} ({e})") from e
+        out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = to_rgb(np.asarray(region))
+        return out
+
+    def close(self):
+        self._wsi.close()
+
+
 class ImageSlide(Slide):
     """A plain PNG/JPEG as a one-level slide (held in memory: such images are small)."""
 
@@ -326,6 +398,8 @@ def choose_backend(path: Path) -> tuple[str, str]:
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return "pil", "plain image"
+    if dicom_files(path):
+        return "wsidicom", "DICOM WSI (wsidicom reads more transfer syntaxes than OpenSlide)"
     import tifffile
 
     try:
@@ -346,15 +420,19 @@ def open_slide(path, backend: str = "auto") -> Slide:
     path = Path(path)
     if backend not in READERS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(READERS)}")
-    if not path.is_file():
+    if path.is_dir():
+        if not dicom_files(path):
+            raise SlideError(f"{path}: a folder, and not a DICOM series (no .dcm files)", "point at a slide file or a folder of one DICOM series")
+    elif not path.is_file():
         raise SlideError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         raise SlideError(f"{path}: the file is empty; copy it again")
-    factories = {"tifffile": TiffSlide, "cucim": CuCIMSlide, "openslide": OpenSlideSlide, "pil": ImageSlide}
+    factories = {"tifffile": TiffSlide, "cucim": CuCIMSlide, "wsidicom": DicomSlide, "openslide": OpenSlideSlide, "pil": ImageSlide}
     if backend != "auto":
         return factories[backend](path)
     first, reason = choose_backend(path)
-    order = [first] + [b for b in ("tifffile", "openslide") if b != first and first != "pil"]
+    fallbacks = {"pil": (), "wsidicom": ("openslide",)}.get(first, ("tifffile", "openslide"))
+    order = [first] + [b for b in fallbacks if b != first]
     errors = []
     for name in order:
         try:

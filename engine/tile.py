@@ -23,7 +23,7 @@ import numpy as np
 from engine import __version__, cluster, jobs
 from engine.check import check_patches
 from engine.qc import REASONS, CheckParams
-from engine.discover import fingerprint, slide_files, slide_ids
+from engine.discover import fingerprint, slide_files, slide_ids, slide_organs
 from engine.errors import run_command, setup_logging
 from engine.location import Location, location, open_write, with_suffix
 from engine.mask import MaskParams, tissue_mask
@@ -179,11 +179,14 @@ def qa_folder(out: Location, cfg: TileConfig, qa_dir: Location | None) -> Locati
     return with_suffix(out, ".qa") if qa_dir is None and cfg.qa else qa_dir
 
 
-def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress) -> jobs.Written | None:
+def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress, organ: str | None = None) -> jobs.Written | None:
     identity = {"fingerprint": fingerprint(path)}
     if jobs.up_to_date(store, slide_id, path, identity):
         return None
-    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp), identity, qa_dir, progress)[1]
+    # The organ (from the fetch's record) rides with the slide's group: the dataset export and
+    # organ-conditioned training read it from there.
+    provenance = {**identity, **({"organ": organ} if organ else {})}
+    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp), provenance, qa_dir, progress)[1]
 
 
 def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
@@ -197,8 +200,9 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, cfg.store_params(), overwrite=overwrite)
     qa_dir = qa_folder(out, cfg, qa_dir)
     bars = jobs.slide_bars(show_progress, scheduler)
-    ids = slide_ids(paths, slides_dir)
-    todo = [jobs.SlideJob(ids[p], str(p), functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars)) for p in paths]
+    ids, organs = slide_ids(paths, slides_dir), slide_organs(paths, slides_dir)
+    todo = [jobs.SlideJob(ids[p], str(p), functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars, organs.get(p)))
+            for p in paths]
     t0 = time.perf_counter()
     results, ran_on = jobs.run(todo, "tiling", scheduler, show_progress)
     return jobs.Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None, ran_on)
@@ -243,7 +247,7 @@ INTERRUPTED = "finished slides are kept; run the same command again to resume"
 def parse_args(argv=None) -> argparse.Namespace:
     d = TileConfig()
     p = argparse.ArgumentParser(prog="python -m engine.tile", description=__doc__.split("\n\n")[0])
-    p.add_argument("--slides", required=True, type=Path, help="folder of slides (searched recursively)")
+    p.add_argument("--slides", required=True, type=Path, help="folder of slides (searched recursively; a folder of .dcm files is one DICOM slide)")
     p.add_argument("--out", required=True, type=location, help="patch store to write or resume: STORE.zarr, or a URL (s3://BUCKET/STORE.zarr)")
     p.add_argument("--patch-size", type=int, default=d.plan.patch_size)
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")

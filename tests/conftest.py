@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import histosynth as synth
 from tests.support.data import shared_file
 
 
@@ -29,6 +28,8 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def svs_slide(synth_dir) -> Path:
     """Aperio-style SVS, 240 px JPEG tiles, two pyramid levels, 0.25 µm/px."""
+    import histosynth as synth  # here, not above: it needs imagecodecs, absent on a bare GPU box
+
     path = synth_dir / "aperio.svs"
     synth.write_svs(path, synth.SynthSpec(width=2400, height=1800, seed=1, mpp=0.25, jpeg_quality=90), levels=(1, 4))
     return path
@@ -37,6 +38,8 @@ def svs_slide(synth_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiff_slide(synth_dir) -> Path:
     """CAMELYON-style generic pyramidal TIFF, 512 px JPEG tiles, 0.5 µm/px in resolution tags."""
+    import histosynth as synth
+
     path = synth_dir / "camelyon.tif"
     synth.write_tiled_tiff(path, synth.SynthSpec(width=2560, height=2048, seed=2, mpp=0.5, jpeg_quality=90), levels=(1, 2, 4))
     return path

@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     e = sub.add_parser("export", help="a store's embeddings to parquet files and a dataset card")
     e.add_argument("--store", required=True, type=location.location, help="patch store with embeddings (STORE.zarr or a URL)")
     e.add_argument("--out", required=True, type=Path, help="folder for data/train-*.parquet and README.md")
-    e.add_argument("--organ", default=None, help="organ of every row (default: each slide's own from an import, else 'unknown')")
+    e.add_argument("--organ", default=None, help="organ of every row (default: each slide's own, recorded by engine.fetch or an import, else 'unknown')")
     e.add_argument("--with-images", action="store_true", help="add an image column: each patch at the model's input size, PNG")
     e.add_argument("--rows-per-file", type=int, default=None, help="rows per parquet file (default: about 500 MB a file)")
     e.add_argument("--push", metavar="REPO_ID", default=None, help="then upload to this Hugging Face dataset repo")

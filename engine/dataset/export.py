@@ -99,7 +99,8 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
                    rows_per_file: int | None = None) -> list[Path]:
     """Write the store's slides that have complete embeddings to `out_dir/data/train-*.parquet`
     (one row per patch, slide after slide, in patch order) and a dataset card `out_dir/README.md`.
-    `organ`: every row's organ (default: each slide's own, recorded by an import, else "unknown").
+    `organ`: every row's organ (default: each slide's own in its group's attributes, recorded by the
+    tiler from engine.fetch's manifest or by an import, else "unknown").
     Returns the parquet files. The files replace an earlier export's only once all are written."""
     store_path, out_dir = location.location(store_path), Path(out_dir)
     store = PatchStore.open(store_path)

@@ -3,7 +3,6 @@ server mode) on loopback: the same store as on disk, from one process or a clust
 a half-written slide group replaced cleanly; one-line errors for a missing bucket or endpoint."""
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -20,43 +19,17 @@ from engine.location import location  # noqa: E402
 from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import Codec, PatchStore, StoreError  # noqa: E402
 from engine.tile import main, tile_slides  # noqa: E402
+from tests.support.s3server import fresh_s3fs, s3_server  # noqa: E402
 from tests.support.stores import assert_same_store  # noqa: E402
 from tests.support.tiling import ARGS, CFG  # noqa: E402
-
-
-def _fresh_s3fs():
-    """s3fs caches filesystems (and the endpoint they were made with) per process. Dropping them
-    leaves their aiohttp sessions unclosed: collect them now, so that asyncio's "Unclosed client
-    session" line is logged here and not in the middle of the next command under test."""
-    import gc
-
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with a bucket `bkt`; the standard AWS variables point at it,
     so that this process and the worker processes it starts reach it like a real object store."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(k, v)
-        _fresh_s3fs()
-        import s3fs
-
-        s3fs.S3FileSystem().mkdir("bkt")
-        yield s3fs.S3FileSystem()
-        _fresh_s3fs()
-    server.stop()
+    with s3_server("bkt") as fs:
+        yield fs
 
 
 def test_location_keeps_urls_and_paths_apart():
@@ -139,9 +112,9 @@ def test_missing_bucket_or_endpoint_is_one_line_exit_2(s3, slides, caplog, monke
         s.bind(("127.0.0.1", 0))
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore would retry a refused connection for seconds
-    _fresh_s3fs()
+    fresh_s3fs()
     try:
         line = errors(["--out", "s3://bkt/p.zarr"])
     finally:
-        _fresh_s3fs()
+        fresh_s3fs()
     assert line.startswith("s3://bkt/p.zarr: cannot reach it") and "AWS_ENDPOINT_URL" in line

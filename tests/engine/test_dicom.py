@@ -1,0 +1,112 @@
+"""DICOM whole-slide images as a first-class format: a series folder and a single file are each one
+slide; wsidicom and OpenSlide give the same pixels; the pixels of a series made from the real CMU
+slide are the SVS's own; tiling such a series stores the same patches as the SVS's region, with the
+organ the fetch recorded."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.dataset.export import export_parquet
+from engine.discover import find_slides, fingerprint
+from engine.fetch.manifest import Entry, write_record
+from engine.readers import choose_backend, open_slide
+from engine.slide import SlideError
+from engine.store import PatchStore
+from engine.tile import tile_slides
+from tests.engine.conftest import CMU_CROP
+from tests.support.dicom import write_dicom_series
+from tests.support.tiling import CFG
+
+
+def test_series_folder_reads_as_the_svs_region(cmu_svs, cmu_dicom_raw):
+    x0, y0, w, h = CMU_CROP
+    rng = np.random.default_rng(1)
+    with open_slide(cmu_svs, "tifffile") as svs, open_slide(cmu_dicom_raw) as dcm:
+        assert dcm.backend == "wsidicom"
+        assert dcm.level_dimensions == ((w, h), (w // 2, h // 2), (w // 4, h // 4))
+        assert dcm.level_downsamples == (1.0, 2.0, 4.0)
+        assert dcm.mpp is not None and dcm.mpp.x == pytest.approx(svs.mpp.x) and dcm.mpp.source == "dicom.PixelSpacing"
+        locs = [(int(x), int(y)) for x, y in zip(rng.integers(0, w - 300, 8), rng.integers(0, h - 300, 8))]
+        got = dcm.read_regions(locs, 0, (300, 300))
+        want = svs.read_regions([(x + x0, y + y0) for x, y in locs], 0, (300, 300))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fixture", ["cmu_dicom", "cmu_dicom_raw"])
+def test_wsidicom_and_openslide_agree_on_every_level(fixture, request):
+    folder = request.getfixturevalue(fixture)
+    rng = np.random.default_rng(2)
+    with open_slide(folder, "wsidicom") as a, open_slide(folder, "openslide") as b:
+        assert a.level_dimensions == b.level_dimensions
+        assert a.mpp.x == pytest.approx(b.mpp.x, rel=1e-3)
+        for level in range(a.level_count):
+            lw, lh = a.level_dimensions[level]
+            ds = a.level_downsamples[level]
+            # partly outside the slide too: both give white there
+            locs = [(int(x * ds), int(y * ds)) for x, y in zip(rng.integers(-64, lw - 64, 6), rng.integers(-64, lh - 64, 6))]
+            np.testing.assert_array_equal(a.read_regions(locs, level, (128, 128)), b.read_regions(locs, level, (128, 128)))
+
+
+def test_single_file_dicom_that_openslide_rejects_is_read(cmu_crop, tmp_path):
+    rgb, mpp = cmu_crop
+    path = write_dicom_series(rgb[:512, :768], tmp_path / "one", mpp=mpp, levels=1, codec="jpegls")[0]
+    with pytest.raises(SlideError, match="OpenSlide cannot open it"):
+        open_slide(path, "openslide")
+    assert choose_backend(path)[0] == "wsidicom"
+    with open_slide(path) as s:
+        assert s.backend == "wsidicom" and s.dimensions == (768, 512)
+        np.testing.assert_array_equal(s.read_region((0, 0), 0, (768, 512)), rgb[:512, :768])  # JPEG-LS is lossless
+    assert find_slides(tmp_path) == ([path], [])
+
+
+def test_fallback_to_openslide_says_why(cmu_dicom, monkeypatch, caplog):
+    import wsidicom
+
+    def refuse(*a, **k):
+        raise ValueError("no such module")
+
+    monkeypatch.setattr(wsidicom.WsiDicom, "open", refuse)
+    with caplog.at_level(logging.INFO, "engine.readers"), open_slide(cmu_dicom) as s:
+        assert s.backend == "openslide"
+    assert "fallback: wsidicom cannot open it (ValueError: no such module)" in caplog.text
+
+
+def test_series_folder_is_one_slide_and_changes_its_fingerprint(cmu_dicom, tmp_path):
+    root = tmp_path / "slides"
+    shutil.copytree(cmu_dicom, root / "C3L-00004-21")
+    (root / ".partial" / "x").mkdir(parents=True)
+    (root / ".partial" / "x" / "a.dcm").write_bytes(b"half")
+    slides, ignored = find_slides(root)
+    assert slides == [root / "C3L-00004-21"] and ignored == []
+    before = fingerprint(root / "C3L-00004-21")
+    (root / "C3L-00004-21" / "level-2.dcm").unlink()
+    assert fingerprint(root / "C3L-00004-21") != before
+    with pytest.raises(SlideError, match="not a DICOM series"):
+        open_slide(tmp_path)
+
+
+def test_tiled_dicom_series_stores_the_svs_patches_and_the_organ(cmu_svs, cmu_dicom_raw, tmp_path):
+    root = tmp_path / "slides"
+    shutil.copytree(cmu_dicom_raw, root / "MSB-00241-01-05")
+    write_record(root, [Entry("MSB-00241-01-05", "colon", "idc", "idc://cmb_crc/MSB-00241-01-05")])
+    summary = tile_slides(root, tmp_path / "p.zarr", CFG, show_progress=False)
+    assert summary.count("done") == 1, summary.text()
+    store = PatchStore.open(tmp_path / "p.zarr")
+    attrs = store.attrs("MSB-00241-01-05")
+    assert attrs["organ"] == "colon" and attrs["backend"] == "wsidicom"
+    coords, patches = store.coords("MSB-00241-01-05"), store.read_patches("MSB-00241-01-05")
+    assert len(coords) >= 4
+    x0, y0 = CMU_CROP[:2]
+    p = store.patch_size
+    with open_slide(cmu_svs, "tifffile") as svs:
+        want = svs.read_regions([(x + x0, y + y0) for x, y in coords.tolist()], 0, (p, p))
+    np.testing.assert_array_equal(patches, want)
+    # The export carries the organ without being told it.
+    store.write_embeddings("MSB-00241-01-05", np.zeros((len(coords), 384), np.float32), {"model": "test"})
+    table = pq.read_table(export_parquet(tmp_path / "p.zarr", tmp_path / "export")[0])
+    assert set(table["organ"].to_pylist()) == {"colon"}

@@ -87,10 +87,12 @@ def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[
 
 class SlidePatches(Dataset):
     """Patch i of the concatenated slides' patches in use (each ref's `rows`) -> (uint8 (P, P, 3),
-    float32 (D,) embedding or (0,)). Stores are opened lazily in each worker process."""
+    float32 (D,) embedding or (0,), its slide's class id or -1). `labels`: a class id per ref, or
+    None. Stores are opened lazily in each worker process."""
 
-    def __init__(self, refs: list[SlideRef], conditional: bool):
+    def __init__(self, refs: list[SlideRef], conditional: bool, labels: list[int] | None = None):
         self.refs, self.conditional = refs, conditional
+        self.labels = labels if labels is not None else [-1] * len(refs)
         self.starts = np.cumsum([0] + [r.n for r in refs])
         self._images: dict = {}
         self._emb: dict = {}
@@ -110,7 +112,7 @@ class SlidePatches(Dataset):
         k = int(np.searchsorted(self.starts, i, side="right") - 1)
         images, emb = self._open(k)
         j = int(self.refs[k].store_rows(i - int(self.starts[k])))
-        return images[j], emb[j]
+        return images[j], emb[j], self.labels[k]
 
 
 class StepSampler(Sampler):
@@ -151,20 +153,23 @@ def derive_seed(*parts: int) -> int:
 
 
 def _collate(items):
-    images = np.stack([np.asarray(i) for i, _ in items])
-    cond = np.stack([e for _, e in items]).astype(np.float32)
-    return images, cond
+    images = np.stack([np.asarray(i) for i, _, _ in items])
+    cond = np.stack([e for _, e, _ in items]).astype(np.float32)
+    return images, cond, np.array([c for _, _, c in items], np.int64)
 
 
 class Batches:
     """An iterator of {"images": float (b, 3, R, R) in [-1, 1], "cond": (b, D) embeddings or None,
-    "seeds": int64 (b,)} on `device` (seeds on the CPU), for steps start_step, start_step + 1, ... (b = global batch / world)."""
+    "label": int64 (b,) class ids or None, "seeds": int64 (b,)} on `device` (seeds on the CPU), for
+    steps start_step, start_step + 1, ... (b = global batch / world). `labels`: the class id of each
+    ref's slide, for runs conditioned on labels (histogen.labels)."""
 
     def __init__(self, refs: list[SlideRef], cfg: RunConfig, device: torch.device, start_step: int = 0,
-                 rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None):
+                 rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None, labels: list[int] | None = None):
         d, t = cfg.data, cfg.train
         self.cfg, self.device, self.train, self.step, self.rank = cfg, device, train, start_step, rank
-        self.dataset = SlidePatches(refs, d.conditional)
+        self.labelled = labels is not None
+        self.dataset = SlidePatches(refs, d.conditional, labels)
         self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps, shuffle=train)
         backend = d.pipeline
         if backend == "auto":
@@ -180,7 +185,7 @@ class Batches:
         return self
 
     def __next__(self) -> dict:
-        images, cond = next(self._it)
+        images, cond, labels = next(self._it)
         # Augmentation is drawn from (seed, step, rank): a resumed run draws what an
         # uninterrupted one did.
         seed = self.cfg.train.seed
@@ -193,7 +198,7 @@ class Batches:
         seeds = torch.tensor([derive_seed(seed, self.step, first + i, 3) for i in range(len(x))])
         self.step += 1
         return {"images": x, "cond": torch.from_numpy(cond).to(self.device) if self.cfg.data.conditional else None,
-                "seeds": seeds}
+                "label": torch.from_numpy(labels).to(self.device) if self.labelled else None, "seeds": seeds}
 
 
 def embeddings_from(store_path: Path, n: int, seed: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from engine.errors import run_command, setup_logging
 from histogen import config
 from histogen.config import ConfigError
 from histogen.evaluate import EvalConfig, evaluate
+from histogen.report import console_lines
 from histogen.models.registry import KINDS
 from histogen.sample import sample_run
 from histogen.train import train
@@ -37,12 +38,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--cond-from", type=Path, help="patch store whose embeddings condition a conditional model")
+    s.add_argument("--label", help="the class to sample, for a run trained with data.label (default: every class in turn)")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps")
     s.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval", help="measure how real a run's samples are; writes metrics.json and report.html")
     e.add_argument("--run", type=Path, help="run folder of histogen train (samples are drawn from it)")
-    e.add_argument("--samples", type=Path, help="evaluate images made elsewhere: a folder with samples.zarr or PNG files")
+    e.add_argument("--samples", type=Path, help="evaluate images made elsewhere: a folder with samples.zarr or PNG files "
+                                                "(without --run, real patches are compared at the samples' size)")
     e.add_argument("--real", required=True, type=Path, nargs="+", help="patch store(s) with real patches; the run's "
                                                                          "validation slides are used, never its training slides")
     e.add_argument("--out", required=True, type=Path, help="report folder")
@@ -70,7 +73,7 @@ def run_train(a) -> int:
 def run_sample(a) -> int:
     if a.n < 1 or a.steps < 1:
         raise ConfigError("--n and --steps must be at least 1")
-    pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed)
+    pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed, label=a.label)
     print(f"{len(pixels)} samples in {a.out} (grid: {a.out / 'grid.png'}, array: {a.out / 'samples.zarr'})")
     return 0
 
@@ -81,11 +84,7 @@ def run_eval(a) -> int:
     cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=a.encoder,
                      revision=a.revision)
     ev = evaluate(a.real, a.out, run=a.run, samples=a.samples, cfg=cfg)
-    for k, v in ev.metrics.items():
-        print(f"{k}: " + (", ".join(f"{k2} {v2:.4g}" if isinstance(v2, float) else f"{k2} {v2}" for k2, v2 in v.items())
-                          if isinstance(v, dict) else f"{v:.4g}"))
-    for k, why in ev.skipped.items():
-        print(f"{k}: skipped ({why})")
+    print("\n".join(console_lines(ev)))
     print(f"report: {a.out / 'report.html'}, numbers: {a.out / 'metrics.json'}")
     return 0
 

@@ -96,6 +96,9 @@ class DataConfig:
     rot90: bool = True
     stain_jitter: float = 0.0  # std of the H&E stain scale/shift jitter; 0 = off, ~0.05 is mild
     conditional: bool = False  # condition on the slide's Path Foundation embedding of each patch
+    # Condition on a slide-level label (histogen.labels): a slide attribute key of the stores (e.g.
+    # organ), or a CSV file (ends in .csv) with columns slide,label. Unlabelled slides are left out.
+    label: str | None = None
     workers: int = 2  # DataLoader processes reading the stores
     pipeline: str = "auto"  # engine.pipeline backend for resize and augmentation
     # Patch-check thresholds tighter than the store's (e.g. {max_ink: 0.001}): applied to the stored
@@ -104,6 +107,7 @@ class DataConfig:
 
     def __post_init__(self):
         require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
+        require(self.label is None or self.label.strip() != "", "data.label must be a slide attribute key or a CSV path, or null")
         known = qc_thresholds()
         unknown = sorted(set(self.qc) - set(known))
         require(not unknown, f"unknown data.qc key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(known)}")

@@ -6,10 +6,16 @@ input size, [0, 1]), so real and generated patches are preprocessed identically.
 plugged in (`TorchEncoder`, or a TorchScript file on the command line). Without a learned model,
 `PixelEncoder` gives downsampled pixels: enough for nearest-neighbour memorisation checks, not for
 Fréchet distance or precision/recall.
+
+A model that carries the untrained marker (UNTRAINED_MARKER: a JSON file in a SavedModel's
+assets.extra/ folder, or an extra file of a TorchScript archive, as histosynth.standin_model
+writes) loads as usual with `untrained` set to what the marker says, so evaluation can say that
+numbers in its space mean nothing.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +25,14 @@ import torch
 from engine.embed import EmbedError, load_model
 from engine.pipeline import EMBED, Transform, make_resizer
 
+UNTRAINED_MARKER = "untrained.json"  # {"what": "a stand-in with random weights (...)"}; any content marks it
+
 
 class Encoder:
     """`forward` takes the resized batch (torch float32 in [0, 1], `transform.layout`)."""
 
-    learned = True  # features from a learned model: Fréchet distance and precision/recall make sense
+    learned = True  # features from a model (not pixels): Fréchet distance and precision/recall are computed
+    untrained: str | None = None  # what the model's untrained marker says: its learned-space numbers mean nothing
 
     def __init__(self, id: str, revision: str, transform: Transform, forward: Callable, width: int,
                  pipeline: str = "auto", batch_size: int = 64):
@@ -46,7 +55,18 @@ class Encoder:
 def path_foundation(model: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
     """Path Foundation or a SavedModel with its interface (engine.embed.load_model; raises EmbedError)."""
     m = load_model(model, revision)
-    return Encoder(m.id, m.revision, EMBED, m, m.width, pipeline, batch_size)
+    enc = Encoder(m.id, m.revision, EMBED, m, m.width, pipeline, batch_size)
+    marker = Path(m.id) / "assets.extra" / UNTRAINED_MARKER  # a local folder's id is its path
+    if marker.is_file():
+        enc.untrained = _marker_says(marker.read_bytes())
+    return enc
+
+
+def _marker_says(content: bytes) -> str:
+    try:
+        return str(json.loads(content).get("what") or "marked untrained")
+    except (ValueError, AttributeError):
+        return "marked untrained"
 
 
 class TorchEncoder(Encoder):
@@ -70,8 +90,12 @@ def torchscript(path: Path, input_size: int = 224, pipeline: str = "auto", batch
     """A TorchScript file (torch.jit.save of any module): loads without pickled Python code."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     digest = "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return TorchEncoder(torch.jit.load(str(path), map_location=device), str(Path(path).resolve()), digest,
-                        input_size, pipeline, batch_size)
+    extra = {UNTRAINED_MARKER: ""}
+    enc = TorchEncoder(torch.jit.load(str(path), map_location=device, _extra_files=extra), str(Path(path).resolve()), digest,
+                       input_size, pipeline, batch_size)
+    if extra[UNTRAINED_MARKER]:
+        enc.untrained = _marker_says(extra[UNTRAINED_MARKER])
+    return enc
 
 
 class PixelEncoder(Encoder):

@@ -4,12 +4,19 @@
     histogen eval --samples DIR --real patches.zarr --out report/     (images made elsewhere)
 
 Real patches come from the --real stores' slides that the run did not train on, drawn at random
-(seeded) and resized to the run's resolution exactly as training resized them; generated patches
-are the run's EMA samples (autoencoders: reconstructions of those real patches; conditional
-models: conditioned on those patches' stored embeddings). Both sides then go through the same
-encoder preprocessing. Features of the real side are cached per store, slides, encoder,
-resolution and draw. Metrics that need a learned encoder are skipped, with the reason, when none
-can be loaded; the rest still run.
+(seeded) and resized to the run's resolution exactly as training resized them (without --run, the
+samples' own size is the resolution); generated patches are the run's EMA samples (autoencoders:
+reconstructions of those real patches; conditional models: conditioned on those patches' stored
+embeddings). Both sides then go through the same encoder preprocessing. Features of the real side
+are cached per store, slides, encoder, resolution and draw. Metrics that need a learned encoder
+are skipped, with the reason, when none can be loaded; the rest still run.
+
+Every metric has a noise floor: the same number computed between two disjoint draws of real
+patches (A, the real side of every comparison, and B, of A's size), in metrics.json's "floor"
+beside "metrics", key for key. Model-free measures lead: the classifier two-sample test
+(histogen.two_sample), nuclear morphology (histogen.nuclei) and stain distributions; Fréchet
+distance and precision/recall are flagged as meaningless when the encoder is untrained (the
+stand-in of the demo).
 """
 from __future__ import annotations
 
@@ -31,14 +38,18 @@ from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
 from engine.progress import Progress
 from engine.store import SlideRef
-from histogen import metrics
+from histogen import metrics, nuclei
 from histogen.batches import list_slides, open_store
 from histogen.encoders import Encoder, PixelEncoder, load_encoder
+from histogen.labels import slide_labels
+from histogen.nuclei import NucleiParams
 from histogen.report import write_report
 from histogen.run import RunSampler
+from histogen.two_sample import TwoSampleConfig, two_sample_test
 
 log = logging.getLogger("histogen.evaluate")
-CACHE_VERSION = 1
+CACHE_VERSION = 3
+LEARNED_SPACE = ("frechet_distance", "precision_recall")  # meaningless in an untrained encoder's space
 
 
 class EvalError(UserError):
@@ -59,6 +70,9 @@ class EvalConfig:
     pairs: int = 8  # closest generated/training pairs shown
     grid: int = 64  # patches per picture grid
     cache: Path | None = None  # default: $HISTOGEN_CACHE or ~/.cache/histogen
+    two_sample: TwoSampleConfig = TwoSampleConfig()  # its max_per_class is also how many patches nuclei are measured on
+    nuclei: NucleiParams = NucleiParams()
+    extremes: int = 16  # patches shown per side of the classifier's most confident calls
 
 
 @dataclass
@@ -69,6 +83,8 @@ class Side:
     stats: metrics.GaussianStats  # of the features, accumulated batch by batch
     hist: np.ndarray  # (2, OD_BINS) haematoxylin, eosin
     grid: np.ndarray  # uint8 (g, R, R, 3), spread over the set
+    sample: np.ndarray  # uint8 (s, R, R, 3), a seeded random subset for the pixel-level tests (C2ST, nuclei)
+    sample_idx: np.ndarray  # (s,) where the subset's patches are in the set (for evaluation per label)
 
     @property
     def n(self) -> int:
@@ -88,6 +104,24 @@ class Patches:
         flat = np.sort(np.random.default_rng(seed).choice(starts[-1], min(n, int(starts[-1])), replace=False))
         k = np.searchsorted(starts, flat, side="right") - 1  # then each ref's i-th patch in use to its store row
         return cls(refs, np.array([(s, refs[s].store_rows(i)) for s, i in zip(k, flat - starts[k])], np.int64).reshape(-1, 2))
+
+    def split(self, seed: int) -> tuple["Patches", "Patches"]:
+        """Two disjoint halves (the larger first when odd), each in read order, chosen by the seed."""
+        perm = np.random.default_rng(seed).permutation(len(self.rows))
+        half = (len(perm) + 1) // 2
+        a, b = (Patches(self.refs, self.rows[np.sort(p)]) for p in (perm[:half], perm[half:]))
+        if {tuple(r) for r in a.rows} & {tuple(r) for r in b.rows}:
+            raise AssertionError("the floor's real draws overlap")  # cannot happen: the draw has no repeats
+        return a, b
+
+    def classes(self, slide_classes: np.ndarray) -> np.ndarray:
+        """Each drawn patch's class id, from its slide's (slide_classes[i]: the class of refs[i])."""
+        return slide_classes[self.rows[:, 0]]
+
+    def embeddings(self) -> np.ndarray:
+        """The stored embeddings of the drawn patches, in read order."""
+        return np.concatenate([open_store(self.refs[k].store).embeddings(self.refs[k].slide)[self.rows[self.rows[:, 0] == k, 1]]
+                               for k in np.unique(self.rows[:, 0])])
 
     def key(self) -> list:
         out = []
@@ -133,20 +167,24 @@ class Patches:
             yield (x * 255).round().clamp(0, 255).to(torch.uint8).numpy(), conds
 
 
-def summarise(batches, encoder: Encoder, n: int, grid: int) -> Side:
-    """Features, stain histograms and a spread-out grid of a stream of uint8 batches (n in all)."""
+def summarise(batches, encoder: Encoder, n: int, grid: int, keep: int, seed: int) -> Side:
+    """Features, stain histograms, a spread-out grid and a random subset of `keep` of a stream of
+    uint8 batches (n in all)."""
     show = set(np.linspace(0, max(n - 1, 0), min(grid, n)).astype(int).tolist())
-    feats, hist, shown, seen = [], np.zeros((2, metrics.OD_BINS), np.int64), [], 0
+    sample_idx = np.sort(np.random.default_rng(seed).choice(n, min(keep, n), replace=False))
+    sample = set(sample_idx.tolist())
+    feats, hist, shown, kept, seen = [], np.zeros((2, metrics.OD_BINS), np.int64), [], [], 0
     stats = metrics.GaussianStats(encoder.width)
     for b in batches:
         feats.append(encoder(b))
         stats.update(feats[-1])
         hist += metrics.stain_histograms(b)
         shown += [im for i, im in enumerate(b, seen) if i in show]
+        kept += [im for i, im in enumerate(b, seen) if i in sample]
         seen += len(b)
     if not feats:
         raise EvalError("no patches to evaluate")
-    return Side(np.concatenate(feats), stats, hist, np.stack(shown))
+    return Side(np.concatenate(feats), stats, hist, np.stack(shown), np.stack(kept), sample_idx)
 
 
 def cache_dir(cfg: EvalConfig) -> Path:
@@ -157,7 +195,8 @@ def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalCo
     """The Side of stored patches, from the cache when the same draw of the same slides was
     already encoded by the same encoder at the same resolution."""
     key = json.dumps({"v": CACHE_VERSION, "slides": patches.key(), "rows": hashlib.sha256(patches.rows.tobytes()).hexdigest(),
-                      "resolution": resolution, "encoder": encoder.key, "grid": cfg.grid}, sort_keys=True)
+                      "resolution": resolution, "encoder": encoder.key, "grid": cfg.grid, "keep": cfg.two_sample.max_per_class,
+                      "seed": cfg.seed}, sort_keys=True)
     path = cache_dir(cfg) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
     if path.is_file():
         try:
@@ -165,15 +204,16 @@ def cached_side(patches: Patches, resolution: int, encoder: Encoder, cfg: EvalCo
                 if str(z["key"]) == key:
                     log.info("real-patch features from the cache (%s)", path)
                     return Side(z["features"], metrics.GaussianStats.from_arrays({k: z[k] for k in ("n", "mean", "m2")}),
-                                z["hist"], z["grid"])
+                                z["hist"], z["grid"], z["sample"], z["sample_idx"])
         except (OSError, ValueError, KeyError) as e:
             log.warning("%s: unreadable cache entry (%s); recomputing", path, e)
     images = (b for b, _ in patches.batches(resolution, cfg.batch_size, pipeline=cfg.pipeline))
-    side = summarise(images, encoder, len(patches.rows), cfg.grid)
+    side = summarise(images, encoder, len(patches.rows), cfg.grid, cfg.two_sample.max_per_class, cfg.seed)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, key=key, features=side.features, hist=side.hist, grid=side.grid, **side.stats.to_arrays())
+        np.savez(tmp, key=key, features=side.features, hist=side.hist, grid=side.grid, sample=side.sample,
+                 sample_idx=side.sample_idx, **side.stats.to_arrays())
         tmp.replace(path)  # atomic: a killed run never leaves half an entry
     except OSError as e:
         log.warning("cannot cache real-patch features in %s (%s)", path.parent, e)
@@ -208,11 +248,23 @@ class Evaluation:
     metrics: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)  # metric -> why it was not computed
     notes: list = field(default_factory=list)
+    floor: dict = field(default_factory=dict)  # metric -> the same numbers between two disjoint real draws
+    floor_skipped: dict = field(default_factory=dict)  # metric -> why it has no floor
     pictures: dict = field(default_factory=dict)  # name -> uint8 images (not in metrics.json)
-    hists: dict = field(default_factory=dict)  # "real" / "generated" -> (2, OD_BINS)
+    hists: dict = field(default_factory=dict)  # "real" / "generated" / "real_b" -> (2, OD_BINS)
+    nuclei: dict = field(default_factory=dict)  # "real" / "generated" / "real_b" -> histogen.nuclei.Nuclei
+    per_label: dict = field(default_factory=dict)  # class -> {"metrics": {...}, "floor": {...}} of a run conditioned on labels
 
     def to_json(self) -> dict:
-        return {"info": self.info, "metrics": self.metrics, "skipped": self.skipped, "notes": self.notes}
+        return {"info": self.info, "metrics": self.metrics, "floor": self.floor, "floor_skipped": self.floor_skipped,
+                "skipped": self.skipped, "notes": self.notes, **({"per_label": self.per_label} if self.per_label else {})}
+
+    def record(self, name: str, value, floor=None, why_no_floor: str | None = None) -> None:
+        self.metrics[name] = value
+        if floor is not None:
+            self.floor[name] = floor
+        else:
+            self.floor_skipped[name] = why_no_floor or "no second real draw"
 
 
 def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path | None = None,
@@ -234,6 +286,9 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
 
     # Real patches: the --real slides the run did not train on, those of their patches that pass the run's check.
     refs = list_slides(real, qc=sampler.cfg.data.qc if sampler else None, strict=False)
+    vocab = sampler.vocabulary if sampler else None
+    if vocab is not None:  # a run conditioned on labels: real slides of its classes, samples of their classes
+        refs, class_of = known_classes(refs, vocab, ev)
     split = sampler.split() if sampler else {"train": [], "val": []}
     trained = {(Path(r.store).resolve(), r.slide) for r in split["train"]}
     held = [r for r in refs if (Path(r.store).resolve(), r.slide) not in trained]
@@ -241,7 +296,11 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     if not held:
         held = refs
         ev.notes.append("every --real slide was used in training: the real set is not held out, and memorisation has no baseline")
-    real_patches = Patches.draw(held, cfg.n, cfg.seed)
+    # Two disjoint draws of one size: A is the real side of every comparison, B measures the floor.
+    real_patches, floor_patches = Patches.draw(held, 2 * cfg.n, cfg.seed).split(cfg.seed)
+    if len(real_patches.rows) < cfg.n:
+        ev.notes.append(f"the held-out real slides have {len(real_patches.rows) + len(floor_patches.rows)} patches: "
+                        f"{len(real_patches.rows)} per real draw (two disjoint draws, for the floor), fewer than --n {cfg.n}")
 
     # The encoder: a learned one if it loads, else pixels (memorisation only).
     if encoder is None:
@@ -249,43 +308,94 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
             encoder = load_encoder(cfg.encoder, cfg.revision, cfg.pipeline)
         except EmbedError as e:
             reason = f"no encoder: {e.message({'model': '--encoder'})}"  # engine.embed's {model} is our --encoder
-            for m in ("frechet_distance", "precision_recall") + (("conditioning",) if conditional else ()):
+            for m in LEARNED_SPACE + (("conditioning",) if conditional else ()):
                 ev.skipped[m] = reason
             log.warning("%s; the metrics that need it are skipped", reason)
     features = encoder if encoder is not None and encoder.learned else PixelEncoder(pipeline=cfg.pipeline)
     ev.info["encoder"] = features.key
+    ev.info["encoder_untrained"] = features.untrained
+    if features.learned and features.untrained:
+        ev.notes.insert(0, f"the encoder {features.key} is {features.untrained}: Fréchet distance and precision/recall in its "
+                           "space mean nothing here, whatever their values; judge by the classifier two-sample test, nuclei and stain")
     r = cached_side(real_patches, resolution, features, cfg)
+    b = cached_side(floor_patches, resolution, features, cfg) if len(floor_patches.rows) >= 2 else None
 
     # Generated patches.
-    g = generated(sampler, given, given_cond, real_patches, resolution, features, cfg, out)
+    slide_classes = np.array([class_of[r] for r in held], np.int64) if vocab else None
+    classes = {"real": real_patches.classes(slide_classes), "real_b": floor_patches.classes(slide_classes)} if vocab else {}
+    g = generated(sampler, given, given_cond, real_patches, resolution, features, cfg, out, classes.get("real"))
     gen_side = g.side
-    ev.info.update(n_real=r.n, n_generated=gen_side.n)
+    ev.info.update(n_real=r.n, n_generated=gen_side.n, n_real_floor=b.n if b else 0)
     ev.pictures.update(real=r.grid, generated=gen_side.grid)
-    ev.hists.update(real=r.hist, generated=gen_side.hist)
+    ev.hists.update(real=r.hist, generated=gen_side.hist, **({"real_b": b.hist} if b else {}))
+    against = lambda fn: (fn(gen_side), fn(b) if b is not None else None)  # noqa: E731  (value, floor)
 
+    two_sample(ev, r, gen_side, b, cfg)
+    nuclear_morphology(ev, r, gen_side, b, cfg)
+    tissue = lambda s: {"tissue_pixels_real": int(r.hist[0].sum()), "tissue_pixels_generated": int(s.hist[0].sum())}  # noqa: E731
+    if min(tissue(gen_side).values()) == 0:
+        ev.skipped["stain"] = f"no tissue pixels to compare ({tissue(gen_side)})"
+    else:
+        ev.record("stain", *against(lambda s: {**{f"{name}_w1": metrics.wasserstein_hist(r.hist[c], s.hist[c])
+                                                 for c, name in enumerate(("haematoxylin", "eosin"))}, **tissue(s)}))
     if features.learned:
-        ev.metrics["frechet_distance"] = metrics.frechet_of(r.stats, gen_side.stats)
+        ev.record("frechet_distance", *against(lambda s: metrics.frechet_of(r.stats, s.stats)))
         if min(r.n, gen_side.n) > cfg.k:
-            p, rc = metrics.precision_recall(r.features, gen_side.features, cfg.k)
-            ev.metrics["precision_recall"] = {"precision": p, "recall": rc, "k": cfg.k}
+            pr = lambda s: dict(zip(("precision", "recall"), metrics.precision_recall(r.features, s.features, cfg.k)), k=cfg.k)  # noqa: E731
+            ev.record("precision_recall", pr(gen_side), pr(b) if b is not None and b.n > cfg.k else None)
         else:
             ev.skipped["precision_recall"] = f"needs more than k={cfg.k} patches on each side"
+        if features.untrained:
+            ev.info["meaningless"] = [m for m in LEARNED_SPACE if m in ev.metrics]
     if conditional:
-        conditioning(ev, gen_side, g.cond, held, features, cfg)
-    tissue = {"tissue_pixels_real": int(r.hist[0].sum()), "tissue_pixels_generated": int(gen_side.hist[0].sum())}
-    if min(tissue.values()) == 0:
-        ev.skipped["stain"] = f"no tissue pixels to compare ({tissue})"
-    else:
-        ev.metrics["stain"] = {**{f"{name}_w1": metrics.wasserstein_hist(r.hist[c], gen_side.hist[c])
-                                  for c, name in enumerate(("haematoxylin", "eosin"))}, **tissue}
+        conditioning(ev, gen_side, g.cond, held, features, cfg, b, floor_patches)
     if g.recon is not None:
-        ev.metrics["reconstruction"] = {"psnr_db": float(np.mean(g.recon[0])), "ssim": float(np.mean(g.recon[1])), "n": len(g.recon[0])}
-    memorisation(ev, split, r, g, features, resolution, cfg)
+        ev.record("reconstruction", {"psnr_db": float(np.mean(g.recon[0])), "ssim": float(np.mean(g.recon[1])), "n": len(g.recon[0])},
+                  why_no_floor="a real patch against itself has no finite counterpart")
+    memorisation(ev, split, r, g, b, features, resolution, cfg)
+    if vocab is not None:
+        per_label(ev, vocab.classes, {"real": r, "generated": gen_side, "real_b": b}, {**classes, "generated": g.classes}, features, cfg)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(ev.to_json(), indent=1, allow_nan=False, default=float))
     write_report(ev, out / "report.html")
     return ev
+
+
+def two_sample(ev: Evaluation, real: Side, gen: Side, floor: Side | None, cfg: EvalConfig) -> None:
+    """The classifier two-sample test of real against generated, and of real against real (the floor);
+    the generated patches it found most fake and the real ones it found most real."""
+    c = cfg.two_sample
+    if min(len(real.sample), len(gen.sample)) < c.folds:
+        ev.skipped["c2st"] = f"a {c.folds}-fold test needs at least {c.folds} patches per side"
+        return
+    pairs = [(gen, "generated")] + ([(floor, "floor")] if floor is not None and len(floor.sample) >= c.folds else [])
+    results = []
+    with Progress(total=len(pairs) * c.folds, desc="two-sample test", unit="fold") as bar:
+        for side, _ in pairs:
+            results.append(two_sample_test(real.sample, side.sample, c, progress=lambda _: bar.update(1)))
+    ev.record("c2st", results[0].to_dict(), results[1].to_dict() if len(results) > 1 else None)
+    lo, hi = results[0].ci95
+    if hi - lo > 0.2:  # a coin's worth of evidence is not a verdict
+        ev.notes.append(f"the two-sample test saw {results[0].n_per_class} patches a side: its 95 % interval ({lo:.2f} to {hi:.2f}) "
+                        "is too wide to call the samples real or fake; evaluate more patches (--n, more held-out slides)")
+    fake, most_real = results[0].extremes(cfg.extremes)
+    ev.pictures["c2st"] = (gen.sample[fake], real.sample[most_real])
+
+
+def nuclear_morphology(ev: Evaluation, real: Side, gen: Side, floor: Side | None, cfg: EvalConfig) -> None:
+    """Nuclei of the pixel-level subsets, segmented with one threshold (set on the real draw)."""
+    threshold = cfg.nuclei.threshold
+    if threshold is None:
+        if real.hist[0].sum() == 0:
+            ev.skipped["nuclei"] = "the real patches have no tissue pixels to set the nucleus threshold on"
+            return
+        threshold = nuclei.otsu_threshold(real.hist[0], metrics.bin_centres())
+    sides = {"real": real, "generated": gen, **({"real_b": floor} if floor is not None else {})}
+    ev.nuclei = {k: nuclei.measure(s.sample, threshold, cfg.nuclei) for k, s in sides.items()}
+    ev.info["nucleus_threshold_od"] = threshold
+    cmp = lambda k: {**nuclei.compare(ev.nuclei["real"], ev.nuclei[k]), "patches": len(sides[k].sample)}  # noqa: E731
+    ev.record("nuclei", cmp("generated"), cmp("real_b") if floor is not None else None)
 
 
 @dataclass
@@ -294,13 +404,16 @@ class Generated:
     images: object  # uint8 (n, R, R, 3): a numpy array, or the zarr array the samples were written to
     cond: np.ndarray | None  # what each sample was conditioned on
     recon: tuple | None  # autoencoders: per-image (PSNR, SSIM)
+    classes: np.ndarray | None = None  # each sample's class id (runs conditioned on labels)
 
 
 def generated(sampler, given, given_cond, real_patches: Patches, resolution: int, encoder: Encoder, cfg: EvalConfig,
-              out: Path) -> Generated:
+              out: Path, real_classes: np.ndarray | None = None) -> Generated:
+    """The run's samples (or the given images) summarised; a run conditioned on labels samples the
+    classes of the real draw (`real_classes`, one per row), cycled, so both sides have one mix of classes."""
     if given is not None:
         batches = (given[i : i + cfg.batch_size] for i in range(0, len(given), cfg.batch_size))
-        return Generated(summarise(batches, encoder, len(given), cfg.grid), given, given_cond, None)
+        return Generated(summarise(batches, encoder, len(given), cfg.grid, cfg.two_sample.max_per_class, cfg.seed), given, given_cond, None)
     recon = sampler.reconstructs
     n = len(real_patches.rows) if recon else cfg.n
     # Autoencoders reconstruct the real draw; conditional models take its embeddings as conditions.
@@ -310,6 +423,7 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
     arr = zarr.create_array(str(out / "samples.zarr"), shape=(n, resolution, resolution, 3), chunks=(1, resolution, resolution, 3),
                             dtype="uint8", overwrite=True)
     gen = torch.Generator(sampler.device).manual_seed(cfg.seed)
+    classes = None if real_classes is None else real_classes[np.arange(n) % len(real_classes)]
     conds, psnrs, ssims = [], [], []
 
     def stream():
@@ -320,7 +434,8 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
                 real_b, cond_b = next(source) if source is not None else (None, None)
                 images = torch.from_numpy(real_b).permute(0, 3, 1, 2).float() / 127.5 - 1 if recon else None
                 y = sampler(m, gen, cond=None if cond_b is None else torch.from_numpy(cond_b), images=images,
-                            steps=cfg.steps, guidance=cfg.guidance)
+                            steps=cfg.steps, guidance=cfg.guidance,
+                            label=None if classes is None else torch.from_numpy(classes[done : done + m]))
                 if recon:
                     psnrs.append(metrics.psnr(real_b, y))
                     ssims.append(metrics.ssim_uint8(real_b, y))
@@ -331,18 +446,21 @@ def generated(sampler, given, given_cond, real_patches: Patches, resolution: int
                 bar.update(m)
                 yield y
 
-    side = summarise(stream(), encoder, n, cfg.grid)
+    side = summarise(stream(), encoder, n, cfg.grid, cfg.two_sample.max_per_class, cfg.seed)
     arr.attrs.update({"run": str(sampler.run), "step": sampler.step, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance})
     cond = np.concatenate(conds) if conds else None
     if cond is not None:
         np.save(out / "conditions.npy", cond)
-    return Generated(side, arr, cond, (np.concatenate(psnrs), np.concatenate(ssims)) if recon else None)
+    if classes is not None:
+        arr.attrs["labels"] = [sampler.vocabulary.classes[c] for c in classes.tolist()]
+    return Generated(side, arr, cond, (np.concatenate(psnrs), np.concatenate(ssims)) if recon else None, classes)
 
 
 def conditioning(ev: Evaluation, gen: Side, cond: np.ndarray | None, held: list[SlideRef], encoder: Encoder,
-                 cfg: EvalConfig) -> None:
+                 cfg: EvalConfig, floor: Side | None, floor_patches: Patches) -> None:
     """Cosine similarity of each sample's embedding with the one it was conditioned on, against
-    random pairs; only meaningful when the encoder is the model that made the conditions."""
+    random pairs; only meaningful when the encoder is the model that made the conditions. Its
+    floor: the real draw B's patches with their own stored embeddings (a perfect generator)."""
     if not encoder.learned:
         return  # skipped above, with the reason the encoder did not load
     if cond is None:
@@ -354,32 +472,82 @@ def conditioning(ev: Evaluation, gen: Side, cond: np.ndarray | None, held: list[
     if made != encoder.key or cond.shape[1] != gen.features.shape[1]:
         ev.skipped["conditioning"] = f"the conditions are embeddings by {made}, the encoder is {encoder.key}; evaluate with --encoder {made_by.get('model')}"
         return
-    matched = metrics.cosine_pairs(gen.features, cond)
-    shift = int(np.random.default_rng(cfg.seed).integers(1, len(cond))) if len(cond) > 1 else 0
-    random = metrics.cosine_pairs(gen.features, np.roll(cond, shift, axis=0))
-    ev.metrics["conditioning"] = {"cosine_matched": float(matched.mean()), "cosine_random": float(random.mean()),
-                                  "gap": float(matched.mean() - random.mean())}
+
+    def scores(features, cond):
+        matched = metrics.cosine_pairs(features, cond)
+        shift = int(np.random.default_rng(cfg.seed).integers(1, len(cond))) if len(cond) > 1 else 0
+        random = metrics.cosine_pairs(features, np.roll(cond, shift, axis=0))
+        return {"cosine_matched": float(matched.mean()), "cosine_random": float(random.mean()), "gap": float(matched.mean() - random.mean())}
+
+    ev.record("conditioning", scores(gen.features, cond), scores(floor.features, floor_patches.embeddings()) if floor is not None else None)
 
 
-def memorisation(ev: Evaluation, split: dict, real: Side, g: Generated, encoder: Encoder, resolution: int,
+def memorisation(ev: Evaluation, split: dict, real: Side, g: Generated, floor: Side | None, encoder: Encoder, resolution: int,
                  cfg: EvalConfig) -> None:
     """Each generated patch's distance to its nearest training patch, against the same distance
-    for held-out real patches; the closest pairs are kept for the report."""
+    for held-out real patches (A); the floor puts the real draw B in the generated patches' place.
+    The closest pairs are kept for the report."""
     if not split["train"]:
         ev.skipped["memorisation"] = "no training patches known (pass --run to compare with the run's training slides)"
         return
     train = Patches.draw(split["train"], cfg.n, cfg.seed + 1)
     t = cached_side(train, resolution, encoder, cfg)
+    d_real = metrics.nearest(real.features, t.features)[0] if real.n and not ev.info.get("real_is_training") else None
+
+    def scores(d):
+        m = {"space": encoder.key, "n_train": t.n, "generated_nn_median": float(np.median(d))}
+        if d_real is not None:
+            m.update(real_nn_median=float(np.median(d_real)), ratio=float(np.median(d) / max(np.median(d_real), 1e-12)),
+                     share_below_real_p1=float((d < np.percentile(d_real, 1)).mean()))
+        return m
+
     d_gen, j_gen = metrics.nearest(g.side.features, t.features)
-    m = {"space": encoder.key, "n_train": t.n, "generated_nn_median": float(np.median(d_gen))}
-    if real.n and not ev.info.get("real_is_training"):
-        d_real, _ = metrics.nearest(real.features, t.features)
-        p1 = float(np.percentile(d_real, 1))
-        m.update(real_nn_median=float(np.median(d_real)), ratio=float(np.median(d_gen) / max(np.median(d_real), 1e-12)),
-                 share_below_real_p1=float((d_gen < p1).mean()))
-    ev.metrics["memorisation"] = m
+    ev.record("memorisation", scores(d_gen), scores(metrics.nearest(floor.features, t.features)[0]) if floor is not None else None)
     closest = np.argsort(d_gen, kind="stable")[: cfg.pairs]
     nearest_train = Patches(train.refs, train.rows[j_gen[closest]])
     ev.pictures["pairs"] = (np.stack([g.images[int(i)] for i in closest]),
                             np.concatenate([b for b, _ in nearest_train.batches(resolution, cfg.batch_size, pipeline=cfg.pipeline)]),
                             d_gen[closest])
+
+
+def known_classes(refs: list[SlideRef], vocab, ev: Evaluation) -> tuple[list[SlideRef], dict]:
+    """The --real slides whose label the run knows (the rest are left out, with a note), and each
+    one's class id."""
+    labels = slide_labels(refs, vocab.source)
+    kept = {r: vocab.classes.index(lab) for r, lab in zip(refs, labels) if lab in vocab.classes}
+    if not kept:
+        raise EvalError(f"no --real slide has a label this run knows ({', '.join(vocab.classes)}) "
+                        f"from {vocab.source}; give --real stores whose slides carry them")
+    if len(kept) < len(refs):
+        ev.notes.append(f"{len(refs) - len(kept)} --real slides have no label of the run's classes in {vocab.source} and are left out")
+    return list(kept), kept
+
+
+def per_label(ev: Evaluation, names: tuple, sides: dict, classes: dict, features: Encoder, cfg: EvalConfig) -> None:
+    """The model-free measures (and Fréchet distance in the encoder's space) class by class: the real
+    draw A's patches of a class against the samples of that class, and against draw B's of it (the floor).
+    Each uses the pixel subsets of the sides (and all features for Fréchet)."""
+    threshold = ev.info.get("nucleus_threshold_od")
+    for c, name in enumerate(names):
+        part = {k: (s.sample[classes[k][s.sample_idx] == c], s.features[classes[k] == c])
+                for k, s in sides.items() if s is not None}
+        real_px, real_feat = part.pop("real")
+        real_nuclei = nuclei.measure(real_px, threshold, cfg.nuclei) if threshold is not None and len(real_px) else None
+        real_hist = metrics.stain_histograms(real_px) if len(real_px) else None
+
+        def measures(px, feat):
+            m = {"patches": len(px)}
+            if min(len(px), len(real_px)) >= cfg.two_sample.folds:
+                m["c2st"] = two_sample_test(real_px, px, cfg.two_sample).accuracy
+            if real_hist is not None and len(px) and min(real_hist[0].sum(), metrics.stain_histograms(px)[0].sum()) > 0:
+                h = metrics.stain_histograms(px)
+                m.update({f"{stain}_w1": metrics.wasserstein_hist(real_hist[i], h[i]) for i, stain in enumerate(("haematoxylin", "eosin"))})
+            if real_nuclei is not None and len(px):
+                m.update({k: v for k, v in nuclei.compare(real_nuclei, nuclei.measure(px, threshold, cfg.nuclei)).items() if k.endswith("_w1")})
+            if features.learned and min(len(feat), len(real_feat)) >= 2:
+                stats = [metrics.GaussianStats(feat.shape[1]).update(f) for f in (real_feat, feat)]
+                m["frechet_distance"] = metrics.frechet_of(*stats)
+            return m
+
+        ev.per_label[name] = {"metrics": measures(*part["generated"]),
+                              "floor": measures(*part["real_b"]) if "real_b" in part else None}

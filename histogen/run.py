@@ -2,6 +2,7 @@
 
     runs/NAME/config.yaml      the resolved config (a resumed run must match it, steps aside)
     runs/NAME/split.json       which slides trained and which validated
+    runs/NAME/labels.json      the classes of a run conditioned on labels (histogen.labels)
     runs/NAME/checkpoints/     safetensors + JSON, atomic, the last `keep` kept (histogen.checkpoint)
     runs/NAME/tb/              TensorBoard scalars
     runs/NAME/samples/         a PNG grid every `sample_every` steps
@@ -25,6 +26,7 @@ from histogen.checkpoint import CheckpointError
 from histogen.config import ConfigError, RunConfig
 from histogen.images import to_uint8
 from histogen.kernels import AdamWEMA
+from histogen.labels import LabelError, Vocabulary, run_labels
 from histogen.models.autoencoder import AutoencoderTask
 from histogen.models.registry import KINDS
 from histogen.models.task import Task
@@ -59,11 +61,13 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
         raise TrainError(f"{out} was started with other settings ({diff}); resume with the same settings or use a new --out")
 
 
-def write_run(out: Path, cfg: RunConfig, train: list[SlideRef], val: list[SlideRef]) -> None:
-    """config.yaml, and split.json: the slides as {store, slide, n} (their rows follow from the
-    stores and the config's data.qc, so they are not written)."""
+def write_run(out: Path, cfg: RunConfig, train: list[SlideRef], val: list[SlideRef], vocab: Vocabulary | None = None) -> None:
+    """config.yaml, split.json: the slides as {store, slide, n} (their rows follow from the
+    stores and the config's data.qc, so they are not written), and labels.json of a labelled run."""
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "config.yaml")
+    if vocab is not None:
+        vocab.save(out)
     split = {k: [{"store": r.store, "slide": r.slide, "n": r.n} for r in refs] for k, refs in (("train", train), ("val", val))}
     (out / "split.json").write_text(json.dumps(split, indent=1))
 
@@ -79,22 +83,24 @@ def read_split(run: Path) -> dict[str, list[SlideRef]]:
 # -- the models ---------------------------------------------------------------------------------
 
 
-def build_task(kind: str, model: dict, resolution: int, cond_dim: int | None, autoencoder: torch.nn.Module | None = None) -> Task:
+def build_task(kind: str, model: dict, resolution: int, cond_dim: int | None, autoencoder: torch.nn.Module | None = None,
+               n_labels: int = 0) -> Task:
     """The task of `kind` from a config's model section. resolution: the training image side,
     divisible by the model's downsampling; cond_dim: the embedding width of a conditional run
-    (None: unconditional); autoencoder: the frozen `Autoencoder` of latent diffusion. Settings it
-    cannot use raise ConfigError (a ValueError)."""
+    (None: unconditional); autoencoder: the frozen `Autoencoder` of latent diffusion; n_labels: the
+    classes of a run conditioned on labels (0: none). Settings it cannot use raise ConfigError (a
+    ValueError)."""
     settings = config.model_config(kind, model)
     try:
-        return KINDS[kind].task(settings, resolution, cond_dim, autoencoder)
+        return KINDS[kind].task(settings, resolution, cond_dim, autoencoder, n_labels=n_labels)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
 
-def build(cfg: RunConfig, device: torch.device, cond_dim: int | None) -> tuple[Task, dict[str, AdamWEMA]]:
+def build(cfg: RunConfig, device: torch.device, cond_dim: int | None, n_labels: int = 0) -> tuple[Task, dict[str, AdamWEMA]]:
     """The run's task on `device` and its optimizers (which keep the EMA of the weights)."""
     autoencoder = load_autoencoder(Path(cfg.autoencoder), device) if cfg.autoencoder else None
-    task = build_task(cfg.kind, cfg.model, cfg.resolution, cond_dim, autoencoder)
+    task = build_task(cfg.kind, cfg.model, cfg.resolution, cond_dim, autoencoder, n_labels)
     task.nets.to(device)
     opts = {name: AdamWEMA([p for n in nets for p in task.nets[n].parameters()], **task.opt_hyper(name), ema_decay=cfg.train.ema_decay)
             for name, nets in task.opt_groups().items()}
@@ -127,9 +133,18 @@ def load_run(run: Path, device: torch.device) -> tuple[RunConfig, Task, dict[str
     cond_dim = None
     if cfg.data.conditional:  # the width the checkpoint records; older checkpoints lack it: the training stores'
         cond_dim = meta["extra"]["cond_dim"] if "cond_dim" in meta["extra"] else embedding_width(read_split(run)["train"])
-    task, opts = build(cfg, device, cond_dim)
+    task, opts = build(cfg, device, cond_dim, len(vocabulary(run, cfg).classes) if cfg.data.label else 0)
     checkpoint.restore(meta, tensors, dict(task.nets), opts, rng=False)
     return cfg, task, opts, int(meta["step"])
+
+
+def vocabulary(run: Path, cfg: RunConfig) -> Vocabulary | None:
+    """The classes of a run conditioned on labels (None for other runs)."""
+    vocab = run_labels(run)
+    if cfg.data.label and vocab is None:
+        raise TrainError(f"{run}: conditioned on labels (data.label {cfg.data.label}) but labels.json is missing; "
+                         "train it again or restore the file")
+    return vocab
 
 
 def load_autoencoder(run: Path, device: torch.device) -> torch.nn.Module:
@@ -150,10 +165,20 @@ class RunSampler:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cfg, self.task, opts, self.step = load_run(self.run, self.device)
         self.nets = {**dict(self.task.nets), self.task.sample_net: ema_net(self.task, opts).to(self.device)}
+        self.vocabulary = vocabulary(self.run, self.cfg)  # None: not conditioned on labels
 
     @property
     def conditional(self) -> bool:
         return self.cfg.data.conditional
+
+    def class_ids(self, labels: list[str]) -> torch.Tensor:
+        """The class ids of label names (LabelError naming the known ones for an unknown one)."""
+        if self.vocabulary is None:
+            raise LabelError(f"{self.run} is not conditioned on labels; leave out --label")
+        try:
+            return torch.tensor(self.vocabulary.indices(labels), dtype=torch.long)
+        except LabelError as e:
+            raise LabelError(f"{self.run}: {e}") from e
 
     @property
     def reconstructs(self) -> bool:
@@ -161,11 +186,13 @@ class RunSampler:
         return self.task.reconstructs
 
     def __call__(self, n: int, gen: torch.Generator, cond: torch.Tensor | None = None, images: torch.Tensor | None = None,
-                 steps: int = 50, guidance: float = 1.0) -> np.ndarray:
-        """n samples; `cond` (n, D) embeddings for conditional runs; reconstructing runs take
-        `images` (n, 3, R, R) in [-1, 1]."""
+                 steps: int = 50, guidance: float = 1.0, label: torch.Tensor | None = None) -> np.ndarray:
+        """n samples; `cond` (n, D) embeddings for conditional runs; `label` (n,) class ids
+        (class_ids) for runs conditioned on labels; reconstructing runs take `images` (n, 3, R, R)
+        in [-1, 1]."""
         to = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        return to_uint8(self.task.sample(self.nets, n, gen, cond=to(cond), images=to(images), steps=steps, guidance=guidance))
+        return to_uint8(self.task.sample(self.nets, n, gen, cond=to(cond), images=to(images), steps=steps, guidance=guidance,
+                                         label=to(label)))
 
     def split(self) -> dict[str, list[SlideRef]]:
         return read_split(self.run)

@@ -1,9 +1,10 @@
 """Sampling a trained run to files: PNG files, a Zarr array and a grid picture.
 
-    histogen sample --run runs/NAME --n 64 --out DIR [--cond-from STORE] [--guidance 2.0] [--steps 50]
+    histogen sample --run runs/NAME --n 64 --out DIR [--cond-from STORE] [--label lung] [--guidance 2.0] [--steps 50]
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,11 +19,18 @@ from histogen.run import RunSampler, TrainError
 
 
 def sample_run(run: Path, n: int, out: Path, cond_from: Path | None = None, guidance: float = 1.0, steps: int = 50,
-               seed: int = 0, batch_size: int = 16) -> np.ndarray:
+               seed: int = 0, batch_size: int = 16, label: str | None = None) -> np.ndarray:
     """n samples of the run's EMA network (reconstructing runs: reconstructions of validation
-    patches). Writes sample-*.png, samples.zarr, grid.png and, for conditional runs, conditions.npy."""
+    patches). Runs conditioned on labels sample `label`, or without one every class in turn.
+    Writes sample-*.png, samples.zarr, grid.png, for conditional runs conditions.npy, and for
+    labelled runs sample_labels.json (each sample's label)."""
     sampler = RunSampler(run)
     cfg, device = sampler.cfg, sampler.device
+    labels = None
+    if label is not None:
+        labels = sampler.class_ids([label]).repeat(n)
+    elif sampler.vocabulary is not None:
+        labels = torch.arange(n) % len(sampler.vocabulary.classes)
     cond = None
     if sampler.conditional:
         if cond_from is None:
@@ -39,8 +47,8 @@ def sample_run(run: Path, n: int, out: Path, cond_from: Path | None = None, guid
         images = torch.cat([b["images"] for b in Batches(refs, cfg, device, train=False, steps=math.ceil(n / cfg.train.batch_size))])[:n]
         n = len(images)
     gen = torch.Generator(device).manual_seed(seed)
-    pixels = np.concatenate([sampler(min(n, i + batch_size) - i, gen, None if cond is None else cond[i : i + batch_size],
-                                     None if images is None else images[i : i + batch_size], steps, guidance)
+    part = lambda v, i: None if v is None else v[i : i + batch_size]  # noqa: E731
+    pixels = np.concatenate([sampler(min(n, i + batch_size) - i, gen, part(cond, i), part(images, i), steps, guidance, part(labels, i))
                              for i in range(0, n, batch_size)])
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(pixels):
@@ -48,8 +56,11 @@ def sample_run(run: Path, n: int, out: Path, cond_from: Path | None = None, guid
     arr = zarr.create_array(str(out / "samples.zarr"), shape=pixels.shape, chunks=(1, *pixels.shape[1:]), dtype="uint8", overwrite=True)
     arr[:] = pixels
     arr.attrs.update({"run": str(run), "step": sampler.step, "seed": seed, "guidance": guidance, "steps": steps,
-                      "cond_from": str(cond_from) if cond_from else None})
+                      "cond_from": str(cond_from) if cond_from else None, "label": label})
     if cond is not None:  # what each sample was conditioned on, for histogen eval --samples
         np.save(out / "conditions.npy", cond.numpy())
+    if labels is not None:
+        names = [sampler.vocabulary.classes[i] for i in labels.tolist()]
+        (out / "sample_labels.json").write_text(json.dumps(names))
     grid(pixels).save(out / "grid.png")
     return pixels

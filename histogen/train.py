@@ -24,6 +24,7 @@ from histogen import checkpoint
 from histogen.batches import Batches, DataError, derive_seed, embedding_width, list_slides, split_slides
 from histogen.config import RunConfig
 from histogen.images import save_grid
+from histogen.labels import Vocabulary, labelled, run_labels
 from histogen.models.task import NonFiniteLoss, Task
 from histogen.run import TrainError, build, check_resume, ema_net, write_run
 from histogen.tblog import ScalarWriter
@@ -79,11 +80,21 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         cond_dim = embedding_width(refs) if cfg.data.conditional else None
     except DataError as e:
         raise TrainError(str(e)) from e
+    vocab, class_ids = None, None
+    if cfg.data.label:
+        refs, names = labelled(refs, cfg.data.label)
+        vocab = Vocabulary.of(names, cfg.data.label)
+        saved = run_labels(out)
+        if saved is not None and saved.classes != vocab.classes:
+            raise TrainError(f"{out} was trained on the labels {', '.join(saved.classes)}, these slides have "
+                             f"{', '.join(vocab.classes)}; resume on the same slides or use a new --out")
+        ids = {(r.store, r.slide): i for r, i in zip(refs, vocab.indices(names))}
+        class_ids = lambda rs: [ids[(r.store, r.slide)] for r in rs]  # noqa: E731
     train_refs, val_refs = split_slides(refs, cfg.data.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
-    task, opts = build(cfg, device, cond_dim)  # settings it cannot use are refused before anything is written
+    task, opts = build(cfg, device, cond_dim, len(vocab.classes) if vocab else 0)  # settings it cannot use are refused before anything is written
     if d.main:
-        write_run(out, cfg, train_refs, val_refs)
+        write_run(out, cfg, train_refs, val_refs, vocab)
     d.barrier()
     start = 0
     found = checkpoint.latest(out / "checkpoints")
@@ -99,7 +110,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     if d.world > 1:
         nets = {n: DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if any(p.requires_grad for p in m.parameters()) else m
                 for n, m in nets.items()}
-    batches = Batches(train_refs, cfg, device, start, d.rank, d.world, steps=cfg.train.steps - start)
+    batches = Batches(train_refs, cfg, device, start, d.rank, d.world, steps=cfg.train.steps - start,
+                      labels=class_ids(train_refs) if class_ids else None)
     writer = ScalarWriter(out / "tb") if d.main else None
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.bf16
                 else contextlib.nullcontext())
@@ -121,7 +133,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
             if writer and (done % t.log_every == 0 or done == t.steps):
                 writer.scalars(done, {**{f"train/{k}": v for k, v in metrics.items()}, "train/images_per_s": rate})
             if done % t.val_every == 0 and val_refs and d.main:
-                writer.scalars(done, {f"val/{k}": v for k, v in validate(task, val_refs, cfg, device).items()})
+                val_labels = class_ids(val_refs) if class_ids else None
+                writer.scalars(done, {f"val/{k}": v for k, v in validate(task, val_refs, cfg, device, val_labels).items()})
             if done % t.sample_every == 0 and d.main:
                 sample_grid(task, opts, cfg, device, out / "samples" / f"step-{done:08d}.png", batch)
             if done % t.ckpt_every == 0 or done == t.steps:
@@ -141,9 +154,9 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     return Result(t.steps, metrics, seconds, seen / seconds if seconds else 0.0)
 
 
-def validate(task: Task, refs, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+def validate(task: Task, refs, cfg: RunConfig, device: torch.device, labels: list[int] | None = None) -> dict[str, float]:
     task.nets.eval()
-    batches = Batches(refs, cfg, device, train=False, steps=cfg.train.val_batches)
+    batches = Batches(refs, cfg, device, train=False, steps=cfg.train.val_batches, labels=labels)
     fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     with fork:
         torch.manual_seed(cfg.train.seed)  # the same draws at every validation: comparable numbers
@@ -154,10 +167,10 @@ def validate(task: Task, refs, cfg: RunConfig, device: torch.device) -> dict[str
 def sample_grid(task: Task, opts, cfg: RunConfig, device: torch.device, path: Path, batch: dict) -> None:
     net = ema_net(task, opts)
     n = min(cfg.train.n_samples, len(batch["images"])) if task.reconstructs else cfg.train.n_samples
-    cond = batch["cond"][:n] if batch["cond"] is not None and len(batch["cond"]) >= n else None
-    if cfg.data.conditional and cond is None:
-        cond = batch["cond"][torch.arange(n) % len(batch["cond"])]
+    # The batch's conditions and labels, repeated where the grid has more samples than the batch.
+    cycled = lambda v: None if v is None else v[torch.arange(n) % len(v)]  # noqa: E731
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     nets = {**dict(task.nets), task.sample_net: net}
-    images = task.sample(nets, n, gen, cond=cond, images=batch["images"][:n], steps=cfg.train.sample_steps, guidance=cfg.train.guidance)
+    images = task.sample(nets, n, gen, cond=cycled(batch["cond"]), images=batch["images"][:n], steps=cfg.train.sample_steps,
+                         guidance=cfg.train.guidance, label=cycled(batch.get("label")))
     save_grid(images, path)

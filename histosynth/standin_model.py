@@ -6,11 +6,16 @@ let the demo, the tests and the benchmarks run the real loading and inference pa
 [0, 1], output `{"output_0": (N, 384)}`. `vit-s16` costs what the real model (a ViT-S/16) costs
 per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
 
+Every stand-in carries the untrained marker, assets.extra/untrained.json (the name is
+histogen.encoders.UNTRAINED_MARKER; histosynth imports nothing of histogen), so `histogen eval`
+says that Fréchet distance and precision/recall in its space mean nothing.
+
     python -m histosynth.standin_model OUT_DIR [--arch vit-s16|tiny]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -67,6 +72,9 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
     m = Model()
     out = Path(out)
     tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve.get_concrete_function()})
+    extra = out / "assets.extra"  # TensorFlow's place for files it does not read
+    extra.mkdir(exist_ok=True)
+    (extra / "untrained.json").write_text(json.dumps({"what": f"a stand-in with random weights (histosynth.standin_model, {arch}, seed {seed})"}))
     return out
 
 

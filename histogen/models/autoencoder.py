@@ -151,8 +151,11 @@ class AutoencoderTask(Task):
     sample_net = "ae"
     reconstructs = True
 
-    def __init__(self, cfg: AutoencoderConfig, resolution: int, cond_dim: int | None = None, autoencoder: nn.Module | None = None):
+    def __init__(self, cfg: AutoencoderConfig, resolution: int, cond_dim: int | None = None, autoencoder: nn.Module | None = None,
+                 n_labels: int = 0):
         """cond_dim and autoencoder are ignored: an autoencoder is unconditional and its own latent space."""
+        if n_labels:
+            raise ValueError("an autoencoder is not conditioned on labels; leave data.label unset (condition the diffusion on them)")
         check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
         nets = {"ae": Autoencoder(cfg)}
         if cfg.disc_weight > 0:
@@ -197,7 +200,7 @@ class AutoencoderTask(Task):
         return out
 
     @torch.no_grad()
-    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0):
+    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0, label=None):
         """Reconstructions (posterior means decoded, deterministic) of the first n `images`."""
         if images is None:
             raise ValueError("ae sample: reconstructions need `images`")

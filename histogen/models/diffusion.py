@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histogen.models.task import Task, check_resolution, device_of, draw, eval_mode, noise, require, unwrap
+from histogen.models.task import Task, check_labels, check_resolution, device_of, draw, eval_mode, noise, require, unwrap
 from histogen.models.unet import UNet
 
 
@@ -19,7 +19,8 @@ class DiffusionConfig:
     """UNet (guided-diffusion layout; attention where the feature map side is in
     attention_resolutions), cosine schedule in continuous time, eps or v prediction, DDIM sampling
     (eta 0: deterministic given the initial noise), classifier-free guidance: the condition is
-    replaced by a learned null embedding with probability cond_drop in training.
+    replaced by a learned null embedding, and a slide label by the null class, with probability
+    cond_drop in training (one draw for both).
 
     latent: model a frozen autoencoder's latents, scaled by latent_scale; None = 1 / std of the
     first batch's latents, kept in the UNet's `latent_scale` buffer so that it travels in the
@@ -94,6 +95,17 @@ def split(prediction: str, out: torch.Tensor, xt: torch.Tensor, alpha, sigma) ->
     return alpha * xt - sigma * out, sigma * xt + alpha * out
 
 
+def guide(unet: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, label: torch.Tensor | None,
+          guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: null + w (cond - null), the conditioned and the null half (condition
+    and label dropped) in one batch. At w = 1 it equals the unguided unet(xt, t, cond, label=label)."""
+    n = xt.shape[0]
+    twice = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
+    drop = torch.arange(2 * n, device=xt.device) >= n  # second half: null condition
+    c, u = unet(twice(xt), twice(t), twice(cond), drop, label=twice(label)).chunk(2)
+    return u + guidance * (c - u)
+
+
 def ddim(denoise, x: torch.Tensor, schedule: CosineSchedule, steps: int, eta: float = 0.0,
          clip: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021) from pure noise x at t = 1 to t = 0 in `steps` equal steps; returns
@@ -123,7 +135,8 @@ class DiffusionTask(Task):
     kind = "diffusion"
     sample_net = "unet"
 
-    def __init__(self, cfg: DiffusionConfig, resolution: int, cond_dim: int | None, autoencoder: nn.Module | None):
+    def __init__(self, cfg: DiffusionConfig, resolution: int, cond_dim: int | None, autoencoder: nn.Module | None,
+                 n_labels: int = 0):
         if cfg.latent and autoencoder is None:
             raise ValueError("latent diffusion (model: {latent: true}) needs the trained autoencoder; none was given")
         ae_factor = autoencoder.downsample if cfg.latent else 1
@@ -133,9 +146,10 @@ class DiffusionTask(Task):
         self.autoencoder = autoencoder.eval().requires_grad_(False) if cfg.latent else None
         channels = autoencoder.z_channels if cfg.latent else 3
         unet = UNet(channels, resolution // ae_factor, cfg, cond_dim,
-                    latent_scale=(cfg.latent_scale or 0.0) if cfg.latent else None)
+                    latent_scale=(cfg.latent_scale or 0.0) if cfg.latent else None, n_labels=n_labels)
         super().__init__({"unet": unet}, cfg.optimizers())
         self.cfg, self.cond_dim, self.shape = cfg, cond_dim, (channels, resolution // ae_factor, resolution // ae_factor)
+        self.n_labels = n_labels
         self.schedule = CosineSchedule(cfg.logsnr_min, cfg.logsnr_max)
 
     def _cond(self, cond: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -144,6 +158,11 @@ class DiffusionTask(Task):
         if cond.shape[0] < n or cond.shape[1:] != (self.cond_dim,):
             raise ValueError(f"cond of shape {tuple(cond.shape)}: need ({n}, {self.cond_dim})")
         return cond[:n]
+
+    def _label(self, label: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.n_labels or label is None:
+            return None  # no labels, or the null class of a labelled model
+        return check_labels(label, n, self.n_labels)
 
     def _ae(self, device) -> nn.Module:
         if device_of(self.autoencoder) != device:
@@ -159,10 +178,10 @@ class DiffusionTask(Task):
             unet.latent_scale.fill_(1.0 / z.float().std().clamp(min=1e-6))
         return z * unet.latent_scale
 
-    def _loss(self, unet_call, x: torch.Tensor, t: torch.Tensor, cond, drop=None, seeds=None) -> torch.Tensor:
+    def _loss(self, unet_call, x: torch.Tensor, t: torch.Tensor, cond, drop=None, seeds=None, label=None) -> torch.Tensor:
         eps = draw(seeds, len(x), tuple(x.shape[1:]), x.device, normal=True, salt=0).to(x.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        out = unet_call(alpha * x + sigma * eps, t, cond, drop)
+        out = unet_call(alpha * x + sigma * eps, t, cond, drop, label=label)
         return F.mse_loss(out.float(), target(self.cfg.prediction, x, eps, alpha, sigma))
 
     def train_step(self, batch, step, nets, opts, clip):
@@ -170,11 +189,12 @@ class DiffusionTask(Task):
         n = x.shape[0]
         if self.cfg.latent:
             x = self._latents(x, self.nets["unet"])
-        cond = self._cond(batch.get("cond"), n)
+        cond, label = self._cond(batch.get("cond"), n), self._label(batch.get("label"), n)
         seeds = batch.get("seeds")
-        drop = None if cond is None else draw(seeds, n, (), x.device, normal=False, salt=1) < self.cfg.cond_drop
+        # One draw drops the embedding and the label together: guidance is against the null of both.
+        drop = None if cond is None and label is None else draw(seeds, n, (), x.device, normal=False, salt=1) < self.cfg.cond_drop
         t = draw(seeds, n, (), x.device, normal=False, salt=2)
-        loss = self._loss(nets["unet"], x, t, cond, drop, seeds)
+        loss = self._loss(nets["unet"], x, t, cond, drop, seeds, label)
         return {"loss": loss.item(), "grad_norm_unet": self.backward_step("unet", loss, opts["unet"], clip)}
 
     @torch.no_grad()
@@ -187,28 +207,25 @@ class DiffusionTask(Task):
             if self.cfg.latent:
                 x = self._latents(x, unet)
             t = (torch.arange(n, device=x.device) + 0.5) / n
-            return {"loss": float(self._loss(unet, x, t, self._cond(batch.get("cond"), n)))}
+            return {"loss": float(self._loss(unet, x, t, self._cond(batch.get("cond"), n), label=self._label(batch.get("label"), n)))}
 
     @torch.no_grad()
-    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0):
-        """DDIM with `steps` steps from noise drawn from `generator`; with a condition and guidance
-        w != 1, classifier-free guidance out = null + w (cond - null). Without cond a conditional
-        model samples from the null condition."""
+    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0, label=None):
+        """DDIM with `steps` steps from noise drawn from `generator`; with a condition (embedding,
+        label (n,) class ids, or both) and guidance w != 1, classifier-free guidance (`guide`).
+        Without cond or label a conditional or labelled model samples from the null condition."""
         unet = unwrap(nets["unet"])
         device = device_of(unet)
-        cond = self._cond(cond, n)
+        cond, label = self._cond(cond, n), self._label(label, n)
         cond = None if cond is None else cond.to(device)
-        guided = cond is not None and guidance != 1.0
-        if guided:
-            cond2 = torch.cat([cond, cond])
-            drop2 = torch.arange(2 * n, device=device) >= n  # second half: null condition
+        label = None if label is None else label.to(device)
+        guided = (cond is not None or label is not None) and guidance != 1.0
 
         def denoise(xt, t, alpha, sigma):
             if guided:
-                c, u = unet(torch.cat([xt, xt]), torch.cat([t, t]), cond2, drop2).chunk(2)
-                out = u + guidance * (c - u)
+                out = guide(unet, xt, t, cond, label, guidance)
             else:
-                out = unet(xt, t, cond)
+                out = unet(xt, t, cond, label=label)
             return split(self.cfg.prediction, out.float(), xt, alpha, sigma)
 
         if self.cfg.latent and unet.latent_scale == 0:

@@ -37,9 +37,10 @@ class DBlock(nn.Module):
 
 class ProjectionDiscriminator(nn.Module):
     """Images (N, 3, R, R) -> logits (N,): DBlocks from R down to base_res, global sum pooling, a
-    linear head plus, when conditional, the projection <embed(cond), features> (Miyato & Koyama)."""
+    linear head plus, when conditional, the projection <embed(cond), features> and, when labelled,
+    the projection <embed(label), features> (Miyato & Koyama)."""
 
-    def __init__(self, resolution: int, base_res: int, channels_at, cond_dim: int | None = None):
+    def __init__(self, resolution: int, base_res: int, channels_at, cond_dim: int | None = None, n_labels: int = 0):
         super().__init__()
         self.from_rgb = sn(nn.Conv2d(3, channels_at(resolution), 3, padding=1))
         blocks, side = [], resolution
@@ -50,12 +51,15 @@ class ProjectionDiscriminator(nn.Module):
         width = channels_at(base_res)
         self.head = sn(nn.Linear(width, 1))
         self.embed = sn(nn.Linear(cond_dim, width, bias=False)) if cond_dim else None
+        self.label_embed = sn(nn.Embedding(n_labels, width)) if n_labels else None
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
         h = _lrelu(self.blocks(self.from_rgb(x))).sum(dim=(2, 3))
         out = self.head(h).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(cond) * h).sum(1)
+        if self.label_embed is not None:
+            out = out + (self.label_embed(label) * h).sum(1)
         return out
 
 

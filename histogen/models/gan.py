@@ -13,7 +13,7 @@ from histogen.models.blocks import ResBlock, Sequence, Upsample
 from histogen.models.diffaug import OPS as DIFFAUG_OPS
 from histogen.models.diffaug import diff_augment
 from histogen.models.disc import ProjectionDiscriminator, hinge_d, hinge_g
-from histogen.models.task import Task, device_of, eval_mode, noise, require, unwrap
+from histogen.models.task import Task, check_labels, device_of, eval_mode, noise, require, unwrap
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,21 @@ class GANConfig:
 
 
 class Generator(nn.Module):
-    """z (N, z_dim) [+ cond (N, cond_dim)] -> images (N, 3, R, R) in [-1, 1].
+    """z (N, z_dim) [+ cond (N, cond_dim)] [+ label (N,) class ids] -> images (N, 3, R, R) in [-1, 1].
 
     A linear map of z gives the base_res x base_res features; each doubling is a ResBlock then an
-    upsample. A style vector, an MLP of z concatenated with a projection of the condition,
-    modulates every block's second norm (BigGAN's conditional norms, with GroupNorm)."""
+    upsample. A style vector, an MLP of z concatenated with a projection of the condition and an
+    embedding of the label, modulates every block's second norm (BigGAN's conditional norms, with
+    GroupNorm)."""
 
-    def __init__(self, resolution: int, cfg: GANConfig, cond_dim: int | None = None):
+    def __init__(self, resolution: int, cfg: GANConfig, cond_dim: int | None = None, n_labels: int = 0):
         super().__init__()
         self.z_dim, self.base = cfg.z_dim, cfg.base_res
         ch = cfg.channels_at
         self.cond = nn.Linear(cond_dim, cfg.z_dim) if cond_dim else None
-        self.mapping = nn.Sequential(nn.Linear(cfg.z_dim * (2 if cond_dim else 1), cfg.z_dim), nn.SiLU(),
+        self.label = nn.Embedding(n_labels, cfg.z_dim) if n_labels else None
+        parts = 1 + bool(cond_dim) + bool(n_labels)
+        self.mapping = nn.Sequential(nn.Linear(cfg.z_dim * parts, cfg.z_dim), nn.SiLU(),
                                      nn.Linear(cfg.z_dim, cfg.z_dim))
         self.stem = nn.Linear(cfg.z_dim, ch(self.base) * self.base**2)
         blocks, side = [], self.base
@@ -73,9 +76,9 @@ class Generator(nn.Module):
         self.blocks = Sequence(blocks)
         self.to_rgb = nn.Sequential(GroupNormSiLU(cfg.groups, ch(side)), nn.Conv2d(ch(side), 3, 3, padding=1), nn.Tanh())
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        style = z if self.cond is None else torch.cat([z, self.cond(cond)], dim=1)
-        style = self.mapping(style)
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [z] + ([self.cond(cond)] if self.cond is not None else []) + ([self.label(label)] if self.label is not None else [])
+        style = self.mapping(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
         h = self.stem(z).view(z.shape[0], -1, self.base, self.base)
         return self.to_rgb(self.blocks(h, style))
 
@@ -84,16 +87,17 @@ class GANTask(Task):
     kind = "gan"
     sample_net = "gen"
 
-    def __init__(self, cfg: GANConfig, resolution: int, cond_dim: int | None, autoencoder: nn.Module | None = None):
+    def __init__(self, cfg: GANConfig, resolution: int, cond_dim: int | None, autoencoder: nn.Module | None = None,
+                 n_labels: int = 0):
         """autoencoder is ignored: the GAN works in pixel space."""
         ratio = resolution // cfg.base_res
         if resolution % cfg.base_res or ratio < 2 or ratio & (ratio - 1):
             raise ValueError(f"resolution {resolution} must be base_res ({cfg.base_res}) times a power of two >= 2 "
                              f"(the GAN doubles from {cfg.base_res}x{cfg.base_res})")
-        super().__init__({"gen": Generator(resolution, cfg, cond_dim),
-                          "disc": ProjectionDiscriminator(resolution, cfg.base_res, cfg.channels_at, cond_dim)},
+        super().__init__({"gen": Generator(resolution, cfg, cond_dim, n_labels),
+                          "disc": ProjectionDiscriminator(resolution, cfg.base_res, cfg.channels_at, cond_dim, n_labels)},
                          cfg.optimizers())
-        self.cfg, self.cond_dim = cfg, cond_dim
+        self.cfg, self.cond_dim, self.n_labels = cfg, cond_dim, n_labels
 
     def _cond(self, cond: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if self.cond_dim is None:
@@ -104,19 +108,27 @@ class GANTask(Task):
             raise ValueError(f"cond of shape {tuple(cond.shape)}: need ({n}, {self.cond_dim})")
         return cond[:n]
 
+    def _label(self, label: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.n_labels:
+            return None  # no labels: a batch's labels are ignored
+        if label is None:
+            raise ValueError(f"this GAN is conditioned on {self.n_labels} labels (it has no null class): give label")
+        return check_labels(label, n, self.n_labels)
+
     def train_step(self, batch, step, nets, opts, clip):
         real, cfg = batch["images"], self.cfg
         n = real.shape[0]
-        cond = self._cond(batch.get("cond"), n)
+        cond, label = self._cond(batch.get("cond"), n), self._label(batch.get("label"), n)
         cond2 = None if cond is None else torch.cat([cond, cond])
+        label2 = None if label is None else torch.cat([label, label])
         z_dim = unwrap(nets["gen"]).z_dim
 
         # D step: reals and fakes in one forward (one spectral-norm update, one DDP forward).
         with torch.no_grad():
-            fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond)
+            fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)
         r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
         real = real.detach().requires_grad_(r1)
-        logits = nets["disc"](diff_augment(torch.cat([real, fake]), cfg.diffaug), cond2)
+        logits = nets["disc"](diff_augment(torch.cat([real, fake]), cfg.diffaug), cond2, label=label2)
         d_real, d_fake = logits[:n], logits[n:]
         d_loss = hinge_d(d_real, d_fake)
         metrics = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
@@ -128,9 +140,9 @@ class GANTask(Task):
         metrics["grad_norm_disc"] = self.backward_step("disc", d_loss, opts["disc"], clip)
 
         # G step: D frozen, called unwrapped (no parameter gradients, so nothing for DDP to reduce).
-        fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond)
+        fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)
         with self.frozen(self.nets["disc"]):
-            g_loss = hinge_g(self.nets["disc"](diff_augment(fake, cfg.diffaug), cond))
+            g_loss = hinge_g(self.nets["disc"](diff_augment(fake, cfg.diffaug), cond, label=label))
         metrics["g_loss"] = g_loss.item()
         metrics["grad_norm_gen"] = self.backward_step("gen", g_loss, opts["gen"], clip)
         return metrics
@@ -140,18 +152,20 @@ class GANTask(Task):
         """Hinge losses of D and G on the batch and fresh fakes (no augmentation)."""
         real = batch["images"]
         n = real.shape[0]
-        cond = self._cond(batch.get("cond"), n)
+        cond, label = self._cond(batch.get("cond"), n), self._label(batch.get("label"), n)
         gen, disc = unwrap(nets["gen"]), unwrap(nets["disc"])
         with eval_mode(gen, disc):
-            fake = gen(torch.randn(n, gen.z_dim, device=real.device), cond)
-            d_real, d_fake = disc(real, cond), disc(fake, cond)
+            fake = gen(torch.randn(n, gen.z_dim, device=real.device), cond, label=label)
+            d_real, d_fake = disc(real, cond, label=label), disc(fake, cond, label=label)
         return {"d_loss": float(hinge_d(d_real, d_fake)), "g_loss": float(hinge_g(d_fake)),
                 "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
 
     @torch.no_grad()
-    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0):
+    def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0, label=None):
+        """n samples from z drawn from `generator`; conditional and labelled GANs need `cond` and
+        `label` (guidance does not apply: a GAN has no null condition)."""
         gen = unwrap(nets["gen"])
         z = noise((n, gen.z_dim), generator, device_of(gen))
-        cond = self._cond(cond, n)
+        cond, label = self._cond(cond, n), self._label(label, n)
         with eval_mode(gen):
-            return gen(z, None if cond is None else cond.to(z.device)).clamp(-1, 1)
+            return gen(z, None if cond is None else cond.to(z.device), label=None if label is None else label.to(z.device)).clamp(-1, 1)

@@ -13,7 +13,7 @@ from histogen.models.task import Task
 @dataclass(frozen=True)
 class Kind:
     config: type  # the dataclass of the config's model section
-    task: type[Task]  # built as task(config, resolution, cond_dim, autoencoder)
+    task: type[Task]  # built as task(config, resolution, cond_dim, autoencoder, n_labels=...)
     preset: str  # what `histogen train --model KIND` trains without --preset
 
     @property

@@ -59,6 +59,16 @@ def require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_labels(label: torch.Tensor, n: int, n_labels: int) -> torch.Tensor:
+    """The first n of `label`, class ids (N,) of a model with n_labels classes; else ValueError."""
+    if label.dim() != 1 or label.shape[0] < n or label.dtype != torch.long:
+        raise ValueError(f"label of shape {tuple(label.shape)} and type {label.dtype}: need ({n},) int64 class ids")
+    label = label[:n]
+    if n and (int(label.min()) < 0 or int(label.max()) >= n_labels):
+        raise ValueError(f"class ids must be in [0, {n_labels}); got {label.tolist()}")
+    return label
+
+
 def check_resolution(resolution: int, factor: int, what: str) -> None:
     if resolution <= 0 or resolution % factor:
         raise ValueError(f"resolution {resolution} must be a positive multiple of {factor} ({what})")
@@ -69,7 +79,9 @@ class Task:
     weights), is built as `Task(cfg, resolution, cond_dim, autoencoder)` from its model config
     dataclass, the training image side, the embedding width of a conditional run (None:
     unconditional) and the frozen autoencoder of latent models (None otherwise), and implements
-    train_step, validation_losses and sample."""
+    train_step, validation_losses and sample. A model conditioned on slide labels is built with
+    n_labels classes (0: none) and finds class ids (N,) int64 in batches under "label"; its `sample`
+    takes them as `label`."""
 
     kind: str
     sample_net: str
@@ -127,6 +139,6 @@ class Task:
         raise NotImplementedError
 
     def sample(self, nets, n: int, generator: torch.Generator, cond=None, images=None, steps: int = 50,
-               guidance: float = 1.0) -> torch.Tensor:
+               guidance: float = 1.0, label=None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -11,13 +11,14 @@ from histogen.models.blocks import Attention, Downsample, ResBlock, Sequence, Up
 
 
 class UNet(nn.Module):
-    """forward(x (N, C, S, S), t (N,) in [0, 1], cond (N, cond_dim) or None, drop (N,) bool or None)
-    -> (N, C, S, S). A dropped or missing condition is replaced by the learned null embedding
-    `null_cond` (classifier-free guidance). `side` is S, for placing attention; `cfg` is the
+    """forward(x (N, C, S, S), t (N,) in [0, 1], cond (N, cond_dim) or None, drop (N,) bool or None,
+    label (N,) class ids or None) -> (N, C, S, S). A dropped or missing condition is replaced by the
+    learned null embedding `null_cond`, a dropped or missing label by the null class `n_labels`
+    (classifier-free guidance; `drop` drops both). `side` is S, for placing attention; `cfg` is the
     diffusion.DiffusionConfig (not imported: diffusion.py imports this module)."""
 
     def __init__(self, channels_in: int, side: int, cfg, cond_dim: int | None = None,
-                 latent_scale: float | None = None):
+                 latent_scale: float | None = None, n_labels: int = 0):
         super().__init__()
         ch, groups = cfg.channels, cfg.groups
         emb_dim = 4 * ch
@@ -27,6 +28,9 @@ class UNet(nn.Module):
         if cond_dim:
             self.cond_embed = nn.Sequential(nn.Linear(cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             self.null_cond = nn.Parameter(torch.zeros(cond_dim))
+        self.n_labels = n_labels
+        # Only built for labelled runs, so that the other runs' weights and draws stay as they were.
+        self.label_embed = nn.Embedding(n_labels + 1, emb_dim) if n_labels else None  # + the null class
         if latent_scale is not None:
             # The factor the autoencoder's latents are multiplied by; 0 = not estimated yet. A buffer
             # so that it travels in this network's checkpoint.
@@ -60,7 +64,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(GroupNormSiLU(groups, cin), zero_(nn.Conv2d(cin, channels_in, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+                drop: torch.Tensor | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(sinusoidal(1000 * t, self.channels))
         if self.cond_embed is not None:
             null = self.null_cond.expand(x.shape[0], -1)
@@ -69,6 +73,13 @@ class UNet(nn.Module):
             elif drop is not None:
                 cond = torch.where(drop[:, None], null, cond)
             emb = emb + self.cond_embed(cond)
+        if self.label_embed is not None:
+            null = torch.full((x.shape[0],), self.n_labels, dtype=torch.long, device=x.device)
+            if label is None:
+                label = null
+            elif drop is not None:
+                label = torch.where(drop, null, label)
+            emb = emb + self.label_embed(label)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:

@@ -1,7 +1,8 @@
 """histogen eval end to end on real stores and trained runs: numbers recomputed independently
-(reference resize, brute-force neighbourhoods), real patches scored as samples give the closed
-forms, memorised copies are caught, the offline path still runs the model-free metrics, and bad
-input gets one line."""
+(reference resize, brute-force neighbourhoods), the floor measured between disjoint real draws,
+real patches scored as samples score exactly the floor, memorised copies are caught, the offline
+path still runs the model-free metrics, a stand-in encoder is called meaningless, and bad input
+gets one line."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,14 @@ SLIDES = {"s1": 12, "s2": 10, "s3": 9}  # diffusion-tiny's split: s3 trains, s1 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTOGEN_CACHE", str(tmp_path / "cache"))
+    # The two-sample test's power is proved in test_realism; here it only has to run, so it runs short.
+    from functools import partial
+
+    import histogen.cli
+    from histogen.evaluate import EvalConfig
+    from histogen.two_sample import TwoSampleConfig
+
+    monkeypatch.setattr(histogen.cli, "EvalConfig", partial(EvalConfig, two_sample=TwoSampleConfig(steps=10, min_steps=10)))
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +98,33 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     out = tmp_path / "report"
     samples = zarr.open_array(str(out / "samples.zarr"), mode="r")[:]
     assert samples.shape == (12, 16, 16, 3)
-    assert m["info"]["n_real"] == 12 and m["info"]["n_generated"] == 12 and not m["info"]["real_is_training"]
+    # 22 held-out patches make two disjoint real draws of 11: A, the real side, and B, the floor's other side
+    assert m["info"]["n_real"] == m["info"]["n_real_floor"] == 11 and m["info"]["n_generated"] == 12
+    assert not m["info"]["real_is_training"]
 
-    # The real side: 12 of the 22 held-out patches, drawn by the seed; recompute from the draw's rows.
+    # Recompute from the draws' rows: the two halves of a seeded draw of 2n, disjoint, together all 22.
     from histogen.batches import list_slides
     from histogen.evaluate import Patches
 
     held = [r for r in list_slides([store]) if r.slide != "s3"]
-    rows = Patches.draw(held, 12, 0).rows
+    a, b = Patches.draw(held, 24, 0).split(0)
+    rows_a, rows_b = {tuple(r) for r in a.rows}, {tuple(r) for r in b.rows}
+    assert len(rows_a) == len(rows_b) == 11 and not rows_a & rows_b
     pool = {r.slide: held_out(store, 16, (r.slide,)) for r in held}
-    real = np.stack([pool[held[k].slide][j] for k, j in rows])
-    fr, fg = features(encoder_file, real), features(encoder_file, samples)
+    real, real_b = (np.stack([pool[held[k].slide][j] for k, j in d.rows]) for d in (a, b))
+    fr, fg, fb = features(encoder_file, real), features(encoder_file, samples), features(encoder_file, real_b)
     fit = lambda x: metrics.GaussianStats(x.shape[1]).update(x)  # noqa: E731
-    want_fd = metrics.frechet_of(fit(fr), fit(fg))
-    assert m["metrics"]["frechet_distance"] == pytest.approx(want_fd, rel=1e-3, abs=1e-6)
+    assert m["metrics"]["frechet_distance"] == pytest.approx(metrics.frechet_of(fit(fr), fit(fg)), rel=1e-3, abs=1e-6)
+    assert m["floor"]["frechet_distance"] == pytest.approx(metrics.frechet_of(fit(fr), fit(fb)), rel=1e-3, abs=1e-6)
     p, r = brute_precision_recall(fr.astype(np.float64), fg.astype(np.float64), 3)
-    assert (m["metrics"]["precision_recall"]["precision"], m["metrics"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 12 + 1e-9)
+    assert (m["metrics"]["precision_recall"]["precision"], m["metrics"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
+    p, r = brute_precision_recall(fr.astype(np.float64), fb.astype(np.float64), 3)
+    assert (m["floor"]["precision_recall"]["precision"], m["floor"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
+    # every metric has a floor of the same shape, except reconstruction (none here: not an autoencoder)
+    assert set(m["floor"]) == set(m["metrics"]) and not m["floor_skipped"]
+    for k, v in m["metrics"].items():
+        assert isinstance(v, dict) == isinstance(m["floor"][k], dict) and (not isinstance(v, dict) or v.keys() == m["floor"][k].keys()), k
+    assert m["metrics"]["c2st"]["n_per_class"] == m["floor"]["c2st"]["n_per_class"] == 11
     h_real, h_gen = metrics.stain_histograms(real), metrics.stain_histograms(samples)
     assert m["metrics"]["stain"]["haematoxylin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[0], h_gen[0]), abs=0.01)
     assert m["metrics"]["stain"]["eosin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[1], h_gen[1]), abs=0.01)
@@ -115,7 +135,8 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert mem["generated_nn_median"] == pytest.approx(np.median(d_gen), rel=1e-3)
 
     html = (out / "report.html").read_text()
-    for needle in ("frechet_distance", "precision_recall", "stain", "memorisation", "data:image/png", "<svg", "Closest to the training set"):
+    for needle in ("frechet_distance", "precision_recall", "stain", "memorisation", "data:image/png", "<svg", "Closest to the training set",
+                   "c2st", "nuclei", "floor: real vs real", "found most fake", "found most real", "Model-free measures"):
         assert needle in html
     assert "conditioning" not in m["metrics"] and "conditioning" not in m["skipped"]  # unconditional run
 
@@ -127,15 +148,19 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert again["metrics"] == m["metrics"]
 
 
-def test_real_patches_score_as_real_and_copies_as_memorised(store, run, encoder_file, tmp_path):
-    real = held_out(store, 16)
-    rc, m = evaluate_cli(tmp_path / "a", "--run", run, "--samples", write_samples(tmp_path / "real", real),
+def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encoder_file, tmp_path):
+    """Samples that are the floor's real draw B, read as evaluation reads it: every number equals its floor."""
+    from histogen.batches import list_slides
+    from histogen.evaluate import Patches
+
+    held = [r for r in list_slides([store]) if r.slide != "s3"]
+    _, b = Patches.draw(held, 200, 0).split(0)
+    real_b = np.concatenate([x for x, _ in b.batches(16, 8)])
+    rc, m = evaluate_cli(tmp_path / "a", "--run", run, "--samples", write_samples(tmp_path / "real", real_b),
                          "--real", store, "--n", 100, "--encoder", encoder_file)
-    assert rc == 0 and m["info"]["n_generated"] == m["info"]["n_real"] == 22
-    assert m["metrics"]["frechet_distance"] < 1e-4  # same patches; the two resizes differ by rounding only
-    assert m["metrics"]["precision_recall"]["precision"] >= 0.95 and m["metrics"]["precision_recall"]["recall"] >= 0.95
-    assert m["metrics"]["stain"]["haematoxylin_w1"] < 0.01 and m["metrics"]["stain"]["eosin_w1"] < 0.01
-    assert m["metrics"]["memorisation"]["ratio"] == pytest.approx(1.0, abs=0.05)
+    assert rc == 0 and m["info"]["n_generated"] == m["info"]["n_real"] == m["info"]["n_real_floor"] == 11
+    assert m["metrics"] == m["floor"]
+    assert m["metrics"]["memorisation"]["ratio"] == pytest.approx(1.0, abs=0.3)
 
     copies = held_out(store, 16, ("s3",))  # the training slide itself
     rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--samples", write_samples(tmp_path / "copies", copies),
@@ -153,7 +178,7 @@ def test_offline_runs_the_model_free_metrics_and_says_what_was_skipped(store, ru
     for name in ("frechet_distance", "precision_recall"):
         assert "Hugging Face" in m["skipped"][name] and "--encoder" in m["skipped"][name]
         assert name not in m["metrics"]
-    assert set(m["metrics"]) == {"stain", "memorisation"}
+    assert set(m["metrics"]) == {"c2st", "nuclei", "stain", "memorisation"} == set(m["floor"])
     assert m["metrics"]["memorisation"]["space"] == "pixels@32px"
     html = (tmp_path / "report" / "report.html").read_text()
     assert "skipped" in html and "Hugging Face" in html
@@ -165,10 +190,15 @@ def test_autoencoder_reconstructions_are_scored(store, encoder_file, tmp_path):
     rc, m = evaluate_cli(tmp_path, "--run", run, "--real", store, "--n", 100, "--encoder", encoder_file)
     assert rc == 0
     recon = zarr.open_array(str(tmp_path / "report" / "samples.zarr"), mode="r")[:]
-    real = held_out(store, 32)  # every held-out patch, in the draw's (slide, patch) order
+    from histogen.batches import list_slides
+    from histogen.evaluate import Patches
+
+    held = [r for r in list_slides([store]) if r.slide != "s3"]
+    pool = {r.slide: held_out(store, 32, (r.slide,)) for r in held}
+    real = np.stack([pool[held[k].slide][j] for k, j in Patches.draw(held, 200, 0).split(0)[0].rows])  # draw A, in read order
     assert recon.shape == real.shape
     rec = m["metrics"]["reconstruction"]
-    assert rec["n"] == 22
+    assert rec["n"] == 11 and "reconstruction" in m["floor_skipped"] and "reconstruction" not in m["floor"]
     assert rec["psnr_db"] == pytest.approx(metrics.psnr(real, recon).mean(), abs=0.05)
     assert rec["ssim"] == pytest.approx(metrics.ssim_uint8(real, recon).mean(), abs=0.01)
 
@@ -238,6 +268,13 @@ def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store,
     f = fn(x=tf.constant(resize_reference(samples, 224)))["output_0"].numpy()
     assert c["cosine_matched"] == pytest.approx(metrics.cosine_pairs(f, cond).mean(), abs=1e-4)
     assert -1 <= c["cosine_random"] <= 1 and c["gap"] == pytest.approx(c["cosine_matched"] - c["cosine_random"])
+    # the floor: held-out real patches (draw B) against their own stored embeddings, as a perfect generator would score
+    assert m["floor"]["conditioning"]["gap"] > 0 and m["floor"]["conditioning"]["cosine_matched"] > c["cosine_random"]
+    # the stand-in carries the untrained marker: its learned-space numbers are called meaningless, first thing
+    assert "stand-in with random weights" in m["info"]["encoder_untrained"]
+    assert m["info"]["meaningless"] == ["frechet_distance", "precision_recall"] and "mean nothing" in m["notes"][0]
+    html = (tmp_path / "a" / "report" / "report.html").read_text()
+    assert html.index("mean nothing") < html.index("Model-free measures") < html.index("frechet_distance")
     # another encoder's space cannot judge these conditions: skipped, with the reason
     rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--real", path, "--n", 10, "--steps", 2, "--encoder", encoder_file)
     assert rc == 0 and "conditions are embeddings by" in m["skipped"]["conditioning"]

@@ -8,7 +8,7 @@ DEMO ?= demo
 # model is gated. With access: make demo MODEL=google/path-foundation (and HF_TOKEN set).
 MODEL ?= $(DEMO)/standin-model
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean gpu-check
 
 # Re-runs only when the pins, the build or the C++ sources change.
 $(STAMP): requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
@@ -39,6 +39,20 @@ bench: install
 	$(PY) -m benchmarks tiling
 	$(PY) -m benchmarks embed
 	$(PY) -m benchmarks cluster
+
+# Every GPU path on a bare GPU machine in one command of under 9 minutes (benchmarks/gpu.py):
+#   make gpu-check OUT=DIR [WORK=DIR] [BUNDLE=.gpu-bundle] [MINUTES=1.5]
+#   make gpu-check DRY_RUN=1 OUT=DIR   the same in tiny sizes on the CPU (CI runs it)
+# Uses the venv's Python where there is one, else python3 (a GPU machine's own, which cannot install
+# requirements.txt: bring what it lacks with python -m benchmarks gpu-bundle).
+OUT ?= gpu-check
+WORK ?= $(OUT).work
+BUNDLE ?= .gpu-bundle
+MINUTES ?= 1.5
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:
+	$(GPU_PY) -m benchmarks gpu --out $(OUT) --work $(WORK) --bundle $(BUNDLE) --minutes $(MINUTES) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf $(DEMO) build *.egg-info engine/_native*.so

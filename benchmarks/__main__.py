@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-from benchmarks import cluster, embed, kernels, tiling
-
-SUITES = {"cluster": cluster, "embed": embed, "kernels": kernels, "tiling": tiling}
+# Suite name -> module, imported only when it runs: some suites need packages that a bare GPU
+# machine lacks (histosynth needs imagecodecs), and `gpu` must start there.
+SUITES = {name: f"benchmarks.{module}" for name, module in (
+    ("cluster", "cluster"), ("decode", "decode"), ("embed", "embed"), ("gpu", "gpu"), ("gpu-bundle", "bundle"),
+    ("kernels", "kernels"), ("quality", "quality"), ("realism", "realism"), ("tiling", "tiling"), ("train", "train"))}
 
 
 def main(argv=None) -> int:
@@ -16,7 +19,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path(".bench"), help="inputs and stores (reused between runs)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON and markdown go")
     a, rest = p.parse_known_args(argv)
-    suite = SUITES[a.suite]
+    suite = importlib.import_module(SUITES[a.suite])
     return suite.main(rest, work=a.work, out=a.out)
 
 

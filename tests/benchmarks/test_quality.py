@@ -1,0 +1,113 @@
+"""python -m benchmarks quality end to end at the smoke budget on synthetic H&E images (so that it
+runs everywhere and cannot rot), its table against the evaluations' metrics.json, and bad input."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.__main__ import main
+from benchmarks.quality import flat, table
+from engine.store import PatchStore
+from histogen.images import grid
+from histosynth.tissue import SynthSpec, render_region
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOGEN_CACHE", str(tmp_path / "cache"))
+
+
+def images(folder: Path, seed: int, n: int = 3, size: int = 192) -> None:
+    """n tissue-filled PNG regions of a synthetic slide: plain images without MPP, like the shared set."""
+    folder.mkdir(parents=True)
+    spec, found, y = SynthSpec(width=4096, height=4096, seed=seed), 0, 0
+    while found < n:
+        for x in range(0, 4096, size):
+            im = render_region(spec, x, y, size, size)
+            if (im.mean(axis=2) < 215).mean() > 0.9 and found < n:  # tissue, not glass
+                Image.fromarray(im).save(folder / f"r{found}.png")
+                found += 1
+        y += size
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    for i, name in enumerate(("tissue-a", "tissue-b")):
+        images(root / "data" / name, seed=i + 1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HISTOGEN_CACHE", str(root / "cache"))
+    argv = ["quality", "--work", str(root / "work"), "--out", str(root / "out"), "--data", str(root / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(root / "no-encoder")]
+    rc = main(argv)
+    mp.undo()
+    return SimpleNamespace(root=root, rc=rc, out=root / "out", work=root / "work" / "quality")
+
+
+def test_smoke_runs_every_stage(smoke):
+    assert smoke.rc == 0
+    # Tiled at 1 µm/px from images assumed at 0.5: 128 px read per 64 px patch, one store per folder.
+    stores = sorted((smoke.work / "stores").glob("*.zarr"))
+    assert [s.name.split("-first")[0] for s in stores] == ["tissue-a", "tissue-b"]
+    for s in stores:
+        store = PatchStore.open(s)
+        assert store.patch_size == 64
+        attrs = store.attrs(store.slide_ids()[0])
+        assert attrs["read_size"] == 128 and attrs["mpp_x"] == 0.5
+    payload = json.loads((smoke.out / "quality-smoke.json").read_text())
+    for kind in ("diffusion", "gan"):
+        ev = json.loads((smoke.out / "quality-smoke" / f"eval-{kind}" / "metrics.json").read_text())
+        # The real side is the slides the run held out, never its training slides.
+        assert ev["info"]["real_is_training"] is False and ev["info"]["resolution"] == 64
+        split = json.loads((Path(payload[f"{kind} run"]) / "split.json").read_text())
+        assert split["val"] and split["train"]
+        # Every number evaluate() returned is a row of the table, with its value.
+        rows = {r["metric"]: r[kind] for r in payload["rows"]}
+        assert flat(ev["metrics"]) and {k: rows[k] for k in flat(ev["metrics"])} == flat(ev["metrics"])
+        floors = {r["metric"]: r[f"{kind} floor"] for r in payload["rows"] if r[f"{kind} floor"] != ""}
+        assert floors == flat(ev["floor"])
+        pic = np.asarray(Image.open(smoke.out / "quality-smoke" / f"{kind}-real-vs-generated.png"))
+        a, b = (np.asarray(grid(np.zeros((ev["info"][f"n_{s}"], 64, 64, 3), np.uint8))).shape for s in ("real", "generated"))
+        assert pic.shape == (max(a[0], b[0]), a[1] + 16 + b[1], 3)
+        real, generated = pic[: a[0], : a[1]], pic[: b[0], a[1] + 16 :]
+        assert real[2:66, 2:66].std() > 10 and generated[2:66, 2:66].std() > 0 and not np.array_equal(real[:66, :66], generated[:66, :66])
+    assert "| metric |" in (smoke.out / "quality-smoke.md").read_text()
+
+
+def test_second_call_reuses_stores_and_runs(smoke):
+    """Stores and trained runs are kept: the same call only evaluates again."""
+    before = {p: p.stat().st_mtime_ns for p in (smoke.work / "runs").rglob("checkpoints/*.json")}
+    argv = ["quality", "--work", str(smoke.root / "work"), "--out", str(smoke.root / "out2"), "--data", str(smoke.root / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(smoke.root / "no-encoder"), "--models", "gan"]
+    assert main(argv) == 0
+    assert before and {p: p.stat().st_mtime_ns for p in before} == before
+    payload = json.loads((smoke.root / "out2" / "quality-smoke-gan.json").read_text())  # one model: a table of its own
+    assert "gan train seconds" not in payload  # nothing trained, so no training speed is claimed
+
+
+def test_table_takes_each_metric_and_its_floor():
+    """The floor column comes from the evaluation's floor, shaped as its metrics; strings are left out."""
+    ev = lambda m, f: SimpleNamespace(metrics=m, floor=f)  # noqa: E731
+    rows = table({"gan": ev({"stain": {"eosin_w1": 0.3, "tissue_pixels_real": 7}, "c2st": 0.9}, {"stain": {"eosin_w1": 0.01}}),
+                  "diffusion": ev({"c2st": 0.6, "memorisation": {"space": "pixels", "ratio": 1.5}}, {})})
+    assert rows == [
+        {"metric": "stain.eosin_w1", "gan": 0.3, "gan floor": 0.01, "diffusion": "", "diffusion floor": ""},
+        {"metric": "stain.tissue_pixels_real", "gan": 7.0, "gan floor": "", "diffusion": "", "diffusion floor": ""},
+        {"metric": "c2st", "gan": 0.9, "gan floor": "", "diffusion": 0.6, "diffusion floor": ""},
+        {"metric": "memorisation.ratio", "gan": "", "gan floor": "", "diffusion": 1.5, "diffusion floor": ""},
+    ]
+
+
+def test_missing_data_folder_is_one_line(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        rc = main(["quality", "--work", str(tmp_path), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "absent"),
+                   "--budget", "smoke"])
+    assert rc == 2
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert str(tmp_path / "absent") in msg and "--data" in msg and "\n" not in msg

@@ -126,6 +126,7 @@ class TrainConfig:
     steps: int = 100_000
     grad_clip: float = 1.0  # 0 = off
     ema_decay: float = 0.999
+    ema_warmup: int = 10  # the EMA's decay is min(ema_decay, (1 + t) / (ema_warmup + t)) at step t; 0: off
     bf16: bool = True  # autocast on CUDA; ignored on the CPU
     seed: int = 0
     log_every: int = 50
@@ -140,6 +141,7 @@ class TrainConfig:
 
     def __post_init__(self):
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
+        require(self.ema_warmup >= 0, f"train.ema_warmup must be at least 0, not {self.ema_warmup}")
         for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps"):
             require(getattr(self, key) >= 1, f"train.{key} must be at least 1, not {getattr(self, key)}")
 

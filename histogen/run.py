@@ -102,7 +102,8 @@ def build(cfg: RunConfig, device: torch.device, cond_dim: int | None, n_labels: 
     autoencoder = load_autoencoder(Path(cfg.autoencoder), device) if cfg.autoencoder else None
     task = build_task(cfg.kind, cfg.model, cfg.resolution, cond_dim, autoencoder, n_labels)
     task.nets.to(device)
-    opts = {name: AdamWEMA([p for n in nets for p in task.nets[n].parameters()], **task.opt_hyper(name), ema_decay=cfg.train.ema_decay)
+    opts = {name: AdamWEMA([p for n in nets for p in task.nets[n].parameters()], **task.opt_hyper(name), ema_decay=cfg.train.ema_decay,
+                                ema_warmup=cfg.train.ema_warmup)
             for name, nets in task.opt_groups().items()}
     return task, opts
 

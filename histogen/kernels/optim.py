@@ -21,7 +21,9 @@ def _dense(t: torch.Tensor) -> bool:
 
 class AdamWEMA(torch.optim.Optimizer):
     """AdamW (the semantics of torch.optim.AdamW, no amsgrad/maximize) followed, for every updated
-    parameter, by ema = ema * ema_decay + param * (1 - ema_decay). One fused Triton pass per
+    parameter, by ema = ema * d + param * (1 - d) with d = min(ema_decay, (1 + t) / (ema_warmup + t))
+    at step t: the warm-up lets a short run's EMA leave the initial weights (with 0.999 alone, 70 % of
+    the EMA after 300 steps is still the initialisation); ema_warmup 0 is the plain decay. One fused Triton pass per
     parameter group on CUDA (see histogen.kernels), the PyTorch reference elsewhere.
 
     State per parameter, all fp32 and kept outside the model: step, exp_avg, exp_avg_sq, ema
@@ -31,12 +33,15 @@ class AdamWEMA(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 ema_decay: float = 0.999):
+                 ema_decay: float = 0.999, ema_warmup: int = 10):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0: {lr}, {eps}, {weight_decay}")
         if not all(0 <= b < 1 for b in betas) or not 0 <= ema_decay <= 1:
             raise ValueError(f"betas must be in [0, 1) and ema_decay in [0, 1]: {betas}, {ema_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, ema_decay=ema_decay))
+        if ema_warmup < 0:
+            raise ValueError(f"ema_warmup must be >= 0: {ema_warmup}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, ema_decay=ema_decay,
+                                      ema_warmup=ema_warmup))
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -81,7 +86,8 @@ class AdamWEMA(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         # Python floats whatever was given (ints, tensors): one kernel signature, no device sync.
         hyper = dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
-                     weight_decay=float(group["weight_decay"]), ema_decay=float(group["ema_decay"]))
+                     weight_decay=float(group["weight_decay"]),
+                     ema_decay=min(float(group["ema_decay"]), (1 + step) / (group.get("ema_warmup", 0) + step)))
         if backend(params[0]) == "triton":
             from histogen.kernels.adamw_ema import adamw_ema_triton
 

@@ -37,18 +37,20 @@ def run(opt, params, steps):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_matches_torch_adamw_then_ema(impl, dtype, device, monkeypatch):
+@pytest.mark.parametrize("impl,warmup", [("torch", 0), ("torch", 10), ("triton", 0), ("triton", 10)])
+def test_matches_torch_adamw_then_ema(impl, warmup, dtype, device, monkeypatch):
     if impl == "triton":
         use_triton(device, monkeypatch)
     else:
         monkeypatch.setenv("HISTOGEN_KERNELS", "torch")
     params = make_params(dtype, device)
-    opt = AdamWEMA(params, ema_decay=EMA_DECAY, **HYPER)
-    # The reference: torch's AdamW on fp32 copies (the masters), the EMA by hand from the start values.
+    opt = AdamWEMA(params, ema_decay=EMA_DECAY, ema_warmup=warmup, **HYPER)
+    # The reference: torch's AdamW on fp32 copies (the masters), the EMA by hand from the start values,
+    # its decay warmed up over each parameter's own step count t.
     masters = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
     emas = [m.detach().clone() for m in masters]
     ref = torch.optim.AdamW(masters, **HYPER)
+    counts = [0] * len(params)
     for step in range(4):
         set_grads(params, step)
         for p, m in zip(params, masters):
@@ -58,7 +60,9 @@ def test_matches_torch_adamw_then_ema(impl, dtype, device, monkeypatch):
         with torch.no_grad():
             for i, (e, m) in enumerate(zip(emas, masters)):
                 if (step, i) != SKIPPED:
-                    e.mul_(EMA_DECAY).add_(m, alpha=1 - EMA_DECAY)
+                    counts[i] += 1
+                    d = EMA_DECAY if warmup == 0 else min(EMA_DECAY, (1 + counts[i]) / (warmup + counts[i]))
+                    e.mul_(d).add_(m, alpha=1 - d)
 
     for i, (p, m, e) in enumerate(zip(params, masters, emas)):
         state, want = opt.state[p], ref.state[m]
@@ -104,3 +108,20 @@ def test_state_dict_round_trip_continues_like_uninterrupted(dtype, device, monke
         assert torch.equal(p, q)
         for key in ("step", "exp_avg", "exp_avg_sq", "ema") + (("master",) if dtype != torch.float32 else ()):
             assert torch.equal(opt.state[p][key], opt2.state[q][key]), key
+
+
+def test_checkpoint_from_before_the_warmup_resumes_with_the_plain_decay(monkeypatch):
+    """A state dict saved before ema_warmup existed has no such key: it resumes as it was trained."""
+    monkeypatch.setenv("HISTOGEN_KERNELS", "torch")
+    params = make_params(torch.float32, "cpu")
+    opt = AdamWEMA(params, ema_decay=EMA_DECAY, ema_warmup=0, **HYPER)
+    run(opt, params, range(2))
+    old = opt.state_dict()
+    for g in old["param_groups"]:
+        del g["ema_warmup"]
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = AdamWEMA(resumed, ema_decay=EMA_DECAY, **HYPER)  # warm-up on by default
+    opt2.load_state_dict(old)
+    run(opt, params, range(2, 4))
+    run(opt2, resumed, range(2, 4))
+    assert all(torch.equal(opt.state[p]["ema"], opt2.state[q]["ema"]) for p, q in zip(params, resumed))

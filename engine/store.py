@@ -24,10 +24,16 @@ from dataclasses import dataclass, field
 import google_crc32c
 import numcodecs
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+
+from engine.runtime import hidden_modules
+
+# The store reads and writes host memory only; zarr's GPU buffers (zarr.core.buffer.gpu) would import
+# cupy, which is most of zarr's import time where cuCIM installed it.
+with hidden_modules("cupy"):
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
 
 from engine import location
 from engine.qc import REASONS, SCORES, PatchQC
@@ -325,8 +331,9 @@ class SlideWriter:
         self._tissue: list[np.ndarray] = []
         self._qc: list[PatchQC] = []
 
-    def encode(self, images: np.ndarray) -> list[bytes]:
-        """One encoded chunk per patch; safe to call from worker threads."""
+    def encode(self, images) -> list[bytes]:
+        """One encoded chunk per patch of `images` ((n, P, P, 3) uint8, or an iterable of (P, P, 3));
+        safe to call from worker threads."""
         return [self._encode_chunk(np.ascontiguousarray(p)) for p in images]
 
     def append(self, images, coords: np.ndarray, qc: PatchQC | np.ndarray) -> None:

@@ -2,8 +2,10 @@
 -> check -> write. `python -m engine.tile --slides DIR --out STORE.zarr [--scheduler ADDRESS]`.
 
 Memory stays bounded whatever the slide size: at most `2 * workers` batches of `batch_size`
-patches are in flight, the reader's decoded-tile cache is capped (256 MiB), the thumbnail
-is read in bands, and the store writer holds less than one shard.
+patches are in flight, the reader's decoded-tile cache holds four tile rows across the slide
+(at most 256 MiB), the thumbnail is read in bands, and the store writer holds less than one shard.
+The imports leave out what tiling never calls (cupy, scipy): the first slide starts within 0.5 s
+(tests/engine/test_startup.py guards it).
 """
 from __future__ import annotations
 
@@ -128,7 +130,8 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
         qc = check_patches(patches, mres.threshold, cfg.mask, cfg.check)
         rejected = ok & ~plan.keep(qc.passed, ok)
         keep = plan.keep(qc.passed | cfg.keep_rejected, ok)
-        return idx, writer.encode(patches[keep]), qc, keep, rejected, errors
+        # Patch by patch, not patches[keep]: a copy of the batch per worker is 25 MB at the defaults.
+        return idx, writer.encode(patches[i] for i in np.flatnonzero(keep)), qc, keep, rejected, errors
 
     # Batches are read, checked and compressed on worker threads (decoders, the native check and
     # the codec release the GIL) while this thread writes finished ones in order as whole shards;

@@ -351,3 +351,47 @@ def test_qa_picture_colours_rejections_by_first_reason_with_a_legend():
     assert {KEPT, FAILED, colours["ink"], colours["tissue"]} <= legend and colours["blur"] not in legend  # only entries present
     plain = np.asarray(qa_picture(thumb, mask, 16.0, 160, [(0, 0)]))
     assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"]} == set()
+
+
+def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide, monkeypatch):
+    """The decoded-tile cache holds four tile rows across the slide (issue 19: a fixed 256 MiB was most
+    of the tiler's peak memory); that still covers what one row of patches shares with the next, so
+    with one patch per batch, in order (one worker), the tiler decodes exactly as many tiles as with an
+    unbounded cache, and a cache of one tile row decodes more (what the test would miss)."""
+    import engine.readers as readers
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(svs_slide, slides)  # 2400 x 1800, 240 px tiles: 10 across
+    tile_row = 10 * 240 * 240 * 3
+    decoded, held, caps = {}, [], []
+    to_rgb, tile = readers.to_rgb, readers.TiffSlide._tile
+
+    def watching_tile(self, level, index):
+        out = tile(self, level, index)
+        held.append(self._cache_bytes)
+        caps.append(self._cache_cap)
+        return out
+
+    monkeypatch.setattr(readers.TiffSlide, "_tile", watching_tile)
+    for cache in (None, 1 << 40, tile_row):
+        monkeypatch.setattr(readers.TiffSlide.__init__, "__defaults__", (cache,))
+        decoded[cache] = 0
+
+        def counting_to_rgb(a, cache=cache):  # called once per tile decode
+            decoded[cache] += 1
+            return to_rgb(a)
+
+        monkeypatch.setattr(readers, "to_rgb", counting_to_rgb)
+        held.clear()
+        caps.clear()
+        tile_slides(slides, tmp_path / f"{cache}.zarr", TileConfig(backend="tifffile", qa=False, workers=1, batch_size=1))
+        if cache is None:
+            assert set(caps) == {4 * tile_row}
+            assert max(held) <= 4 * tile_row
+    assert decoded[None] == decoded[1 << 40] > 0
+    assert decoded[tile_row] > decoded[None]
+    a, b = (PatchStore.open(tmp_path / f"{c}.zarr").slide("aperio") for c in (None, 1 << 40))
+    assert a.attrs["n_patches"] >= 4
+    np.testing.assert_array_equal(a["coords"][:], b["coords"][:])
+    np.testing.assert_array_equal(a["images"][:], b["images"][:])

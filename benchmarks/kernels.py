@@ -231,21 +231,17 @@ def main(argv, work: Path, out: Path) -> int:
     p.add_argument("--max-shapes", type=int, default=10, help="GroupNorm shapes measured, heaviest first (each compiles)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, Triton interpreted: checks the code, measures nothing")
     a = p.parse_args(argv)
-    if a.dry_run:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            print("kernels --dry-run: set TRITON_INTERPRET=1 in the environment (before Python starts)")
-            return 2
-        sizes = dry_sizes()
-    elif not torch.cuda.is_available():
-        print("kernels: this suite needs a CUDA GPU and torch sees none; nothing was measured (--dry-run checks the code on the CPU)")
+    if not report.can_run("kernels", a.dry_run):
         return 2
+    if a.dry_run:
+        sizes = dry_sizes()
     else:
         sizes = Sizes(preset=a.preset, max_shapes=a.max_shapes, repeats=a.repeats)
     os.environ["HISTOGEN_KERNELS"] = "triton"  # measure the kernels whatever the caller's setting
     bandwidth = copy_bandwidth(sizes)
     gn, coverage = groupnorm_rows(sizes, bandwidth)
     extra = {
-        "device": torch.cuda.get_device_name() if sizes.device == "cuda" else "cpu (dry run: numbers mean nothing)",
+        "device": report.device_name(sizes.device),
         "copy bandwidth GB/s": bandwidth / 1e9,
         "GroupNorm shapes": coverage,
         "goal groupnorm x eager >= 2 (worst shape)": min(r["x eager"] for r in gn),

@@ -18,6 +18,26 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}"
 
 
+def can_run(suite: str, dry_run: bool) -> bool:
+    """Whether a GPU suite can run here: on a CUDA GPU, or as a dry run with Triton interpreted (the
+    variable must be set before Python starts); otherwise says why in one line."""
+    import torch
+
+    if dry_run and os.environ.get("TRITON_INTERPRET") != "1":
+        print(f"{suite} --dry-run: set TRITON_INTERPRET=1 in the environment (before Python starts)")
+        return False
+    if not dry_run and not torch.cuda.is_available():
+        print(f"{suite}: this suite needs a CUDA GPU and torch sees none; nothing was measured (--dry-run checks the code on the CPU)")
+        return False
+    return True
+
+
+def device_name(device_type: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device_type == "cuda" else "cpu (dry run: numbers mean nothing)"
+
+
 def write(out: Path, suite: str, rows: list[dict], extra: dict) -> str:
     """rows: dicts with 'name', 'patches/s' and any other columns, in display order."""
     out.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ class Plan:
     profiled: str  # the variant whose steps are profiled
 
 
-def build(case: Case, device: torch.device, variant: str):
+def build(case: Case, device: torch.device, variant: str, plan: Plan):
     """The task, its optimizers, the nets as a step calls them, and a batch on `device`."""
     from histogen import config
     from histogen.run import build as build_run
@@ -68,7 +68,7 @@ def build(case: Case, device: torch.device, variant: str):
     task.nets.to(memory_format=torch.channels_last)
     nets = dict(task.nets)
     if VARIANTS[variant][1]:
-        nets = {k: torch.compile(m, backend=PLAN.compile_backend) for k, m in nets.items()}
+        nets = {k: torch.compile(m, backend=plan.compile_backend) for k, m in nets.items()}
     n = case.batch or cfg.train.batch_size
     images = (torch.rand(n, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
     batch = {"images": images, "cond": None, "label": None, "seeds": torch.arange(n)}
@@ -89,22 +89,22 @@ def run_steps(task, opts, nets, batch, steps: list[int], autocast) -> None:
             task.train_step(batch, s, nets, opts, 0.0)
 
 
-def measure(case: Case, variant: str, device: torch.device, profile: Path | None) -> dict:
+def measure(case: Case, variant: str, device: torch.device, plan: Plan, profile: Path | None) -> dict:
     os.environ["HISTOGEN_KERNELS"] = VARIANTS[variant][0]
-    task, opts, nets, batch, cfg = build(case, device, variant)
+    task, opts, nets, batch, cfg = build(case, device, variant, plan)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    steps = first_non_r1_steps(task, PLAN.warmup + PLAN.steps)
+    steps = first_non_r1_steps(task, plan.warmup + plan.steps)
     t0 = time.perf_counter()
-    run_steps(task, opts, nets, batch, steps[: PLAN.warmup], autocast)
+    run_steps(task, opts, nets, batch, steps[: plan.warmup], autocast)
     sync(device)
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_steps(task, opts, nets, batch, steps[PLAN.warmup :], autocast)
+    run_steps(task, opts, nets, batch, steps[plan.warmup :], autocast)
     sync(device)
-    seconds = (time.perf_counter() - t0) / PLAN.steps
+    seconds = (time.perf_counter() - t0) / plan.steps
     if profile is not None:
-        write_profile(profile, f"{case.label} ({case.preset}), {variant}", device,
-                      lambda: run_steps(task, opts, nets, batch, steps[-PLAN.profile_steps :], autocast))
+        write_profile(profile, f"{case.label} ({case.preset}), {variant}: {plan.profile_steps} training steps", device,
+                      lambda: run_steps(task, opts, nets, batch, steps[-plan.profile_steps :], autocast))
     n = len(batch["images"])
     return {"name": f"{case.label} step ({case.preset}, batch {n}, {cfg.resolution} px), {variant}", "ms": 1e3 * seconds,
             "steps/s": 1 / seconds, "images/s": n / seconds, "warm-up s": warm}
@@ -127,40 +127,32 @@ def write_profile(path: Path, title: str, device: torch.device, fn) -> None:
     table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(f"== {title}: {PLAN.profile_steps} training steps, top 25 by {key}\n{table}\n")
-
-
-PLAN = Plan("cuda", warmup=3, steps=10, compile_backend="inductor", profile_steps=3, profiled="fused")
+        f.write(f"== {title}, top 25 by {key}\n{table}\n")
 
 
 def main(argv, work: Path, out: Path) -> int:
-    global PLAN
     p = argparse.ArgumentParser(prog="python -m benchmarks train")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--profile", type=Path, default=None, help="file for the profiler tables (default: OUT/train-profile.txt)")
     p.add_argument("--only", choices=[c.label for c in REAL], action="append", help="only this model kind (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="tiny presets on the CPU, Triton interpreted: checks the code, measures nothing")
     a = p.parse_args(argv)
-    if a.dry_run:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            print("train --dry-run: set TRITON_INTERPRET=1 in the environment (before Python starts)")
-            return 2
-        # The eager steps are profiled: a fused step in Triton's interpreter costs ten of them.
-        PLAN, cases = Plan("cpu", warmup=0, steps=1, compile_backend="aot_eager", profile_steps=1, profiled="eager"), DRY
-    elif not torch.cuda.is_available():
-        print("train: this suite needs a CUDA GPU and torch sees none; nothing was measured (--dry-run checks the code on the CPU)")
+    if not report.can_run("train", a.dry_run):
         return 2
+    if a.dry_run:
+        # The eager steps are profiled: a fused step in Triton's interpreter costs ten of them.
+        plan, cases = Plan("cpu", warmup=0, steps=1, compile_backend="aot_eager", profile_steps=1, profiled="eager"), DRY
     else:
-        PLAN, cases = Plan("cuda", warmup=3, steps=a.steps, compile_backend="inductor", profile_steps=3, profiled="fused"), REAL
+        plan, cases = Plan("cuda", warmup=3, steps=a.steps, compile_backend="inductor", profile_steps=3, profiled="fused"), REAL
         torch.backends.cudnn.benchmark = True
     cases = [c for c in cases if not a.only or c.label in a.only]
-    device = torch.device(PLAN.device)
+    device = torch.device(plan.device)
     profile = a.profile or out / "train-profile.txt"
     profile.unlink(missing_ok=True)
-    rows, extra = [], {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run: numbers mean nothing)",
+    rows, extra = [], {"device": report.device_name(device.type),
                        "profile": str(profile)}
     for case in cases:
-        got = {v: measure(case, v, device, profile if v == PLAN.profiled else None) for v in VARIANTS}
+        got = {v: measure(case, v, device, plan, profile if v == plan.profiled else None) for v in VARIANTS}
         for v, row in got.items():
             rows.append({**row, "x eager": got["eager"]["ms"] / row["ms"], "x compile": got["compile"]["ms"] / row["ms"]})
         extra[f"{case.label} fused x eager"] = got["eager"]["ms"] / got["fused"]["ms"]

@@ -539,8 +539,8 @@ def per_label(ev: Evaluation, names: tuple, sides: dict, classes: dict, features
             m = {"patches": len(px)}
             if min(len(px), len(real_px)) >= cfg.two_sample.folds:
                 m["c2st"] = two_sample_test(real_px, px, cfg.two_sample).accuracy
-            if real_hist is not None and len(px) and min(real_hist[0].sum(), metrics.stain_histograms(px)[0].sum()) > 0:
-                h = metrics.stain_histograms(px)
+            h = metrics.stain_histograms(px) if real_hist is not None and len(px) else None
+            if h is not None and min(real_hist[0].sum(), h[0].sum()) > 0:
                 m.update({f"{stain}_w1": metrics.wasserstein_hist(real_hist[i], h[i]) for i, stain in enumerate(("haematoxylin", "eosin"))})
             if real_nuclei is not None and len(px):
                 m.update({k: v for k, v in nuclei.compare(real_nuclei, nuclei.measure(px, threshold, cfg.nuclei)).items() if k.endswith("_w1")})

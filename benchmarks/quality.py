@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +138,10 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_folder(work: Path, budget: str, preset: str, overrides: list[str], stores: list[Path]) -> Path:
-    """Where a run of this preset, these settings and these stores lives: other ones, another folder."""
-    return work / "runs" / f"{budget}-{preset}-{digest([overrides, [s.name for s in stores]])}"
+def run_folder(work: Path, budget: str, preset: str, cfg, stores: list[Path]) -> Path:
+    """Where a run of these resolved settings and these stores lives: other ones (an override, or an
+    edited preset), another folder."""
+    return work / "runs" / f"{budget}-{preset}-{digest([asdict(cfg), [s.name for s in stores]])}"
 
 
 def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, budget: Budget, extra: list[str],
@@ -149,7 +150,7 @@ def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, bud
     preset = budget.presets[kind]
     overrides = [*budget.overrides, *extra]
     cfg = config.resolve(preset, overrides)
-    run = run_folder(work, budget_name, preset, overrides, stores)
+    run = run_folder(work, budget_name, preset, cfg, stores)
     result = train(cfg, stores, run, show_progress=show)
     info = {"preset": preset, "overrides": " ".join(overrides) or "none", "steps": cfg.train.steps,
             "batch": cfg.train.batch_size, "run": str(run)}

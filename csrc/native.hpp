@@ -8,5 +8,6 @@ namespace histogen {
 void register_mask(pybind11::module_& m);
 void register_plan(pybind11::module_& m);
 void register_check(pybind11::module_& m);
+void register_jpeg(pybind11::module_& m);
 
 }  // namespace histogen

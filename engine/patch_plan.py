@@ -27,6 +27,7 @@ class Geometry:
     tile0: int  # patch side in level-0 pixels
     stride0: int
     downsample: float  # level-0 pixels per output pixel
+    scale: int = 1  # the level is decoded at 1/scale (JPEG's DCT scaling), read_size counted there
 
 
 def mpp_info(slide: Slide, assume_mpp: float | None) -> dict:
@@ -49,9 +50,11 @@ class GridPlan:
 
     params: PlanParams  # patch size and stride (output pixels), min tissue on the mask
     mpp: float | None = None  # target µm/px; None = level 0 as it is
+    dct_scaling: bool = True  # decode JPEG levels at 1/2, 1/4 or 1/8 where the target allows it
 
     def geometry(self, slide: Slide, mpp: dict) -> Geometry:
-        """`mpp`: `mpp_info` of the slide."""
+        """`mpp`: `mpp_info` of the slide. Reads the most reduced level still as sharp as the target,
+        decoded at the most reduced DCT scale that still is (never upsampling), then resizes."""
         size = self.params.patch_size
         stride = self.params.stride or size
         if self.mpp is None:
@@ -61,8 +64,11 @@ class GridPlan:
                              "pass {assume_mpp} VALUE if you know the scan resolution")
         ds = self.mpp / ((mpp["mpp_x"] + mpp["mpp_y"]) / 2)
         level = slide.best_level_for_downsample(ds)
-        read = round(size * ds / slide.level_downsamples[level])
-        return Geometry(level, read, round(size * ds), round(stride * ds), ds)
+        lds = slide.level_downsamples[level]
+        scales = slide.decode_scales(level) if self.dct_scaling else (1,)
+        scale = max(s for s in scales if s == 1 or lds * s <= ds * 1.01)
+        read = round(size * ds / (lds * scale))
+        return Geometry(level, read, round(size * ds), round(stride * ds), ds, scale)
 
     def coords(self, slide: Slide, mask: np.ndarray, geom: Geometry) -> np.ndarray:
         """int64 (N, 2): level-0 top-left corners of the grid's patches with tissue on the mask."""

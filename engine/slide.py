@@ -81,8 +81,15 @@ class Slide(ABC):
             raise ValueError(f"region size must be positive, got {w}x{h}")
         return self._read(x, y, level, w, h)
 
-    def read_regions(self, locations, level: int, size) -> np.ndarray:
-        """Many same-size regions as (N, h, w, 3); backends override this to batch their decode."""
+    def decode_scales(self, level: int) -> tuple[int, ...]:
+        """The reductions `read_regions` can decode `level` at directly (JPEG's DCT scaling): 1 here."""
+        return (1,)
+
+    def read_regions(self, locations, level: int, size, scale: int = 1) -> np.ndarray:
+        """Many same-size regions as (N, h, w, 3); backends override this to batch their decode.
+        `scale`: one of `decode_scales(level)`; `size` is counted at 1/scale of the level."""
+        if scale != 1:
+            raise ValueError(f"{self.path.name}: the {self.backend} reader decodes level {level} only at full size")
         w, h = (int(v) for v in size)
         out = np.empty((len(locations), h, w, 3), np.uint8)
         for i, loc in enumerate(locations):

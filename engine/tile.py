@@ -46,6 +46,7 @@ log = logging.getLogger("engine.tile")
 class TileConfig:
     plan: PlanParams = field(default_factory=PlanParams)  # patch size, stride (output pixels), min tissue
     mpp: float | None = None  # target µm/px; None = level 0 as it is
+    dct_scaling: bool = True  # with mpp: JPEG tiles decoded at 1/2, 1/4, 1/8 where that is still as sharp
     assume_mpp: float | None = None  # overrides the slide's own (missing or wrong) MPP
     mask_downsample: float = 16.0  # level-0 pixels per mask pixel
     mask: MaskParams = field(default_factory=MaskParams)
@@ -81,13 +82,13 @@ def read_batch(slide: Slide, coords: np.ndarray, geom: Geometry, patch_size: int
     locs = [tuple(c) for c in coords.tolist()]
     size = (geom.read_size, geom.read_size)
     try:
-        patches, ok, errors = slide.read_regions(locs, geom.level, size), np.ones(len(locs), bool), []
+        patches, ok, errors = slide.read_regions(locs, geom.level, size, geom.scale), np.ones(len(locs), bool), []
     except SlideError:
         patches = np.full((len(locs), *size, 3), 255, np.uint8)
         ok, errors = np.zeros(len(locs), bool), []
         for i, loc in enumerate(locs):
             try:
-                patches[i] = slide.read_region(loc, geom.level, size)
+                patches[i] = slide.read_regions([loc], geom.level, size, geom.scale)[0]
                 ok[i] = True
             except SlideError as e:
                 errors.append({"x": loc[0], "y": loc[1], "error": str(e).removeprefix(f"{slide.path}: ")})
@@ -114,6 +115,7 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
         "level": geom.level,
         "downsample": geom.downsample,
         "read_size": geom.read_size,
+        "decode_scale": geom.scale,
         "tile0": geom.tile0,
         "stride0": geom.stride0,
         "params": cfg.store_params(),
@@ -189,7 +191,7 @@ def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_
     # The organ (from the fetch's record) rides with the slide's group: the dataset export and
     # organ-conditioned training read it from there.
     provenance = {**identity, **({"organ": organ} if organ else {})}
-    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp), provenance, qa_dir, progress)[1]
+    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp, cfg.dct_scaling), provenance, qa_dir, progress)[1]
 
 
 def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
@@ -256,6 +258,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
     p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
     p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
+    p.add_argument("--no-dct-scaling", action="store_true", help="with --mpp, decode JPEG tiles at full size and resize, "
+                   "instead of decoding them at 1/2, 1/4 or 1/8 first (slower; same patches within a few grey levels)")
     p.add_argument("--keep-rejected", action="store_true", help="store the patches the check rejects too, with their reasons")
     add_check_options(p)
     add_run_options(p)
@@ -287,7 +291,7 @@ def main(argv=None) -> int:
     setup_logging(a.debug)
 
     def job() -> int:
-        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp, check=check_params(a),
+        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp, dct_scaling=not a.no_dct_scaling, check=check_params(a),
                                    keep_rejected=a.keep_rejected)
         summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir,
                               show_progress=False if a.quiet else None, scheduler=scheduler)

@@ -1,6 +1,7 @@
 """The tiler end to end: real readers, real stores on disk, bad input that never stops a run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -110,17 +111,25 @@ def test_target_mpp_reads_the_right_level_and_resizes(tmp_path, tiff_slide, svs_
     assert np.abs(cam["images"][0].astype(int) - direct).max() <= 3
     # Aperio at 0.25 µm/px: 4x is level 1 (downsample 4): read 256 there as well.
     assert (ape.attrs["level"], ape.attrs["read_size"], ape.attrs["tile0"]) == (1, 256, 1024)
-    # 0.5 µm/px from the Aperio slide: level 0, 512 px read and resized to 256.
+    # 0.5 µm/px from the Aperio slide: level 0 decoded at 1/2 (JPEG's DCT scaling), 256 px read there;
+    # with dct_scaling off, 512 px read at full size and resized to 256 (the reference).
+    from PIL import Image
+
     cfg2 = TileConfig(plan=PlanParams(256), mpp=0.5, qa=False, **FAST)
     tile_slides(slides, tmp_path / "q.zarr", cfg2)
     g = PatchStore.open(tmp_path / "q.zarr").slide("aperio")
-    assert (g.attrs["level"], g.attrs["read_size"]) == (0, 512)
-    from PIL import Image
-
-    x, y = g["coords"][0]
+    assert (g.attrs["level"], g.attrs["decode_scale"], g.attrs["read_size"]) == (0, 2, 256)
+    tile_slides(slides, tmp_path / "r.zarr", dataclasses.replace(cfg2, dct_scaling=False))
+    ref = PatchStore.open(tmp_path / "r.zarr").slide("aperio")
+    assert (ref.attrs["level"], ref.attrs["decode_scale"], ref.attrs["read_size"]) == (0, 1, 512)
+    x, y = ref["coords"][0]
     with open_slide(svs_slide) as s:
         want = np.asarray(Image.fromarray(s.read_region((int(x), int(y)), 0, (512, 512))).resize((256, 256), Image.Resampling.LANCZOS))
-    np.testing.assert_array_equal(g["images"][0], want)
+    np.testing.assert_array_equal(ref["images"][0], want)
+    # The same patches both ways, within what a different downsampling filter changes.
+    np.testing.assert_array_equal(g["coords"][:], ref["coords"][:])
+    diff = np.abs(g["images"][:].astype(int) - ref["images"][:])
+    assert diff.mean() < 3 and np.percentile(diff, 99) < 30, (diff.mean(), np.percentile(diff, 99))
 
 
 def test_stride_gives_overlapping_grid(tmp_path, tiff_slide):
@@ -353,11 +362,13 @@ def test_qa_picture_colours_rejections_by_first_reason_with_a_legend():
     assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"]} == set()
 
 
-def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide, monkeypatch):
+@pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])
+def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide, monkeypatch, native):
     """The decoded-tile cache holds four tile rows across the slide (issue 19: a fixed 256 MiB was most
     of the tiler's peak memory); that still covers what one row of patches shares with the next, so
     with one patch per batch, in order (one worker), the tiler decodes exactly as many tiles as with an
-    unbounded cache, and a cache of one tile row decodes more (what the test would miss)."""
+    unbounded cache, and a cache of one tile row decodes more (what the test would miss). The same
+    for the native batch decode and the tifffile reference."""
     import engine.readers as readers
 
     slides = tmp_path / "slides"
@@ -365,24 +376,20 @@ def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide
     shutil.copy(svs_slide, slides)  # 2400 x 1800, 240 px tiles: 10 across
     tile_row = 10 * 240 * 240 * 3
     decoded, held, caps = {}, [], []
-    to_rgb, tile = readers.to_rgb, readers.TiffSlide._tile
+    remember = readers.TiffSlide._remember
 
-    def watching_tile(self, level, index):
-        out = tile(self, level, index)
+    def watching_remember(self, items):  # every tile decoded goes through here once
+        items = list(items)
+        decoded[self._cache_key] += len(items)
+        remember(self, items)
         held.append(self._cache_bytes)
         caps.append(self._cache_cap)
-        return out
 
-    monkeypatch.setattr(readers.TiffSlide, "_tile", watching_tile)
+    monkeypatch.setattr(readers.TiffSlide, "_remember", watching_remember)
     for cache in (None, 1 << 40, tile_row):
-        monkeypatch.setattr(readers.TiffSlide.__init__, "__defaults__", (cache,))
+        monkeypatch.setattr(readers.TiffSlide.__init__, "__defaults__", (cache, native, 1))
+        monkeypatch.setattr(readers.TiffSlide, "_cache_key", cache, raising=False)
         decoded[cache] = 0
-
-        def counting_to_rgb(a, cache=cache):  # called once per tile decode
-            decoded[cache] += 1
-            return to_rgb(a)
-
-        monkeypatch.setattr(readers, "to_rgb", counting_to_rgb)
         held.clear()
         caps.clear()
         tile_slides(slides, tmp_path / f"{cache}.zarr", TileConfig(backend="tifffile", qa=False, workers=1, batch_size=1))

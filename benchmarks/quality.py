@@ -2,8 +2,12 @@
 for a fixed budget, sample, evaluate on the slides the runs held out (histogen.evaluate), and
 write sample grids beside real grids and a table of every metric with its real-vs-real floor.
 
-    python -m benchmarks quality [--data DIR] [--budget smoke|cpu|gpu] [--models diffusion gan]
-                                 [--set KEY=VALUE ...]
+    python -m benchmarks quality [--data DIR] [--budget smoke|cpu|gpu] [--models diffusion gan diffusion-pf]
+                                 [--set KEY=VALUE ...] [--encoder MODEL]
+
+`diffusion-pf` is the study's route: the stores are embedded with --encoder (Path Foundation, or a
+model with its interface) and the diffusion preset is conditioned on each patch's embedding, with
+classifier-free dropout of the condition; evaluation conditions on the held-out patches' embeddings.
 
 Each sub-folder of DIR (or DIR itself when it holds slides) becomes one patch store, tiled at
 TARGET_MPP so that every 64 px patch covers the same tissue area whatever the folder's
@@ -24,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import report
-from engine.embed import DEFAULT_MODEL
+from engine.embed import DEFAULT_MODEL, EmbedConfig, EmbedError, embed_store
 from engine.errors import UserError, run_command, setup_logging
 from engine.discover import find_slides
 from engine.plan import PlanParams
@@ -37,7 +41,10 @@ from histogen.train import train
 log = logging.getLogger("benchmarks.quality")
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "he"  # ../shared/data/he beside the checkout
-KINDS_TRAINED = ("diffusion", "gan")
+KINDS_TRAINED = ("diffusion", "gan")  # the default; diffusion-pf also needs an encoder to embed with
+KINDS = (*KINDS_TRAINED, "diffusion-pf")
+# What a kind sets on top of its preset: the conditioned route differs from plain diffusion only here.
+KIND_OVERRIDES = {"diffusion-pf": ("data.conditional=true", "model.cond_drop=0.1")}
 PATCH = 64  # output pixels: the resolution both models train at
 TARGET_MPP = 1.0  # µm/px: a 64 µm field, nuclei 5-10 px wide; no folder of the shared set needs upsampling
 
@@ -68,21 +75,21 @@ class Budget:
 
 BUDGETS = {
     # End to end in about a minute on 2 cores: only that every stage runs (the test runs it).
-    "smoke": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"},
+    "smoke": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu", "diffusion-pf": "diffusion-64-cpu"},
                     ("train.steps=2", "train.batch_size=4", "train.val_every=1", "train.val_batches=1",
                      "train.sample_every=2", "train.n_samples=4", "train.sample_steps=2", "data.val_fraction=0.5"),
                     n_eval=16, sample_steps=4, images_per_folder=3),
     # A first look in a few minutes per model on an idle 2-core CPU (half an hour on a busy one): the
     # cpu presets stopped early, with an EMA short enough to have left the initial weights (the EMA
     # starts from them: 0.999 over 100 steps would still be 90 % initial weights), fewer samples.
-    "short": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"},
+    "short": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu", "diffusion-pf": "diffusion-64-cpu"},
                     ("train.steps=100", "train.ema_decay=0.95", "train.val_every=50", "train.sample_every=50",
                      "train.ckpt_every=25"),
                     n_eval=256, sample_steps=20),
     # About 30 minutes per model on an idle 2-core CPU (steps chosen from measured CPU s/step, see the presets).
-    "cpu": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"}, n_eval=1000, sample_steps=50),
+    "cpu": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu", "diffusion-pf": "diffusion-64-cpu"}, n_eval=1000, sample_steps=50),
     # The full-size 64 px models for a GPU.
-    "gpu": Budget({"diffusion": "diffusion-64", "gan": "gan-64"}, ("train.steps=20000",), n_eval=5000, sample_steps=50),
+    "gpu": Budget({"diffusion": "diffusion-64", "gan": "gan-64", "diffusion-pf": "diffusion-64"}, ("train.steps=20000",), n_eval=5000, sample_steps=50),
 }
 
 
@@ -134,6 +141,19 @@ def tile(data: Path, work: Path, budget: Budget, assume_mpp: float | None, show:
     return stores
 
 
+def embed(stores: list[Path], encoder: str, show: bool | None) -> None:
+    """Embed every store with `encoder` (slides already embedded by it are skipped)."""
+    for store in stores:
+        try:
+            summary = embed_store(store, EmbedConfig(model=encoder), show_progress=show)
+        except EmbedError as e:
+            raise QualityError(f"diffusion-pf needs an encoder to condition on: {e.problem}",
+                               "pass {model} DIR, a SavedModel with Path Foundation's interface "
+                               "(python -m histosynth.standin_model DIR makes a stand-in with random weights)") from e
+        if summary.count("failed"):
+            raise QualityError(f"{store}: {summary.count('failed')} slide(s) failed to embed:\n{summary.text()}", "see the lines above")
+
+
 def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -148,7 +168,7 @@ def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, bud
                 show: bool | None) -> tuple[Path, dict]:
     """Train (or resume) `kind` under the budget; (run folder, what the table says about the run)."""
     preset = budget.presets[kind]
-    overrides = [*budget.overrides, *extra]
+    overrides = [*budget.overrides, *KIND_OVERRIDES.get(kind, ()), *extra]
     cfg = config.resolve(preset, overrides)
     run = run_folder(work, budget_name, preset, cfg, stores)
     result = train(cfg, stores, run, show_progress=show)
@@ -209,6 +229,8 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
     name = "-".join([f"quality-{budget_name}", *(kinds if set(kinds) != set(KINDS_TRAINED) else []), *([digest(extra)] if extra else [])])
     pictures = out / name
     pictures.mkdir(parents=True, exist_ok=True)
+    if "diffusion-pf" in kinds:
+        embed(stores, encoder, show)
     evals, runs = {}, {}
     for kind in kinds:
         run, runs[kind] = train_model(kind, stores, work, budget_name, budget, extra, show)
@@ -238,13 +260,14 @@ def main(argv, work: Path, out: Path) -> int:
                                                                      "(default: ../shared/data/he beside the checkout)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="smoke: a minute, every stage; short: a first "
                    "look, minutes per model; cpu: about 30 min per model on 2 cores; gpu: the full-size models")
-    p.add_argument("--models", nargs="+", choices=KINDS_TRAINED, default=list(KINDS_TRAINED))
+    p.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS_TRAINED),
+                   help="diffusion-pf: diffusion conditioned on --encoder's embedding of each patch (the stores are embedded first)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of both presets, e.g. --set model.lr=3e-4 (a run folder of its own)")
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px of folders without an entry in the built-in "
                                                                    "table whose files carry no MPP")
     p.add_argument("--encoder", default=DEFAULT_MODEL, help="for evaluation's learned-space metrics (skipped when it "
-                                                              "cannot load); default %(default)s")
+                                                              "cannot load) and diffusion-pf's conditions; default %(default)s")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     setup_logging()
@@ -255,4 +278,4 @@ def main(argv, work: Path, out: Path) -> int:
         return 0
 
     return run_command(job, log, "stores and finished runs are kept; run the same command to resume",
-                       flags={"data": "--data", "assume_mpp": "--assume-mpp"})
+                       flags={"data": "--data", "assume_mpp": "--assume-mpp", "model": "--encoder"})

@@ -68,11 +68,12 @@ class SlideRef:
 
 @dataclass(frozen=True)
 class Codec:
-    """Lossless compression of the image shards. JPEG-decoded H&E barely compresses losslessly
-    (about 1.03x with zstd), so the default is the fastest codec that still shrinks background."""
+    """Lossless compression of the image shards. JPEG-decoded H&E barely compresses losslessly, so
+    the default is a fast zstd level that still shrinks background: on 200 patches of the CMU mosaic
+    level -3 gave 1.187x at half the CPU of level -1 (1.191x); level 1 gave 1.219x at 3x the CPU."""
 
     name: str = "zstd"  # zstd | lz4 | none
-    level: int = -1
+    level: int = -3
 
     def __post_init__(self):
         if self.name not in ("zstd", "lz4", "none"):

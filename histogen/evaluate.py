@@ -339,7 +339,11 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
         ev.record("stain", *against(lambda s: {**{f"{name}_w1": metrics.wasserstein_hist(r.hist[c], s.hist[c])
                                                  for c, name in enumerate(("haematoxylin", "eosin"))}, **tissue(s)}))
     if features.learned:
-        ev.record("frechet_distance", *against(lambda s: metrics.frechet_of(r.stats, s.stats)))
+        if min(r.n, gen_side.n) < 2:  # a covariance needs two samples
+            ev.skipped["frechet_distance"] = f"needs at least 2 patches on each side (real {r.n}, generated {gen_side.n})"
+        else:
+            fd = lambda s: metrics.frechet_of(r.stats, s.stats)  # noqa: E731
+            ev.record("frechet_distance", fd(gen_side), fd(b) if b is not None and b.n >= 2 else None)
         if min(r.n, gen_side.n) > cfg.k:
             pr = lambda s: dict(zip(("precision", "recall"), metrics.precision_recall(r.features, s.features, cfg.k)), k=cfg.k)  # noqa: E731
             ev.record("precision_recall", pr(gen_side), pr(b) if b is not None and b.n > cfg.k else None)

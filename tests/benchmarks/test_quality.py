@@ -111,3 +111,40 @@ def test_missing_data_folder_is_one_line(tmp_path, caplog):
     assert rc == 2
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert str(tmp_path / "absent") in msg and "--data" in msg and "\n" not in msg
+
+
+def test_smoke_of_the_conditioned_route(tmp_path, monkeypatch):
+    """diffusion-pf: the stores are embedded with the encoder, the run is conditional, evaluation
+    conditions on the held-out embeddings and measures how well samples keep them; a second call
+    embeds nothing again and trains nothing again."""
+    from histosynth.standin_model import save_standin
+
+    images(tmp_path / "data" / "tissue-a", seed=3)
+    encoder = save_standin(tmp_path / "standin")
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(encoder), "--models", "diffusion-pf"]
+    assert main(argv) == 0
+    store = PatchStore.open(next((tmp_path / "work" / "quality" / "stores").glob("*.zarr")))
+    sid = store.slide_ids()[0]
+    assert store.embeddings(sid).shape == (store.n_patches(sid), 384)
+    payload = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf.json").read_text())
+    run = Path(payload["diffusion-pf run"])
+    assert "data.conditional=true" in payload["diffusion-pf overrides"] and "conditional: true" in (run / "config.yaml").read_text()
+    ev = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf" / "eval-diffusion-pf" / "metrics.json").read_text())
+    assert "conditioning" in ev["metrics"] or "conditioning" in ev["skipped"]
+    assert "diffusion-pf train seconds" in payload
+    before = store.embeddings_attrs(sid)
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf.json").read_text())
+    assert "diffusion-pf train seconds" not in again and again["diffusion-pf run"] == str(run)  # resumed: already trained
+    assert PatchStore.open(store.path).embeddings_attrs(sid) == before
+
+
+def test_conditioned_route_without_an_encoder_says_what_to_do(tmp_path, caplog):
+    images(tmp_path / "data" / "tissue-a", seed=4)
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(tmp_path / "no-encoder"), "--models", "diffusion-pf"]
+    assert main(argv) == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "diffusion-pf needs an encoder" in line and "no-encoder: no such directory" in line
+    assert "pass --encoder DIR" in line and "histosynth.standin_model" in line and "--model" not in line

@@ -190,12 +190,12 @@ def source_tiles(slide: Path, coords: np.ndarray, read: int, level: int = 0):
         page = tiff_levels(tif)[level]
         ds = tif.pages[0].imagewidth / page.imagewidth
         tw, th = page.tilewidth, page.tilelength
-        across = -(-page.imagewidth // tw)
+        across, down = -(-page.imagewidth // tw), -(-page.imagelength // th)
         idx = set()
         for x0, y0 in coords.tolist():
             x, y = int(x0 // ds), int(y0 // ds)
-            for r in range(y // th, (y + read - 1) // th + 1):
-                for c in range(x // tw, (x + read - 1) // tw + 1):
+            for r in range(max(0, y // th), min(down, (y + read - 1) // th + 1)):
+                for c in range(max(0, x // tw), min(across, (x + read - 1) // tw + 1)):
                     idx.add(r * across + c)
         fh = tif.filehandle
         blobs = []

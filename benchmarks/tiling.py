@@ -50,7 +50,7 @@ CMU = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 def make_slide(work: Path, size: int) -> Path:
     """A large Aperio-style SVS: the real CMU slide mosaicked where ../shared is there."""
     name = f"{'cmu-mosaic' if CMU.is_file() else 'synthetic'}-{size}.svs"
-    path = work / "slides" / name
+    path = work / "slides" / str(size) / name  # a folder each: the tiler tiles the whole folder
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

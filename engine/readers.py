@@ -129,9 +129,11 @@ class TiffSlide(Slide):
 
     backend = "tifffile"
 
-    def __init__(self, path, cache_bytes: int | None = None, native: bool = True, threads: int = 1):
+    def __init__(self, path, cache_bytes: int | None = None, native: bool = True, threads: int | None = None):
         """`cache_bytes`: the decoded-tile cache's cap; None sizes it to the slide (`cache_cap`).
-        `threads`: decode threads of one native call (the tiler reads batches on its own threads)."""
+        `threads`: decode threads of a native call (None: one per core). Native calls run one at a
+        time: a batch then finds the tiles it shares with the batch before it in the cache, where two
+        batches decoding at once both decoded them (31 % more decodes on a 40960 px slide)."""
         import tifffile
 
         from engine import jpeg_tiles
@@ -148,7 +150,8 @@ class TiffSlide(Slide):
             raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); copy it again")
         self._pages = pages
         self._jpeg = [jpeg_tiles.jpeg_level(p) for p in pages] if native and jpeg_tiles.available() else [None] * len(pages)
-        self._threads = threads
+        self._threads = threads or os.cpu_count() or 1
+        self._decoding = threading.Lock()
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes, self._cache_cap = 0, self.cache_cap(pages[0]) if cache_bytes is None else cache_bytes
@@ -274,16 +277,17 @@ class TiffSlide(Slide):
 
         jpeg = self._jpeg[level]
         tw, th, across = self._grid(self._pages[level], scale)
-        tiles, data = [], []
-        for i in needed:
-            tile = self._cached((level, scale, i))
-            data.append(None if tile is not None else self._tile_bytes(level, i))
-            tiles.append(tile if tile is not None else np.empty((th, tw, 3), np.uint8))
         lw, lh = self._level_size(level, scale)
-        failed = _native.jpeg_decode_assemble(tiles, data, jpeg.tables, jpeg.colorspace, scale, np.asarray(needed, np.int64),
-                                              across, np.asarray(regions, np.int64).reshape(-1, 2), lw, lh, out, self._threads)
-        bad = {k for k, _ in failed}
-        self._remember(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data)) if d is not None and k not in bad)
+        with self._decoding:
+            tiles, data = [], []
+            for i in needed:
+                tile = self._cached((level, scale, i))
+                data.append(None if tile is not None else self._tile_bytes(level, i))
+                tiles.append(tile if tile is not None else np.empty((th, tw, 3), np.uint8))
+            failed = _native.jpeg_decode_assemble(tiles, data, jpeg.tables, jpeg.colorspace, scale, np.asarray(needed, np.int64),
+                                                  across, np.asarray(regions, np.int64).reshape(-1, 2), lw, lh, out, self._threads)
+            bad = {k for k, _ in failed}
+            self._remember(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data)) if d is not None and k not in bad)
         if failed:
             k, why = failed[0]
             raise SlideError(f"{self.path}: tile {needed[k]} of level {level} does not decode ({why})")

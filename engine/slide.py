@@ -4,8 +4,10 @@ implements; `engine.readers.open_slide` picks the reader for a file.
 All coordinates are level-0 (x, y) of the top-left corner; sizes are (width, height) at the level
 read; pixels come back as RGB uint8 (h, w, 3), with areas outside the slide white.
 
-The tifffile and OpenSlide readers decode in the calling thread (both release the GIL): callers get
-parallel decode by reading batches from several threads, which measured faster than nested pools.
+The OpenSlide reader, and the tifffile reader for codecs other than JPEG, decode in the calling
+thread (releasing the GIL): callers get parallel decode by reading batches from several threads. The
+tifffile reader's JPEG levels decode a batch in one native call on all cores, one call at a time, so
+that batches read from several threads never decode a shared tile twice.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_native_equals_tifffile_pixel_for_pixel(name, request):
     path = request.getfixturevalue(name)
     rng = np.random.default_rng(len(name))
     ref = TiffSlide(path, native=False)
-    one, two = TiffSlide(path), TiffSlide(path, threads=2)
+    one, two = TiffSlide(path, threads=1), TiffSlide(path, threads=2)
     assert one._jpeg[0] is not None  # the native path is the one tested
     for level in range(ref.level_count):
         for size in [(512, 512), (301, 77), (1, 700)]:
@@ -68,6 +68,26 @@ def test_dct_scaled_decode_is_the_downsampled_slide(cmu_svs, scale):
     assert np.abs(got.astype(int) - lanczos).mean() < 3
     # A shifted region is not the same picture: the comparison can fail.
     assert psnr(got[:, 1:], box[:, :-1]) < psnr(got, box) - 8
+
+
+def test_threads_reading_batches_decode_each_tile_once(tiff_slide, monkeypatch):
+    """The tiler reads batches on several threads: native calls take turns, so a tile two batches
+    share is decoded by the first and found in the cache by the second (racing, both decoded it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slide = TiffSlide(tiff_slide)
+    decoded = []
+    remember = TiffSlide._remember
+    monkeypatch.setattr(TiffSlide, "_remember", lambda self, items: (decoded.extend(items := list(items)), remember(self, items)))
+    locs = [(x, y) for y in range(0, 1536, 384) for x in range(0, 2048, 384)]  # overlapping 512 px reads
+    batches = [locs[i : i + 3] for i in range(0, len(locs), 3)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: slide.read_regions(b, 0, (512, 512)), batches))
+    keys = [k for k, _ in decoded]
+    assert len(keys) == len(set(keys))  # no tile decoded twice
+    ref = TiffSlide(tiff_slide, native=False)
+    for b, g in zip(batches, got):
+        np.testing.assert_array_equal(g, ref.read_regions(b, 0, (512, 512)))
 
 
 def test_scales_offered_only_where_tiles_divide(svs_slide):

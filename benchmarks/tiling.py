@@ -28,6 +28,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 from unittest import mock
 
 import numpy as np
@@ -178,9 +179,17 @@ def run_baseline(slide: Path, work: Path, cfg: TileConfig) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def source_tiles(slide: Path, coords: np.ndarray, read: int, level: int = 0):
-    """Compressed bytes of every tile of `level` that `read`-pixel reads at level-0 `coords` cover (once
-    each), their tile numbers, the tile grid, the JPEG tables and the colour spaces to decode with."""
+class SourceTiles(NamedTuple):
+    blobs: list  # compressed bytes, in tile-number order
+    index: list  # their tile numbers
+    grid: tuple  # tile width, height, tiles per row
+    tables: bytes | None  # the TIFF's JPEGTables
+    spaces: tuple  # the colour spaces tifffile decodes with (imagecodecs' arguments)
+    jpeg: jpeg_tiles.JpegLevel | None  # how the tiler's native decoder reads the level
+
+
+def source_tiles(slide: Path, coords: np.ndarray, read: int, level: int = 0) -> SourceTiles:
+    """Every tile of `level` that `read`-pixel reads at level-0 `coords` cover, once each."""
     import tifffile
     from tifffile.tifffile import jpeg_decode_colorspace
 
@@ -204,14 +213,15 @@ def source_tiles(slide: Path, coords: np.ndarray, read: int, level: int = 0):
             blobs.append(fh.read(page.databytecounts[i]))
         # The colour spaces tifffile itself would decode with (Aperio tiles are RGB or YCbCr).
         spaces = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples, False)
-        return blobs, sorted(idx), (tw, th, across), page.jpegtables, spaces
+        return SourceTiles(blobs, sorted(idx), (tw, th, across), page.jpegtables, spaces, jpeg_tiles.jpeg_level(page))
 
 
 def run_ceiling(slide: Path, coords: np.ndarray, patch: int, repeats: int = 3) -> tuple[float, int]:
     import imagecodecs
 
-    blobs, _, _, tables, (cs, out_cs) = source_tiles(slide, coords, patch)
-    decode = lambda b: imagecodecs.jpeg8_decode(b, tables=tables, colorspace=cs, outcolorspace=out_cs)
+    src = source_tiles(slide, coords, patch)
+    blobs, (cs, out_cs) = src.blobs, src.spaces
+    decode = lambda b: imagecodecs.jpeg8_decode(b, tables=src.tables, colorspace=cs, outcolorspace=out_cs)
     best = float("inf")
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         for _ in range(repeats):
@@ -225,20 +235,21 @@ def run_ceiling(slide: Path, coords: np.ndarray, patch: int, repeats: int = 3) -
 def run_scaled_ceiling(slide: Path, coords: np.ndarray, read: int, level: int, scale: int, repeats: int = 3) -> tuple[float, int]:
     """Seconds to decode the tiles under `read`-pixel reads at `level`, each once, at 1/`scale`, on all
     cores: libjpeg-turbo through engine._native's batch call with no patches to assemble."""
-    from engine import _native, jpeg_tiles
+    from engine import _native
 
     assert jpeg_tiles.available(), "the native JPEG decoder is not available"
-    blobs, idx, (tw, th, across), tables, (cs, _) = source_tiles(slide, coords, read, level)
-    tiles = [np.empty((th // scale, tw // scale, 3), np.uint8) for _ in blobs]
+    src = source_tiles(slide, coords, read, level)
+    tw, th, across = src.grid
+    tiles = [np.empty((th // scale, tw // scale, 3), np.uint8) for _ in src.blobs]
     none = np.zeros((0, 2), np.int64)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        failed = _native.jpeg_decode_assemble(tiles, blobs, tables, jpeg_tiles.JCS_RGB if cs == 2 else -1, scale, np.asarray(idx, np.int64),
+        failed = _native.jpeg_decode_assemble(tiles, src.blobs, src.jpeg.tables, src.jpeg.colorspace, scale, np.asarray(src.index, np.int64),
                                               across, none, 1, 1, np.zeros((0, 1, 1, 3), np.uint8), os.cpu_count())
         best = min(best, time.perf_counter() - t0)
         assert not failed, failed[:1]
-    return best, len(blobs)
+    return best, len(src.blobs)
 
 
 def run_write_ceiling(work: Path, n_patches: int, patch: int, repeats: int = 3) -> float:
@@ -295,21 +306,21 @@ def run_compress_only(store: PatchStore, cfg: TileConfig, repeats: int = 3) -> f
     return best
 
 
-def qc_cost(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict]:
+def qc_cost(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict, float]:
     """Rows and figures of the check's cost: tiling with and without it (both --keep-rejected),
-    and the check alone."""
+    and the check alone on every readable patch (its seconds also returned: the work bound's)."""
     cfg = TileConfig(keep_rejected=True)
-    with_qc = min(run_engine(slide, work, cfg) for _ in range(repeats))
-    rejected = PatchStore.open(work / "store-auto.zarr")
+    with_qc = min(run_engine(slide, work, cfg, "keep-rejected") for _ in range(repeats))
+    rejected = PatchStore.open(work / "store-keep-rejected.zarr")
     check_s, n_checked = run_check_only(rejected, cfg)
     with mock.patch.object(engine.tile, "check_patches", no_check):
-        without = min(run_engine(slide, work, cfg) for _ in range(repeats))
+        without = min(run_engine(slide, work, cfg, "keep-rejected") for _ in range(repeats))
     rows = [{"name": "engine.tile --keep-rejected, full patch check", "patches": with_qc[1], "seconds": with_qc[0], "patches/s": with_qc[1] / with_qc[0]},
             {"name": "engine.tile --keep-rejected, no patch check", "patches": without[1], "seconds": without[0], "patches/s": without[1] / without[0]},
             {"name": "check_patches alone on the decoded patches, all cores", "patches": n_checked, "seconds": check_s, "patches/s": n_checked / check_s}]
     figures = {"check: throughput with / without (goal >= 0.85)": (with_qc[1] / with_qc[0]) / (without[1] / without[0]),
                "check alone: seconds / tiling seconds": check_s / with_qc[0]}
-    return rows, figures
+    return rows, figures, check_s
 
 
 def run_mpp(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict]:
@@ -381,7 +392,7 @@ def main(argv, work: Path, out: Path) -> int:
     decode_s, ntiles = run_ceiling(slide, coords, cfg.plan.patch_size)
     results["ceiling"] = len(coords) / decode_s
     rows.append({"name": f"ceiling: imagecodecs decode of the {ntiles} source tiles, all cores", "patches": len(coords), "seconds": decode_s, "patches/s": len(coords) / decode_s})
-    check_s, _ = run_check_only(store, cfg)
+    qc_rows, qc_figures, check_s = qc_cost(slide, work, a.repeats)
     compress_s = run_compress_only(store, cfg)
     bound = decode_s + check_s + compress_s
     rows.append({"name": f"work bound: that decode + the patch check ({check_s:.2f} s) + zstd of the patches ({compress_s:.2f} s), each on all cores",
@@ -393,7 +404,7 @@ def main(argv, work: Path, out: Path) -> int:
         rows += peer_rows
     mpp_rows, mpp_figures = run_mpp(slide, work, a.repeats)
     ceilings = {"full": results["ceiling"], **{k: v for k, v in mpp_figures.items() if k.startswith("mpp-")}}
-    for r in rows + mpp_rows:
+    for r in rows + mpp_rows + qc_rows:
         r["x baseline"] = r["patches/s"] / results["baseline"] if "baseline" in results else ""
         r["of ceiling"] = r["patches/s"] / ceilings[r.pop("ceiling", "full")]
     extra = {"slide": f"{slide.name} ({a.size}x{a.size}, 240 px JPEG tiles, {len(coords)} patches of 512 px)"}
@@ -407,9 +418,6 @@ def main(argv, work: Path, out: Path) -> int:
         extra["goal x fastest peer >= 3 (cold command / peer's, same slide)"] = results["cold"] / peer_best["cold"]
         extra["x peer in process"] = results["auto"] / peer_best["in process"]
     extra["peak RSS of the tiling command, MB (README bound)"] = peak
-    qc_rows, qc_figures = qc_cost(slide, work, a.repeats)
-    for r in qc_rows:
-        r["of ceiling"] = r["patches/s"] / results["ceiling"]
     extra.update(qc_figures)
     extra["store folder"] = str(work.resolve())
     print(report.write(out, "tiling", rows + mpp_rows + qc_rows, extra))

@@ -258,8 +258,7 @@ class TiffSlide(Slide):
     def read_regions(self, locations, level, size, scale: int = 1):
         """As Slide.read_regions; `scale` (one of `decode_scales(level)`) reads the level DCT-scaled
         to 1/scale, `size` counted at that scale."""
-        if scale not in self.decode_scales(level):
-            raise ValueError(f"{self.path.name}: level {level} cannot be decoded at 1/{scale} (scales {self.decode_scales(level)})")
+        self.check_scale(level, scale)
         w, h = (int(v) for v in size)
         regions = [self._level_xy(int(x), int(y), level, scale) for x, y in locations]
         needed = sorted({i for x, y in regions for i, _, _ in self._tiles_for(level, x, y, w, h, scale)})
@@ -371,8 +370,7 @@ class CuCIMSlide(Slide):
         return self.read_regions([(x, y)], level, (w, h))[0]
 
     def read_regions(self, locations, level, size, scale: int = 1):
-        if scale != 1:
-            return super().read_regions(locations, level, size, scale)  # refuses it
+        self.check_scale(level, scale)
         w, h = (int(v) for v in size)
         locs = [(int(x), int(y)) for x, y in locations]
         try:

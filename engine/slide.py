@@ -87,11 +87,16 @@ class Slide(ABC):
         """The reductions `read_regions` can decode `level` at directly (JPEG's DCT scaling): 1 here."""
         return (1,)
 
+    def check_scale(self, level: int, scale: int) -> None:
+        """Refuse a decode scale the level does not offer (every read_regions calls this)."""
+        if scale not in self.decode_scales(level):
+            raise ValueError(f"{self.path.name}: the {self.backend} reader cannot decode level {level} at 1/{scale} "
+                             f"(scales {self.decode_scales(level)})")
+
     def read_regions(self, locations, level: int, size, scale: int = 1) -> np.ndarray:
         """Many same-size regions as (N, h, w, 3); backends override this to batch their decode.
         `scale`: one of `decode_scales(level)`; `size` is counted at 1/scale of the level."""
-        if scale != 1:
-            raise ValueError(f"{self.path.name}: the {self.backend} reader decodes level {level} only at full size")
+        self.check_scale(level, scale)
         w, h = (int(v) for v in size)
         out = np.empty((len(locations), h, w, 3), np.uint8)
         for i, loc in enumerate(locations):

@@ -14,9 +14,8 @@ def test_ceilings_decode_the_tiles_under_the_patches(svs_slide):
             ds = slide.level_downsamples[level] * scale
             want = sorted({i for x, y in coords.tolist()
                            for i, _, _ in slide._tiles_for(level, int(x // ds), int(y // ds), read, read, scale)})
-            _, idx, _, _, _ = source_tiles(svs_slide, coords, read * scale, level)
-            assert idx == want
+            assert source_tiles(svs_slide, coords, read * scale, level).index == want
             seconds, n = run_scaled_ceiling(svs_slide, coords, read * scale, level, scale, repeats=1)
             assert n == len(want) and seconds > 0
     seconds, n = run_ceiling(svs_slide, coords, 512, repeats=1)
-    assert n == len(source_tiles(svs_slide, coords, 512)[1])
+    assert n == len(source_tiles(svs_slide, coords, 512).index)

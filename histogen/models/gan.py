@@ -30,6 +30,7 @@ class GANConfig:
     groups: int = 32
     r1_gamma: float = 1.0
     r1_every: int = 16
+    d_steps: int = 1
     diffaug: str = "color,translation,cutout"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -40,6 +41,7 @@ class GANConfig:
         ops = [op for op in self.diffaug.split(",") if op]
         require(all(op in DIFFAUG_OPS for op in ops), f"gan: diffaug {self.diffaug!r}: ops are {', '.join(DIFFAUG_OPS)}")
         require(self.r1_every >= 1 and self.r1_gamma >= 0, "gan: r1_every must be >= 1 and r1_gamma >= 0")
+        require(self.d_steps >= 1, f"gan: d_steps must be >= 1, not {self.d_steps}")
         require(self.base_res >= 2, "gan: base_res must be >= 2")
 
     def channels_at(self, side: int) -> int:
@@ -123,21 +125,24 @@ class GANTask(Task):
         label2 = None if label is None else torch.cat([label, label])
         z_dim = unwrap(nets["gen"]).z_dim
 
-        # D step: reals and fakes in one forward (one spectral-norm update, one DDP forward).
-        with torch.no_grad():
-            fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)
-        r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
-        real = real.detach().requires_grad_(r1)
-        logits = nets["disc"](diff_augment(torch.cat([real, fake]), cfg.diffaug), cond2, label=label2)
-        d_real, d_fake = logits[:n], logits[n:]
-        d_loss = hinge_d(d_real, d_fake)
-        metrics = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
-        if r1:  # lazy R1: every r1_every steps, scaled by r1_every (StyleGAN2)
-            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
-            penalty = grad.square().sum(dim=(1, 2, 3)).mean()
-            d_loss = d_loss + 0.5 * cfg.r1_gamma * cfg.r1_every * penalty
-            metrics["r1"] = penalty.item()
-        metrics["grad_norm_disc"] = self.backward_step("disc", d_loss, opts["disc"], clip)
+        # D steps: reals and fakes in one forward (one spectral-norm update, one DDP forward). Each
+        # of the d_steps updates sees the batch's reals with fresh fakes and fresh augmentation.
+        metrics = {}
+        for i in range(cfg.d_steps):
+            with torch.no_grad():
+                fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)
+            r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0 and i == 0
+            x = real.detach().requires_grad_(r1)
+            logits = nets["disc"](diff_augment(torch.cat([x, fake]), cfg.diffaug), cond2, label=label2)
+            d_real, d_fake = logits[:n], logits[n:]
+            d_loss = hinge_d(d_real, d_fake)
+            metrics.update(d_loss=d_loss.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+            if r1:  # lazy R1: every r1_every steps, scaled by r1_every (StyleGAN2)
+                (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
+                penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+                d_loss = d_loss + 0.5 * cfg.r1_gamma * cfg.r1_every * penalty
+                metrics["r1"] = penalty.item()
+            metrics["grad_norm_disc"] = self.backward_step("disc", d_loss, opts["disc"], clip)
 
         # G step: D frozen, called unwrapped (no parameter gradients, so nothing for DDP to reduce).
         fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)

@@ -207,6 +207,19 @@ def test_gan_sampling_and_conditioning(patches, cond):
         task.sample(nets, 4, gen(1))
 
 
+def test_gan_discriminator_steps(patches):
+    """d_steps D updates per G update, each on fresh fakes; R1 on the first of them."""
+    torch.manual_seed(0)
+    task = build_task("gan", {**TINY["gan"], "d_steps": 3, "r1_every": 1}, RES, None)
+    opts = optimizers(task)
+    steps = lambda name: {int(opts[name].state[p]["step"]) for p in task.nets[name].parameters()}  # noqa: E731
+    metrics = train(task, {"images": patches}, 2, opts)
+    assert steps("disc") == {6} and steps("gen") == {2}
+    assert metrics["r1"] >= 0
+    with pytest.raises(ValueError, match="d_steps must be >= 1"):
+        build_task("gan", {**TINY["gan"], "d_steps": 0}, RES, None)
+
+
 def test_diffaugment_is_differentiable_and_does_what_it_says():
     x = torch.ones(64, 3, 16, 16, requires_grad=True)
     holes = cutout(x, gen(0))

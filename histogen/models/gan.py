@@ -20,8 +20,10 @@ from histogen.models.task import Task, check_labels, device_of, eval_mode, noise
 class GANConfig:
     """ResNet generator from a base_res x base_res start, doubling to the training resolution; the
     spectral-norm discriminator mirrors it. Channels at side r: min(channel_base // r, channel_max)
-    (StyleGAN's rule, so one config serves every resolution). Hinge loss, lazy R1 (gamma r1_gamma,
-    every r1_every D steps, scaled by r1_every), DiffAugment `diffaug` ("" = off) on real and fake."""
+    (StyleGAN's rule, so one config serves every resolution). Hinge loss; d_steps D updates per G
+    update, each on the batch's reals with fresh fakes; lazy R1 (gamma r1_gamma, on the first D update
+    of every r1_every-th training step, scaled by r1_every); DiffAugment `diffaug` ("" = off) on real
+    and fake."""
 
     z_dim: int = 128
     base_res: int = 4
@@ -125,8 +127,7 @@ class GANTask(Task):
         label2 = None if label is None else torch.cat([label, label])
         z_dim = unwrap(nets["gen"]).z_dim
 
-        # D steps: reals and fakes in one forward (one spectral-norm update, one DDP forward). Each
-        # of the d_steps updates sees the batch's reals with fresh fakes and fresh augmentation.
+        # D updates: reals and fakes in one forward (one spectral-norm update, one DDP forward).
         metrics = {}
         for i in range(cfg.d_steps):
             with torch.no_grad():

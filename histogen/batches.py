@@ -76,13 +76,17 @@ def embedding_width(refs: list[SlideRef]) -> int:
 
 def split_slides(refs: list[SlideRef], val_fraction: float, seed: int) -> tuple[list[SlideRef], list[SlideRef]]:
     """A fixed pseudo-random share of the slides for validation (at least one where there are two
-    slides or more and val_fraction > 0; none with a single slide)."""
-    key = lambda r: hashlib.sha256(f"{seed}:{Path(r.store).name}/{r.slide}".encode()).hexdigest()  # noqa: E731
-    order = sorted(refs, key=key)
-    n_val = 0 if val_fraction <= 0 or len(refs) < 2 else min(len(refs) - 1, max(1, round(len(refs) * val_fraction)))
+    slides or more and val_fraction > 0; none with a single slide). The draw is over slide ids: a
+    slide tiled into several stores lands on one side, and re-tiling it into a store of another
+    name does not move it."""
+    ids = sorted({r.slide for r in refs}, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    n_val = 0 if val_fraction <= 0 or len(ids) < 2 else min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
     if val_fraction > 0 and n_val == 0:
         log.warning("only one slide: no validation split (add slides to validate on unseen ones)")
-    return order[n_val:], order[:n_val]
+    rank = {s: i for i, s in enumerate(ids)}
+    order = sorted(refs, key=lambda r: (rank[r.slide], Path(r.store).name))
+    n_refs = sum(rank[r.slide] < n_val for r in refs)
+    return order[n_refs:], order[:n_refs]
 
 
 class SlidePatches(Dataset):

@@ -290,8 +290,8 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     if vocab is not None:  # a run conditioned on labels: real slides of its classes, samples of their classes
         refs, class_of = known_classes(refs, vocab, ev)
     split = sampler.split() if sampler else {"train": [], "val": []}
-    trained = {(Path(r.store).resolve(), r.slide) for r in split["train"]}
-    held = [r for r in refs if (Path(r.store).resolve(), r.slide) not in trained]
+    trained = {r.slide for r in split["train"]}  # by id: the same slide in another store is not held out
+    held = [r for r in refs if r.slide not in trained]
     ev.info["real_is_training"] = not held
     if not held:
         held = refs

@@ -28,6 +28,14 @@ def test_split_is_by_slide_and_stable():
     assert split_slides(list(reversed(refs)), 0.2, seed=0) == (train, val)  # order of discovery does not matter
     assert split_slides(refs, 0.2, seed=1)[1] != val
     assert split_slides(refs[:2], 0.1, 0)[1] and split_slides(refs[:1], 0.1, 0)[1] == []
+    # The draw is over slide ids: a store of another name (re-tiled) gives the same split, and a
+    # slide in two stores (two scales) lands on one side, its other copies with it.
+    renamed = [SlideRef("s-retiled.zarr", r.slide, r.n) for r in refs]
+    assert [r.slide for r in split_slides(renamed, 0.2, seed=0)[1]] == [r.slide for r in val]
+    both = refs + [SlideRef("t.zarr", f"slide{i}", 5) for i in range(0, 20, 2)]
+    train2, val2 = split_slides(both, 0.2, seed=0)
+    assert {r.slide for r in val2} == {r.slide for r in val} and not {r.slide for r in train2} & {r.slide for r in val2}
+    assert len(train2) + len(val2) == 30
 
 
 def test_step_sampler_is_a_function_of_the_step():

@@ -25,7 +25,7 @@ from tests.support.stores import make_store
 from tests.support.references import brute_precision_recall
 from tests.support.training import SMALL
 
-SLIDES = {"s1": 12, "s2": 10, "s3": 9}  # diffusion-tiny's split: s3 trains, s1 and s2 validate
+SLIDES = {"s1": 12, "s3": 10, "s2": 9}  # diffusion-tiny's split: s2 trains, s1 and s3 validate
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def run(store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "diffusion"
     train(config.resolve("diffusion-tiny", SMALL + ["train.steps=3"]), [store], out, show_progress=False)
     split = json.loads((out / "split.json").read_text())
-    assert [r["slide"] for r in split["train"]] == ["s3"]
+    assert [r["slide"] for r in split["train"]] == ["s2"]
     return out
 
 
@@ -65,7 +65,7 @@ def encoder_file(tmp_path_factory) -> Path:
     return path
 
 
-def held_out(store: Path, size: int, slides=("s1", "s2")) -> np.ndarray:
+def held_out(store: Path, size: int, slides=("s1", "s3")) -> np.ndarray:
     """The validation slides' patches resized like training does, by the independent reference."""
     s = PatchStore.open(store)
     images = np.concatenate([s.slide(sid)["images"][:] for sid in slides])
@@ -106,7 +106,7 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     from histogen.batches import list_slides
     from histogen.evaluate import Patches
 
-    held = [r for r in list_slides([store]) if r.slide != "s3"]
+    held = [r for r in list_slides([store]) if r.slide != "s2"]
     a, b = Patches.draw(held, 24, 0).split(0)
     rows_a, rows_b = {tuple(r) for r in a.rows}, {tuple(r) for r in b.rows}
     assert len(rows_a) == len(rows_b) == 11 and not rows_a & rows_b
@@ -130,7 +130,7 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert m["metrics"]["stain"]["eosin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[1], h_gen[1]), abs=0.01)
     mem = m["metrics"]["memorisation"]
     assert mem["n_train"] == 9 and mem["space"].startswith(str(encoder_file))
-    train_f = features(encoder_file, held_out(store, 16, ("s3",)))
+    train_f = features(encoder_file, held_out(store, 16, ("s2",)))
     d_gen = np.linalg.norm(fg[:, None] - train_f[None], axis=-1).min(1)
     assert mem["generated_nn_median"] == pytest.approx(np.median(d_gen), rel=1e-3)
 
@@ -153,7 +153,7 @@ def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encode
     from histogen.batches import list_slides
     from histogen.evaluate import Patches
 
-    held = [r for r in list_slides([store]) if r.slide != "s3"]
+    held = [r for r in list_slides([store]) if r.slide != "s2"]
     _, b = Patches.draw(held, 200, 0).split(0)
     real_b = np.concatenate([x for x, _ in b.batches(16, 8)])
     rc, m = evaluate_cli(tmp_path / "a", "--run", run, "--samples", write_samples(tmp_path / "real", real_b),
@@ -161,8 +161,13 @@ def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encode
     assert rc == 0 and m["info"]["n_generated"] == m["info"]["n_real"] == m["info"]["n_real_floor"] == 11
     assert m["metrics"] == m["floor"]
     assert m["metrics"]["memorisation"]["ratio"] == pytest.approx(1.0, abs=0.3)
+    # The run's slides are known by id: in a store at another path (re-tiled, copied) s2 is still not held out.
+    shutil.copytree(store, tmp_path / "retiled.zarr")
+    rc, m = evaluate_cli(tmp_path / "c", "--run", run, "--samples", tmp_path / "real", "--real", tmp_path / "retiled.zarr",
+                         "--n", 100, "--encoder", encoder_file)
+    assert rc == 0 and m["info"]["n_real"] == m["info"]["n_real_floor"] == 11 and not m["info"]["real_is_training"]
 
-    copies = held_out(store, 16, ("s3",))  # the training slide itself
+    copies = held_out(store, 16, ("s2",))  # the training slide itself
     rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--samples", write_samples(tmp_path / "copies", copies),
                          "--real", store, "--n", 100, "--encoder", encoder_file)
     mem = m["metrics"]["memorisation"]
@@ -193,7 +198,7 @@ def test_autoencoder_reconstructions_are_scored(store, encoder_file, tmp_path):
     from histogen.batches import list_slides
     from histogen.evaluate import Patches
 
-    held = [r for r in list_slides([store]) if r.slide != "s3"]
+    held = [r for r in list_slides([store]) if r.slide != "s2"]
     pool = {r.slide: held_out(store, 32, (r.slide,)) for r in held}
     real = np.stack([pool[held[k].slide][j] for k, j in Patches.draw(held, 200, 0).split(0)[0].rows])  # draw A, in read order
     assert recon.shape == real.shape
@@ -259,7 +264,7 @@ def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store,
     c = m["metrics"]["conditioning"]
     cond = np.load(tmp_path / "a" / "report" / "conditions.npy")
     s = PatchStore.open(path)
-    held = np.concatenate([s.embeddings("s1"), s.embeddings("s2")])
+    held = np.concatenate([s.embeddings("s1"), s.embeddings("s3")])
     assert all(np.isclose(held, row).all(1).any() for row in cond)  # each condition is a held-out patch's embedding
     samples = zarr.open_array(str(tmp_path / "a" / "report" / "samples.zarr"), mode="r")[:]
     import tensorflow as tf

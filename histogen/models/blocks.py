@@ -69,12 +69,17 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    """2x resize then a 3x3 conv. mode "nearest" or "bilinear": nearest gives the four pixels of each
+    2x2 cell one input, so a stack of them can paint one motif into every cell of the coarse grid
+    (seen in GAN samples as a repeating pattern at the coarse period)."""
+
+    def __init__(self, channels: int, mode: str = "nearest"):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.mode = mode
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode=self.mode))
 
 
 class Sequence(nn.ModuleList):

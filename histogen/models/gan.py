@@ -23,7 +23,8 @@ class GANConfig:
     (StyleGAN's rule, so one config serves every resolution). Hinge loss; d_steps D updates per G
     update, each on the batch's reals with fresh fakes; lazy R1 (gamma r1_gamma, on the first D update
     of every r1_every-th training step, scaled by r1_every); DiffAugment `diffaug` ("" = off) on real
-    and fake."""
+    and fake. upsample: the generator's 2x resize, "nearest" or "bilinear". mbstd_group: D's minibatch
+    standard deviation over groups of that many images (0 = off), against mode collapse."""
 
     z_dim: int = 128
     base_res: int = 4
@@ -33,6 +34,8 @@ class GANConfig:
     r1_gamma: float = 1.0
     r1_every: int = 16
     d_steps: int = 1
+    upsample: str = "nearest"
+    mbstd_group: int = 0
     diffaug: str = "color,translation,cutout"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -44,6 +47,8 @@ class GANConfig:
         require(all(op in DIFFAUG_OPS for op in ops), f"gan: diffaug {self.diffaug!r}: ops are {', '.join(DIFFAUG_OPS)}")
         require(self.r1_every >= 1 and self.r1_gamma >= 0, "gan: r1_every must be >= 1 and r1_gamma >= 0")
         require(self.d_steps >= 1, f"gan: d_steps must be >= 1, not {self.d_steps}")
+        require(self.mbstd_group >= 0, f"gan: mbstd_group must be >= 0, not {self.mbstd_group}")
+        require(self.upsample in ("nearest", "bilinear"), f"gan: upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
         require(self.base_res >= 2, "gan: base_res must be >= 2")
 
     def channels_at(self, side: int) -> int:
@@ -74,7 +79,7 @@ class Generator(nn.Module):
         self.stem = nn.Linear(cfg.z_dim, ch(self.base) * self.base**2)
         blocks, side = [], self.base
         while side < resolution:
-            blocks += [ResBlock(ch(side), ch(2 * side), cfg.groups, emb_dim=cfg.z_dim), Upsample(ch(2 * side))]
+            blocks += [ResBlock(ch(side), ch(2 * side), cfg.groups, emb_dim=cfg.z_dim), Upsample(ch(2 * side), cfg.upsample)]
             side *= 2
         blocks.append(ResBlock(ch(side), ch(side), cfg.groups, emb_dim=cfg.z_dim))
         self.blocks = Sequence(blocks)
@@ -99,7 +104,8 @@ class GANTask(Task):
             raise ValueError(f"resolution {resolution} must be base_res ({cfg.base_res}) times a power of two >= 2 "
                              f"(the GAN doubles from {cfg.base_res}x{cfg.base_res})")
         super().__init__({"gen": Generator(resolution, cfg, cond_dim, n_labels),
-                          "disc": ProjectionDiscriminator(resolution, cfg.base_res, cfg.channels_at, cond_dim, n_labels)},
+                          "disc": ProjectionDiscriminator(resolution, cfg.base_res, cfg.channels_at, cond_dim, n_labels,
+                                                          cfg.mbstd_group)},
                          cfg.optimizers())
         self.cfg, self.cond_dim, self.n_labels = cfg, cond_dim, n_labels
 
@@ -134,7 +140,7 @@ class GANTask(Task):
                 fake = nets["gen"](torch.randn(n, z_dim, device=real.device), cond, label=label)
             r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0 and i == 0
             x = real.detach().requires_grad_(r1)
-            logits = nets["disc"](diff_augment(torch.cat([x, fake]), cfg.diffaug), cond2, label=label2)
+            logits = nets["disc"](diff_augment(torch.cat([x, fake]), cfg.diffaug), cond2, label=label2, parts=2)
             d_real, d_fake = logits[:n], logits[n:]
             d_loss = hinge_d(d_real, d_fake)
             metrics.update(d_loss=d_loss.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())

@@ -220,6 +220,55 @@ def test_gan_discriminator_steps(patches):
         build_task("gan", {**TINY["gan"], "d_steps": 0}, RES, None)
 
 
+def test_gan_bilinear_upsampling():
+    """upsample "bilinear": with the conv set to the identity, a ramp doubles into a finer ramp
+    (nearest repeats each value in a 2x2 cell); the GAN's generator takes the mode from its config."""
+    from histogen.models.blocks import Upsample
+
+    ramp = torch.arange(8.0).repeat(1, 1, 8, 1)  # (1, 1, 8, 8), rising along x
+    out = {}
+    for mode in ("nearest", "bilinear"):
+        up = Upsample(1, mode)
+        with torch.no_grad():
+            nn.init.dirac_(up.conv.weight)
+            up.conv.bias.zero_()
+        out[mode] = up(ramp)[0, 0, 4, 1:-1]  # one row, away from the zero-padded border
+    assert torch.equal(out["nearest"], torch.arange(8.0).repeat_interleave(2)[1:-1])
+    assert torch.allclose(out["bilinear"], torch.arange(1, 15) / 2 - 0.25)
+    task = build_task("gan", {**TINY["gan"], "upsample": "bilinear"}, RES, None)
+    assert {m.mode for m in task.nets["gen"].modules() if isinstance(m, Upsample)} == {"bilinear"}
+    with pytest.raises(ValueError, match="upsample must be"):
+        build_task("gan", {**TINY["gan"], "upsample": "bicubic"}, RES, None)
+
+
+def test_gan_minibatch_std():
+    """mbstd_group: D's logit for an image depends on the other images of its group and on no
+    others; in a call on reals and fakes (parts=2) no group mixes the two; identical images give
+    a std channel of (almost) zero."""
+    from histogen.models.disc import minibatch_std
+
+    h = torch.randn(12, 5, 2, 2)
+    same = h.clone()
+    same[:6] = h[0]
+    out = minibatch_std(same, 4, parts=2)  # 6 per part: groups of 3, never straddling image 6
+    assert out.shape == (12, 6, 2, 2) and torch.equal(out[:, :5], same)
+    assert out[:6, 5].abs().max() < 1e-3 and out[6:, 5].min() > 0.1
+    expected = h[6:9].var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+    assert torch.allclose(out[6:9, 5], expected.expand(3, 2, 2))
+    torch.manual_seed(0)
+    task = build_task("gan", {**TINY["gan"], "mbstd_group": 4}, RES, None)
+    disc = task.nets["disc"].eval()
+    x = torch.rand(16, 3, RES, RES) * 2 - 1
+    moved = x.clone()
+    moved[5] = -moved[5]
+    with torch.no_grad():
+        a, b = disc(x, parts=2), disc(moved, parts=2)
+    changed = (a - b).abs() > 1e-6
+    assert changed[4:8].all() and not changed[:4].any() and not changed[8:].any()  # group 4..7 only
+    with pytest.raises(ValueError, match="mbstd_group must be >= 0"):
+        build_task("gan", {**TINY["gan"], "mbstd_group": -1}, RES, None)
+
+
 def test_diffaugment_is_differentiable_and_does_what_it_says():
     x = torch.ones(64, 3, 16, 16, requires_grad=True)
     holes = cutout(x, gen(0))

@@ -14,9 +14,9 @@ are skipped, with the reason, when none can be loaded; the rest still run.
 Every metric has a noise floor: the same number computed between two disjoint draws of real
 patches (A, the real side of every comparison, and B, of A's size), in metrics.json's "floor"
 beside "metrics", key for key. Model-free measures lead: the classifier two-sample test
-(histogen.two_sample), nuclear morphology (histogen.nuclei) and stain distributions; Fréchet
-distance and precision/recall are flagged as meaningless when the encoder is untrained (the
-stand-in of the demo).
+(histogen.two_sample), nuclear morphology (histogen.nuclei), stain distributions and diversity;
+Fréchet distance and precision/recall are flagged as meaningless when the encoder is untrained
+(the stand-in of the demo).
 """
 from __future__ import annotations
 
@@ -338,6 +338,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     else:
         ev.record("stain", *against(lambda s: {**{f"{name}_w1": metrics.wasserstein_hist(r.hist[c], s.hist[c])
                                                  for c, name in enumerate(("haematoxylin", "eosin"))}, **tissue(s)}))
+    diversity(ev, r, gen_side, b)
     if features.learned:
         if min(r.n, gen_side.n) < 2:  # a covariance needs two samples
             ev.skipped["frechet_distance"] = f"needs at least 2 patches on each side (real {r.n}, generated {gen_side.n})"
@@ -400,6 +401,21 @@ def nuclear_morphology(ev: Evaluation, real: Side, gen: Side, floor: Side | None
     ev.info["nucleus_threshold_od"] = threshold
     cmp = lambda k: {**nuclei.compare(ev.nuclei["real"], ev.nuclei[k]), "patches": len(sides[k].sample)}  # noqa: E731
     ev.record("nuclei", cmp("generated"), cmp("real_b") if floor is not None else None)
+
+
+def diversity(ev: Evaluation, real: Side, gen: Side, floor: Side | None) -> None:
+    """The generated patches' mean pairwise distance, and its ratio to the real draw A's: 1 is the
+    real spread, near 0 one repeated image (mode collapse). The floor puts draw B in their place."""
+    if min(len(real.sample), len(gen.sample)) < 2:
+        ev.skipped["diversity"] = "needs at least 2 patches on each side"
+        return
+    spread = metrics.pairwise_l1(real.sample)
+
+    def score(side: Side) -> dict:
+        d = metrics.pairwise_l1(side.sample)
+        return {"pairwise_l1": d, "ratio": d / spread, "real_pairwise_l1": spread}
+
+    ev.record("diversity", score(gen), score(floor) if floor is not None and len(floor.sample) >= 2 else None)
 
 
 @dataclass

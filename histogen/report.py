@@ -16,7 +16,7 @@ from histogen import metrics
 from histogen.images import grid
 from histogen.nuclei import FEATURES
 
-MODEL_FREE = ("c2st", "nuclei", "stain")  # hold whatever the encoder: they lead the report
+MODEL_FREE = ("c2st", "nuclei", "stain", "diversity")  # hold whatever the encoder: they lead the report
 GUIDE = {
     "c2st": "Classifier two-sample test: out-of-fold accuracy (k-fold, 95 % Wilson interval) of a small CNN trained fresh to "
             "tell real from generated patches. 0.5 = indistinguishable, 1 = always told apart; compare with the floor.",
@@ -32,6 +32,8 @@ GUIDE = {
                     "to the training set; a ratio well below 1, or many samples below the real 1st percentile, suggests copying.",
     "stain": "1-d Wasserstein distance between real and generated haematoxylin (H) and eosin (E) optical densities on tissue "
              "pixels (colour deconvolution, no learned model); lower is better.",
+    "diversity": "Mean L1 distance between every two generated patches (area-averaged to 16 px, values on 0..1), and its ratio "
+                 "to the same within the real patches: 1 = the real spread, near 0 = one image repeated (mode collapse).",
     "reconstruction": "PSNR (dB) and SSIM of autoencoder reconstructions of held-out patches; higher is better.",
 }
 

@@ -125,6 +125,9 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     for k, v in m["metrics"].items():
         assert isinstance(v, dict) == isinstance(m["floor"][k], dict) and (not isinstance(v, dict) or v.keys() == m["floor"][k].keys()), k
     assert m["metrics"]["c2st"]["n_per_class"] == m["floor"]["c2st"]["n_per_class"] == 11
+    spread = metrics.pairwise_l1(real)
+    assert m["metrics"]["diversity"]["ratio"] == pytest.approx(metrics.pairwise_l1(samples) / spread, rel=1e-4)
+    assert m["floor"]["diversity"]["ratio"] == pytest.approx(metrics.pairwise_l1(real_b) / spread, rel=1e-4)
     h_real, h_gen = metrics.stain_histograms(real), metrics.stain_histograms(samples)
     assert m["metrics"]["stain"]["haematoxylin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[0], h_gen[0]), abs=0.01)
     assert m["metrics"]["stain"]["eosin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[1], h_gen[1]), abs=0.01)
@@ -183,7 +186,7 @@ def test_offline_runs_the_model_free_metrics_and_says_what_was_skipped(store, ru
     for name in ("frechet_distance", "precision_recall"):
         assert "Hugging Face" in m["skipped"][name] and "--encoder" in m["skipped"][name]
         assert name not in m["metrics"]
-    assert set(m["metrics"]) == {"c2st", "nuclei", "stain", "memorisation"} == set(m["floor"])
+    assert set(m["metrics"]) == {"c2st", "nuclei", "stain", "diversity", "memorisation"} == set(m["floor"])
     assert m["metrics"]["memorisation"]["space"] == "pixels@32px"
     html = (tmp_path / "report" / "report.html").read_text()
     assert "skipped" in html and "Hugging Face" in html

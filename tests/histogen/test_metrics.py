@@ -129,6 +129,20 @@ def test_wasserstein_of_histograms_matches_scipy():
     assert np.isnan(metrics.wasserstein_hist(ha, np.zeros_like(ha)))
 
 
+def test_pairwise_l1_matches_brute_force_and_sees_collapse():
+    r = rng(7)
+    images = r.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    small = images.reshape(9, 16, 2, 16, 2, 3).mean(axis=(2, 4)) / 255  # area average to 16 px
+    brute = np.mean([np.abs(small[i] - small[j]).mean() for i in range(9) for j in range(9) if i != j])
+    assert metrics.pairwise_l1(images) == pytest.approx(brute, rel=1e-5)
+    assert metrics.pairwise_l1(np.repeat(images[:1], 9, axis=0)) == 0  # one image repeated: mode collapse
+    flat = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (40, 91, 215)])  # flat greys: |a - b| per value
+    assert metrics.pairwise_l1(flat) == pytest.approx((51 + 175 + 124) * 2 / 6 / 255, rel=1e-5)
+    noisy = (flat + r.integers(-20, 21, flat.shape)).astype(np.uint8)  # pixel noise averages out
+    assert metrics.pairwise_l1(noisy) == pytest.approx(metrics.pairwise_l1(flat), abs=0.01)
+    assert np.isnan(metrics.pairwise_l1(images[:1]))
+
+
 def test_psnr_and_ssim_closed_forms():
     r = rng(7)
     x = r.integers(1, 255, (3, 16, 16, 3), dtype=np.uint8)

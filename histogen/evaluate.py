@@ -415,7 +415,8 @@ def diversity(ev: Evaluation, real: Side, gen: Side, floor: Side | None) -> None
         d = metrics.pairwise_l1(side.sample)
         return {"pairwise_l1": d, "ratio": d / spread, "real_pairwise_l1": spread}
 
-    ev.record("diversity", score(gen), score(floor) if floor is not None and len(floor.sample) >= 2 else None)
+    # a floor draw exists only with 2 patches or more, and keeps as many as A: no second check
+    ev.record("diversity", score(gen), score(floor) if floor is not None else None)
 
 
 @dataclass

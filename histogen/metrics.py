@@ -23,6 +23,11 @@ from histogen.stain import to_hed
 CHUNK = 1024  # rows of a pairwise-distance block: 1024 x 10k float32 = 40 MB
 
 
+def _unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) images as float (n, 3, H, W) on [0, 1]."""
+    return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
+
+
 # -- Fréchet distance ---------------------------------------------------------------------------
 
 
@@ -182,8 +187,7 @@ def pairwise_l1(images: np.ndarray, side: int = 16) -> float:
     draws one image for every input scores 0; pixel noise barely moves it (the averaging removes it)."""
     if len(images) < 2:
         return float("nan")
-    x = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255, side)
-    x = x.flatten(1)
+    x = torch.nn.functional.adaptive_avg_pool2d(_unit(images), side).flatten(1)
     return float(torch.cdist(x, x, p=1).sum() / (len(x) * (len(x) - 1) * x.shape[1]))
 
 
@@ -198,5 +202,4 @@ def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def ssim_uint8(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-image SSIM of uint8 (n, H, W, 3) images (histogen.models.ssim, on [0, 1])."""
-    t = lambda a: torch.from_numpy(np.asarray(a)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
-    return ssim(t(x), t(y), data_range=1.0).numpy()
+    return ssim(_unit(x), _unit(y), data_range=1.0).numpy()

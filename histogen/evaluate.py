@@ -83,7 +83,7 @@ class Side:
     stats: metrics.GaussianStats  # of the features, accumulated batch by batch
     hist: np.ndarray  # (2, OD_BINS) haematoxylin, eosin
     grid: np.ndarray  # uint8 (g, R, R, 3), spread over the set
-    sample: np.ndarray  # uint8 (s, R, R, 3), a seeded random subset for the pixel-level tests (C2ST, nuclei)
+    sample: np.ndarray  # uint8 (s, R, R, 3), a seeded random subset for the pixel-level tests (C2ST, nuclei, diversity)
     sample_idx: np.ndarray  # (s,) where the subset's patches are in the set (for evaluation per label)
 
     @property

@@ -32,8 +32,9 @@ GUIDE = {
                     "to the training set; a ratio well below 1, or many samples below the real 1st percentile, suggests copying.",
     "stain": "1-d Wasserstein distance between real and generated haematoxylin (H) and eosin (E) optical densities on tissue "
              "pixels (colour deconvolution, no learned model); lower is better.",
-    "diversity": "Mean L1 distance between every two generated patches (area-averaged to 16 px, values on 0..1), and its ratio "
-                 "to the same within the real patches: 1 = the real spread, near 0 = one image repeated (mode collapse).",
+    "diversity": "Mean L1 distance between every two patches of the generated pixel-level draw (the c2st's, up to 1000; each "
+                 "area-averaged to 16 px, values on 0..1), and its ratio to the same within the real draw: 1 = the real spread, "
+                 "near 0 = one image repeated (mode collapse).",
     "reconstruction": "PSNR (dB) and SSIM of autoencoder reconstructions of held-out patches; higher is better.",
 }
 

@@ -193,7 +193,7 @@ def source_tiles(slide: Path, coords: np.ndarray, read: int, level: int = 0) -> 
     import tifffile
     from tifffile.tifffile import jpeg_decode_colorspace
 
-    from engine.readers import tiff_levels
+    from engine.readers.tiff_meta import tiff_levels
 
     with tifffile.TiffFile(slide) as tif:
         page = tiff_levels(tif)[level]

@@ -8,13 +8,10 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.fetch.manifest import RECORD, organs
+from engine.readers import SLIDE_SUFFIXES
+from engine.readers.dicom import DICOM_SUFFIX
 
 log = logging.getLogger("engine.discover")
-
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
-    ".png", ".jpg", ".jpeg",
-}
 
 
 def find_slides(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -25,7 +22,7 @@ def find_slides(folder: Path) -> tuple[list[Path], list[Path]]:
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     files = [p for p in files if p != folder / RECORD]
-    dicom = Counter(p.parent for p in files if p.suffix.lower() == ".dcm")
+    dicom = Counter(p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX)
     series = {d for d, n in dicom.items() if n > 1}
     slides = sorted({p.parent if p.parent in series else p for p in files if p.suffix.lower() in SLIDE_SUFFIXES})
     return slides, [p for p in files if p.suffix.lower() not in SLIDE_SUFFIXES]

@@ -1,4 +1,4 @@
-"""A whole-slide image behind one small interface (`Slide`), which every reader of engine.readers
+"""A whole-slide image behind one small interface (`Slide`), which every reader in engine.readers
 implements; `engine.readers.open_slide` picks the reader for a file.
 
 All coordinates are level-0 (x, y) of the top-left corner; sizes are (width, height) at the level
@@ -51,7 +51,8 @@ def plausible_mpp(x: float, y: float, source: str) -> Mpp | None:
 class Slide(ABC):
     """What the tiler needs of a whole-slide image; subclasses implement `_read`."""
 
-    backend: str = ""
+    backend: str = ""  # the reader's name, as --backend takes it
+    suffixes: frozenset[str] = frozenset()  # the files it opens (engine.discover looks for all readers')
 
     def __init__(self, path: Path, level_dimensions, mpp: Mpp | None):
         self.path = Path(path)

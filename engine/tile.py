@@ -35,7 +35,7 @@ from engine.prefetch import ordered_map
 from engine.progress import Progress
 from engine.qa import qa_picture
 from engine.runtime import reuse_freed_memory
-from engine.readers import READERS, open_slide
+from engine.readers import BACKENDS, open_slide
 from engine.slide import Slide, SlideError
 from engine.store import Codec, PatchStore
 
@@ -220,7 +220,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that reads slides into a store (the tiler, the table import)."""
     d = TileConfig()
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px to use where a slide's metadata has none or a wrong one")
-    p.add_argument("--backend", choices=READERS, default=d.backend)
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend)
     p.add_argument("--codec", choices=("zstd", "lz4", "none"), default=d.codec.name)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--workers", type=int, default=None, help="reader threads per slide (default: all cores, or their share with --scheduler local:N)")

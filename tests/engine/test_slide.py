@@ -64,9 +64,10 @@ def test_real_dicom_series_backends_match_openslide(cmu_dicom, backend):
 
 def test_auto_picks_tile_exact_reader_on_cpu(cmu_svs, monkeypatch):
     monkeypatch.setattr(runtime, "cuda_available", lambda: False)
-    assert choose_backend(cmu_svs)[0] == "tifffile"
+    assert choose_backend(cmu_svs)[0].backend == "tifffile"
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
-    assert choose_backend(cmu_svs) == ("cucim", "GPU decode")
+    reader, reason = choose_backend(cmu_svs)
+    assert (reader.backend, reason) == ("cucim", "GPU decode")
 
 
 def test_jpeg2000_svs_never_goes_to_cucim(synth_dir, monkeypatch):
@@ -75,8 +76,8 @@ def test_jpeg2000_svs_never_goes_to_cucim(synth_dir, monkeypatch):
     path = synth_dir / "j2k.svs"
     synth.write_svs(path, synth.SynthSpec(width=960, height=720, seed=3, mpp=0.5), levels=(1,), compression="jpeg2000")
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
-    backend, reason = choose_backend(path)
-    assert backend == "tifffile" and "cuCIM" in reason
+    reader, reason = choose_backend(path)
+    assert reader.backend == "tifffile" and "cuCIM" in reason
     with open_slide(path) as s, open_slide(path, "openslide") as o:
         locs = random_regions(np.random.default_rng(1), s.dimensions, 256, 6)
         assert np.abs(s.read_regions(locs, 0, (256, 256)).astype(int) - o.read_regions(locs, 0, (256, 256))).max() <= JPEG_TOL

@@ -10,8 +10,8 @@ MODEL ?= $(DEMO)/standin-model
 
 .PHONY: install demo test bench clean gpu-check
 
-# Re-runs only when the pins, the build or the C++ sources change.
-$(STAMP): requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
+# Re-runs only when the pins, the build or the C++ sources change (engine/qc.py: the score layout of csrc/check.cpp).
+$(STAMP): requirements.txt setup.py pyproject.toml engine/qc.py $(wildcard csrc/*.cpp csrc/*.hpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

@@ -1,4 +1,4 @@
-// Per-patch quality scores of decoded patches: tissue, ink, focus, fold, bubble, clean.
+// Per-patch quality scores of decoded patches, laid out as engine.qc.SCORES (scores.hpp, generated).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -9,6 +9,7 @@
 #include "morph.hpp"
 #include "native.hpp"
 #include "pixel.hpp"
+#include "scores.hpp"
 
 namespace py = pybind11;
 
@@ -79,15 +80,15 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
     nf += t && fold[i];
   }
   const double size = static_cast<double>(n);
-  out[0] = n ? static_cast<float>(nt / size) : 0.0f;
-  out[1] = n ? static_cast<float>(ni / size) : 0.0f;
-  out[2] = focus(patch, h, w, q.focus_step, q.pixel.od);
-  out[3] = nt ? static_cast<float>(static_cast<double>(nf) / static_cast<double>(nt)) : 0.0f;
-  out[4] = n ? static_cast<float>(bubble / size) : 0.0f;
-  out[5] = n ? static_cast<float>((nt - nf) / size) : 0.0f;
+  out[kScoreTissue] = n ? static_cast<float>(nt / size) : 0.0f;
+  out[kScoreInk] = n ? static_cast<float>(ni / size) : 0.0f;
+  out[kScoreFocus] = focus(patch, h, w, q.focus_step, q.pixel.od);
+  out[kScoreFold] = nt ? static_cast<float>(static_cast<double>(nf) / static_cast<double>(nt)) : 0.0f;
+  out[kScoreBubble] = n ? static_cast<float>(bubble / size) : 0.0f;
+  out[kScoreClean] = n ? static_cast<float>((nt - nf) / size) : 0.0f;
 }
 
-// patches (N,H,W,3) uint8 -> scores (N,6) float32 in the order of engine.check.SCORES.
+// patches (N,H,W,3) uint8 -> scores (N, kScoreCount) float32, columns in the order of engine.qc.SCORES.
 py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
                             py::array_t<int32_t, py::array::c_style> od_lut, int threshold,
                             int white, int dark, int step, int ink_radius, int ink_region_radius, int focus_step, int fold_od,
@@ -101,12 +102,12 @@ py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
   const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, ink_region_radius, focus_step, fold_od,
                   grey_max};
   const uint8_t* src = patches.data();
-  py::array_t<float> scores({n, static_cast<int64_t>(6)});
+  py::array_t<float> scores({n, static_cast<int64_t>(kScoreCount)});
   float* out = scores.mutable_data();
   {
     py::gil_scoped_release release;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) patch_scores(src + i * h * w * 3, h, w, q, out + 6 * i);
+    for (int64_t i = 0; i < n; ++i) patch_scores(src + i * h * w * 3, h, w, q, out + kScoreCount * i);
   }
   return scores;
 }
@@ -118,7 +119,11 @@ void register_check(py::module_& m) {
         py::arg("white"), py::arg("dark"), py::arg("step"), py::arg("ink_radius"), py::arg("ink_region_radius"),
         py::arg("focus_step"),
         py::arg("fold_od"), py::arg("grey_max"),
-        "Scores (N, 6): tissue, ink, focus, fold, bubble, clean fractions of each patch.");
+        "Scores (N, len(PATCH_SCORES)) of each patch, a column per name of PATCH_SCORES.");
+  // The layout this build has: engine.check refuses a build older than engine.qc.SCORES.
+  py::tuple names(static_cast<size_t>(kScoreCount));
+  for (int k = 0; k < kScoreCount; ++k) names[k] = kScoreNames[k];
+  m.attr("PATCH_SCORES") = names;
 }
 
 }  // namespace histogen

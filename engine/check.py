@@ -17,8 +17,8 @@ and at full resolution on every focus_step-th row:
   focus   sum of squared 4-neighbour Laplacians of the red-channel OD at distance 2 over the same at
           distance 4: free of intensity and stain strength; distance 1 is left out because JPEG and
           rounding noise dominate it. Sharp he/ crops give >= 0.15, Gaussian blur of sigma 2 px below.
-Native kernel csrc/check.cpp (OpenMP over patches, GIL released); patch_qc_reference is the numpy
-copy and agrees exactly.
+Native kernel csrc/check.cpp (OpenMP over patches, GIL released), its columns laid out by setup.py from
+SCORES; patch_qc_reference is the numpy copy and agrees exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ from engine.mask import (
     pixel_classes_reference,
 )
 from engine.qc import SCORES, CheckParams, PatchQC, reasons_of
+
+
+def check_native_layout(native_scores) -> None:
+    """Refuse a native build whose score columns (setup.py generates them from SCORES) are not SCORES."""
+    if tuple(native_scores) != SCORES:
+        raise ImportError(f"engine._native was built for the scores {tuple(native_scores)}, engine.qc has {SCORES}: "
+                          "rebuild it (make install)")
+
+
+check_native_layout(_native.PATCH_SCORES)
 
 
 def patch_qc(

@@ -7,7 +7,7 @@
         tissue  float32 (N,)         tissue fraction of the patch (also qc/tissue; kept for older readers)
         qc/                          the patch check's results; attrs: params (the CheckParams thresholds),
                                      reasons (the bit of each rejection reason)
-          <score> float32 (N,)       one per engine.check.SCORES name (tissue, ink, focus, ...)
+          <score> float32 (N,)       one per engine.qc.SCORES name (tissue, ink, focus, ...)
           reasons uint8 (N,)         the reason bits a patch fails (0 = passes; others only with --keep-rejected)
         mask    uint8 (h, w)         tissue mask at thumbnail scale; attrs: downsample
         embeddings float32 (N, D)    added later by engine.embed; attrs: model, revision, ..., status

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.check import check_patches, patch_qc, patch_qc_reference
+from engine import _native
+from engine.check import check_native_layout, check_patches, patch_qc, patch_qc_reference
 from engine.qc import REASONS, SCORES, CheckParams, reasons_of
 from engine.mask import MaskParams
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
@@ -98,6 +99,17 @@ def test_focus_drops_with_blur(fn):
     blurred = np.stack([ndimage.gaussian_filter(img[..., k].astype(float), 2) for k in range(3)], -1).round().astype(np.uint8)
     focus = fn(np.stack([img, blurred]), 20)["focus"]
     assert focus[0] > 0.5 and focus[1] < 0.15
+
+
+def test_native_columns_are_laid_out_from_scores():
+    """setup.py generates the kernel's column layout from engine.qc.SCORES; a build made for another
+    layout is refused at import."""
+    assert _native.PATCH_SCORES == SCORES
+    check_native_layout(SCORES)
+    with pytest.raises(ImportError, match="rebuild"):
+        check_native_layout(SCORES[1:] + SCORES[:1])
+    with pytest.raises(ImportError, match="rebuild"):
+        check_native_layout(SCORES + ("extra",))
 
 
 def test_empty_batch():

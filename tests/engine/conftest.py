@@ -8,6 +8,7 @@ import pytest
 
 from engine.store import PatchStore
 from engine.tile import main
+from tests.support.dicom import CMU_CROP
 from tests.support.tiling import ARGS
 
 
@@ -30,9 +31,6 @@ def reference(slides, tmp_path_factory) -> Path:
     assert main(["--slides", str(slides), "--out", str(out), *ARGS]) == 1  # fake.svs fails
     assert PatchStore.open(out).slide_ids() == ["s0", "s1", "s2"]
     return out
-
-
-CMU_CROP = (600, 800, 1280, 1024)  # x, y, width, height of the shared CMU slide made into DICOM series
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,7 @@ from engine.readers import choose_backend, open_slide
 from engine.slide import SlideError
 from engine.store import PatchStore
 from engine.tile import tile_slides
-from tests.engine.conftest import CMU_CROP
-from tests.support.dicom import write_dicom_series
+from tests.support.dicom import CMU_CROP, write_dicom_series
 from tests.support.tiling import CFG
 
 

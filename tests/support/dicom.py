@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+CMU_CROP = (600, 800, 1280, 1024)  # x, y, width, height of the shared CMU slide made into DICOM series
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 CODECS = {"jpeg": "1.2.840.10008.1.2.4.50", "raw": "1.2.840.10008.1.2.1", "jpegls": "1.2.840.10008.1.2.4.80"}
 

@@ -97,5 +97,6 @@ def test_native_matches_reference_on_painted_tissue(tissue):
     assert np.mean(inked) > 0.8  # the comparisons cover ink, not only tissue
 
 
+@needs_he
 def test_clean_tissue_kept_by_the_mask_and_clean_crops_pass(rates):
     assert rates["mask_clean_lost"] <= 0.02 and rates["clean_crops_ink_rejected"] <= 0.02

@@ -127,7 +127,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     ema_decay: float = 0.999
     ema_warmup: int = 10  # the EMA's decay is min(ema_decay, (1 + t) / (ema_warmup + t)) at step t; 0: off
-    bf16: bool = True  # autocast on CUDA; ignored on the CPU
+    bf16: bool = True  # autocast to bf16 on CUDA and on CPUs with native bf16 (histogen.compute); fp32 elsewhere
+    channels_last: bool = True  # the nets and batches in NHWC: faster convolutions on CPU (oneDNN) and GPU
+    compile: bool = False  # torch.compile the nets (measure first: benchmarks train)
+    threads: int = 0  # CPU threads per process; 0 = OMP_NUM_THREADS, else the cores shared among local processes
     seed: int = 0
     log_every: int = 50
     val_every: int = 1000
@@ -142,6 +145,7 @@ class TrainConfig:
     def __post_init__(self):
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
         require(self.ema_warmup >= 0, f"train.ema_warmup must be at least 0, not {self.ema_warmup}")
+        require(self.threads >= 0, f"train.threads must be at least 0 (0: from the cores), not {self.threads}")
         for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps"):
             require(getattr(self, key) >= 1, f"train.{key} must be at least 1, not {getattr(self, key)}")
 

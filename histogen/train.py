@@ -1,5 +1,5 @@
 """The one training loop for every model kind (the model's own step lives in its Task), with
-validation and the periodic sample grids; the run folder it fills is described in histogen.run.
+validation and the periodic sample grids; the run folder it fills is described in histogen.run_folder.
 
 The same command resumes a killed run exactly: batches, augmentation and the model's random draws
 are functions of (seed, step, rank), and the RNG and optimizer state (with the EMA) are in the
@@ -7,7 +7,6 @@ checkpoint. Distributed with torchrun (DDP: gloo on CPU, NCCL on GPU).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -20,13 +19,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine.progress import Progress
-from histogen import checkpoint
+from histogen import checkpoint, compute
 from histogen.batches import Batches, DataError, derive_seed, embedding_width, list_slides, split_slides
 from histogen.config import RunConfig
 from histogen.images import save_grid
-from histogen.labels import Vocabulary, labelled, run_labels
+from histogen.labels import Vocabulary, labelled
 from histogen.models.task import NonFiniteLoss, Task
-from histogen.run import TrainError, build, check_resume, ema_net, write_run
+from histogen.run import build, ema_net
+from histogen.run_folder import RunFolder, TrainError
 from histogen.tblog import ScalarWriter
 
 log = logging.getLogger("histogen.train")
@@ -74,7 +74,10 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     on a terminal and status lines in a log, False = nothing."""
     d = Dist.from_env()
     device = d.device()
-    check_resume(cfg, out)
+    comp = compute.decide(device, cfg.train.bf16, cfg.train.channels_last, cfg.train.threads,
+                          int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
+    folder = RunFolder(out)
+    folder.check_resume(cfg)
     try:
         refs = list_slides(stores, cfg.resolution, cfg.data.conditional, cfg.data.qc)
         cond_dim = embedding_width(refs) if cfg.data.conditional else None
@@ -84,7 +87,7 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     if cfg.data.label:
         refs, names = labelled(refs, cfg.data.label)
         vocab = Vocabulary.of(names, cfg.data.label)
-        saved = run_labels(out)
+        saved = folder.vocabulary
         if saved is not None and saved.classes != vocab.classes:
             raise TrainError(f"{out} was trained on the labels {', '.join(saved.classes)}, these slides have "
                              f"{', '.join(vocab.classes)}; resume on the same slides or use a new --out")
@@ -93,11 +96,12 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     train_refs, val_refs = split_slides(refs, cfg.data.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
     task, opts = build(cfg, device, cond_dim, len(vocab.classes) if vocab else 0)  # settings it cannot use are refused before anything is written
+    comp.nets(task.nets)
     if d.main:
-        write_run(out, cfg, train_refs, val_refs, vocab)
+        folder.write(cfg, train_refs, val_refs, vocab)
     d.barrier()
     start = 0
-    found = checkpoint.latest(out / "checkpoints")
+    found = checkpoint.latest(folder.checkpoints)
     if found is not None:
         meta, tensors = found
         checkpoint.restore(meta, tensors, dict(task.nets), opts)
@@ -107,14 +111,14 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         log.info("%s: already trained for %d steps", out, start)
         return Result(start, {}, 0.0, 0.0)
     nets = dict(task.nets)
+    if cfg.train.compile:
+        nets = {n: torch.compile(m) for n, m in nets.items()}
     if d.world > 1:
         nets = {n: DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if any(p.requires_grad for p in m.parameters()) else m
                 for n, m in nets.items()}
     batches = Batches(train_refs, cfg, device, start, d.rank, d.world, steps=cfg.train.steps - start,
                       labels=class_ids(train_refs) if class_ids else None)
-    writer = ScalarWriter(out / "tb") if d.main else None
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.bf16
-                else contextlib.nullcontext())
+    writer = ScalarWriter(folder.tb) if d.main else None
     t = cfg.train
     metrics, t0, seen = {}, time.perf_counter(), 0
     progress = Progress(total=t.steps, initial=start, desc=out.name, unit="step", show=show_progress if d.main else False)
@@ -122,9 +126,10 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     try:
         for step in range(start, t.steps):
             batch = next(batches)
+            batch["images"] = comp.images(batch["images"])
             torch.manual_seed(derive_seed(t.seed, step, d.rank, 2))  # the model's own draws (noise, timesteps)
             task.nets.train()
-            with autocast:
+            with comp.autocast():
                 metrics = task.train_step(batch, step, nets, opts, t.grad_clip)
             seen += len(batch["images"]) * d.world
             done = step + 1
@@ -136,13 +141,13 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
                 val_labels = class_ids(val_refs) if class_ids else None
                 writer.scalars(done, {f"val/{k}": v for k, v in validate(task, val_refs, cfg, device, val_labels).items()})
             if done % t.sample_every == 0 and d.main:
-                sample_grid(task, opts, cfg, device, out / "samples" / f"step-{done:08d}.png", batch)
+                sample_grid(task, opts, cfg, device, folder.grid(done), batch)
             if done % t.ckpt_every == 0 or done == t.steps:
                 if d.main:
-                    checkpoint.save(out / "checkpoints", done, dict(task.nets), opts, extra={"cond_dim": cond_dim}, keep=t.keep)
+                    checkpoint.save(folder.checkpoints, done, dict(task.nets), opts, extra={"cond_dim": cond_dim}, keep=t.keep)
                 d.barrier()
     except NonFiniteLoss as e:
-        found = sorted((out / "checkpoints").glob("step-*.json"))
+        found = sorted(folder.checkpoints.glob("step-*.json"))
         last = f"the last good checkpoint {found[-1]} is intact" if found else "no checkpoint was written yet"
         raise TrainError(f"{out}: stopped at step {step + 1}: {e}; {last}; lower the learning rate or the "
                          f"grad clip (--set train.grad_clip=...) and run the same command to resume") from e

@@ -107,8 +107,9 @@ class AdamWEMA(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):
             for key, value in state_dict["state"].get(i, {}).items():
+                # In the parameter's memory format (a channels_last run saves contiguous tensors).
                 self.state[p][key] = (value.clone() if key == "step"
-                                      else value.to(device=p.device, dtype=torch.float32, copy=True))
+                                      else torch.empty_like(p, dtype=torch.float32).copy_(value))
 
     def ema_parameters(self) -> list[torch.Tensor]:
         """The EMA weights (fp32), one per parameter in param-group order; a parameter never

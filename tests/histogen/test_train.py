@@ -196,7 +196,8 @@ def free_port() -> int:
 def test_ddp_two_processes_match_one(store, tmp_path):
     """torchrun with 2 CPU processes (gloo, loopback) on a global batch of 4 ends with the weights
     of one process on the same global batch."""
-    sets = [x for s in SMALL + ["train.steps=3", "train.ckpt_every=3", "train.sample_every=100", "train.val_every=100", "data.flip=false", "data.rot90=false"] for x in ("--set", s)]
+    # fp32: bf16 autocast rounds differently when the batch is split over processes.
+    sets = [x for s in SMALL + ["train.bf16=false", "train.steps=3", "train.ckpt_every=3", "train.sample_every=100", "train.val_every=100", "data.flip=false", "data.rot90=false"] for x in ("--set", s)]
     args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"] + sets
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),

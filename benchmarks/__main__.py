@@ -13,12 +13,29 @@ SUITES = {name: f"benchmarks.{module}" for name, module in (
     ("kernels", "kernels"), ("quality", "quality"), ("realism", "realism"), ("tiling", "tiling"), ("train", "train"))}
 
 
+# The options every suite takes: flag, default, help.
+SHARED = (("--work", Path(".bench"), "inputs and stores (reused between runs)"),
+          ("--out", Path("benchmarks/results"), "where the JSON and markdown go"))
+
+
+def parser() -> argparse.ArgumentParser:
+    """A subcommand per suite taking the options every suite shares. Each leaves -h and its own options
+    to the suite's parser, which only exists once the suite is imported."""
+    shared = argparse.ArgumentParser(add_help=False)
+    for flag, default, what in SHARED:
+        shared.add_argument(flag, type=Path, default=default, metavar="DIR", help=what)
+    every = "; ".join(f"{flag} DIR: {what} (default {default})" for flag, default, what in SHARED)
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                epilog=f"Every suite takes {every}. python -m benchmarks SUITE --help: its own options.")
+    suites = p.add_subparsers(dest="suite", required=True, metavar="SUITE", help=", ".join(SUITES))
+    for name in SUITES:
+        # No abbreviations: a suite's --only or --he must reach the suite, not match --out or --help.
+        suites.add_parser(name, parents=[shared], add_help=False, allow_abbrev=False)
+    return p
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("suite", choices=sorted(SUITES))
-    p.add_argument("--work", type=Path, default=Path(".bench"), help="inputs and stores (reused between runs)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON and markdown go")
-    a, rest = p.parse_known_args(argv)
+    a, rest = parser().parse_known_args(argv)
     suite = importlib.import_module(SUITES[a.suite])
     return suite.main(rest, work=a.work, out=a.out)
 

@@ -1,5 +1,5 @@
 """histogen train | sample | eval: the command line; the work is in histogen.train, histogen.sample
-and histogen.evaluate."""
+and histogen.evaluate. Flag defaults come from the settings they fill (Sampling, EvalConfig)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.embed import DEFAULT_MODEL
 from engine.errors import run_command, setup_logging
 from histogen import config
 from histogen.config import ConfigError
@@ -15,6 +14,8 @@ from histogen.evaluate import EvalConfig, evaluate
 from histogen.report import console_lines
 from histogen.models.registry import KINDS
 from histogen.sample import sample_run
+from histogen.samples_folder import SamplesFolder
+from histogen.sampling import Sampling
 from histogen.train import train
 
 log = logging.getLogger("histogen")
@@ -22,7 +23,8 @@ INTERRUPTED = "the last checkpoint is kept; run the same command to resume"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="histogen", description="Train generative models of histopathology on patch stores.")
+    p = argparse.ArgumentParser(prog="histogen",
+                                description="Train generative models of histopathology on patch stores.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) a model on patch stores")
     t.add_argument("--model", required=True, choices=list(KINDS))
@@ -38,25 +40,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--cond-from", type=Path, help="patch store whose embeddings condition a conditional model")
-    s.add_argument("--label", help="the class to sample, for a run trained with data.label (default: every class in turn)")
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s.add_argument("--label",
+                   help="the class to sample, for a run trained with data.label (default: every class in turn)")
+    s.add_argument("--guidance", type=float, default=Sampling().guidance,
+                   help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--steps", type=int, default=Sampling().steps, help="DDIM steps")
     s.add_argument("--seed", type=int, default=0)
+    d = EvalConfig()
     e = sub.add_parser("eval", help="measure how real a run's samples are; writes metrics.json and report.html")
     e.add_argument("--run", type=Path, help="run folder of histogen train (samples are drawn from it)")
-    e.add_argument("--samples", type=Path, help="evaluate images made elsewhere: a folder with samples.zarr or PNG files "
-                                                "(without --run, real patches are compared at the samples' size)")
-    e.add_argument("--real", required=True, type=Path, nargs="+", help="patch store(s) with real patches; the run's "
-                                                                         "validation slides are used, never its training slides")
+    e.add_argument("--samples", type=Path,
+                   help="evaluate images made elsewhere: a folder with samples.zarr or PNG files "
+                        "(without --run, real patches are compared at the samples' size)")
+    e.add_argument("--real", required=True, type=Path, nargs="+",
+                   help="patch store(s) with real patches; "
+                        "the run's validation slides are used, never its training slides")
     e.add_argument("--out", required=True, type=Path, help="report folder")
-    e.add_argument("--n", type=int, default=10000, help="generated samples, and at most this many real patches")
-    e.add_argument("--encoder", default=DEFAULT_MODEL, help="Path Foundation (hub id or SavedModel folder) or a "
+    e.add_argument("--n", type=int, default=d.n, help="generated samples, and at most this many real patches")
+    e.add_argument("--encoder", default=d.encoder, help="Path Foundation (hub id or SavedModel folder) or a "
                                                               "TorchScript file (.pt); default %(default)s")
     e.add_argument("--revision", help="hub revision of the encoder")
-    e.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    e.add_argument("--guidance", type=float, default=1.0)
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
+    e.add_argument("--guidance", type=float, default=d.guidance)
+    e.add_argument("--batch-size", type=int, default=d.batch_size)
+    e.add_argument("--seed", type=int, default=d.seed)
     return p
 
 
@@ -74,7 +81,8 @@ def run_sample(a) -> int:
     if a.n < 1 or a.steps < 1:
         raise ConfigError("--n and --steps must be at least 1")
     pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed, label=a.label)
-    print(f"{len(pixels)} samples in {a.out} (grid: {a.out / 'grid.png'}, array: {a.out / 'samples.zarr'})")
+    folder = SamplesFolder(a.out)
+    print(f"{len(pixels)} samples in {a.out} (grid: {folder.grid}, array: {folder.array})")
     return 0
 
 

@@ -25,6 +25,7 @@ from engine.qc import CheckParams
 from engine.errors import UserError
 from histogen.models.registry import KINDS
 from histogen.models.task import require
+from histogen.sampling import Sampling
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -139,8 +140,8 @@ class TrainConfig:
     n_samples: int = 16  # in the sample grid
     ckpt_every: int = 1000
     keep: int = 3  # checkpoints kept; older ones are pruned
-    sample_steps: int = 50  # DDIM steps for the periodic grids
-    guidance: float = 1.0
+    sample_steps: int = Sampling().steps  # DDIM steps for the periodic grids
+    guidance: float = Sampling().guidance
 
     def __post_init__(self):
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")

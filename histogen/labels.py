@@ -5,13 +5,12 @@ A run's `data.label` names the source: a slide attribute key of the stores (e.g.
 PatchStore.attrs) or, when it ends in `.csv`, a CSV file with a header and the columns `slide`
 (the slide id in the store) and `label`. Slides without a label are left out of training, with one
 warning line naming them. The classes are the sorted distinct labels of the slides a run trained
-and validated on; their indices are the model's class ids, kept in runs/NAME/labels.json so that
-sampling and evaluation read them back without the source.
+and validated on; their indices are the model's class ids, kept in the run folder (histogen.run_folder)
+so that sampling and evaluation read them back without the source.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from engine.errors import UserError
 from engine.store import PatchStore, SlideRef, StoreError
 
 log = logging.getLogger("histogen.labels")
-LABELS_FILE = "labels.json"
 
 
 class LabelError(UserError, ValueError):
@@ -38,11 +36,13 @@ def read_csv(path: Path) -> dict[str, str]:
             rows = list(csv.DictReader(f))
             columns = rows[0].keys() if rows else []
     except OSError as e:
-        raise LabelError(f"{path}: cannot read the label CSV ({e.strerror or e}); give an existing file as data.label") from e
+        raise LabelError(f"{path}: cannot read the label CSV ({e.strerror or e}); "
+                         "give an existing file as data.label") from e
     except (csv.Error, UnicodeDecodeError) as e:
         raise LabelError(f"{path}: not a readable CSV ({e})") from e
     if not {"slide", "label"} <= set(columns):
-        raise LabelError(f"{path}: a label CSV needs a header with the columns slide,label; found {', '.join(columns) or 'no rows'}")
+        raise LabelError(f"{path}: a label CSV needs a header with the columns slide,label; "
+                         f"found {', '.join(columns) or 'no rows'}")
     out: dict[str, str] = {}
     for i, row in enumerate(rows, start=2):
         slide, label = (row["slide"] or "").strip(), (row["label"] or "").strip()
@@ -54,7 +54,7 @@ def read_csv(path: Path) -> dict[str, str]:
 
 def slide_labels(refs: list[SlideRef], source: str) -> list[str | None]:
     """Each slide's label from `source` (a run's data.label: a slide attribute key, or a CSV path),
-    None where it has none. Evaluation per label takes a run's source from run_labels(run)."""
+    None where it has none. Evaluation per label takes a run's source from its Vocabulary."""
     if is_csv(source):
         table = read_csv(Path(source))
         return [table.get(r.slide) for r in refs]
@@ -77,7 +77,8 @@ def labelled(refs: list[SlideRef], source: str) -> tuple[list[SlideRef], list[st
     missing = [r.slide for r, lab in zip(refs, labels) if lab is None]
     where = f"in the CSV {source}" if is_csv(source) else f"as the slide attribute {source!r}"
     if len(missing) == len(refs):
-        raise LabelError(f"no slide has a label {where}; check data.label (an attribute key, or a CSV with columns slide,label)")
+        raise LabelError(f"no slide has a label {where}; "
+                         "check data.label (an attribute key, or a CSV with columns slide,label)")
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         log.warning("%d of %d slides have no label %s and are left out: %s", len(missing), len(refs), where, shown)
@@ -104,16 +105,3 @@ class Vocabulary:
 
     def indices(self, labels: list[str]) -> list[int]:
         return [self.index(lab) for lab in labels]
-
-    def save(self, run: Path) -> None:
-        (run / LABELS_FILE).write_text(json.dumps({"source": self.source, "classes": list(self.classes)}, indent=1))
-
-
-def run_labels(run: Path) -> Vocabulary | None:
-    """The vocabulary of a run conditioned on labels (None: the run has none). With
-    slide_labels(refs, vocab.source) it gives each slide's label for evaluation per label."""
-    path = Path(run) / LABELS_FILE
-    if not path.is_file():
-        return None
-    d = json.loads(path.read_text())
-    return Vocabulary(tuple(d["classes"]), d["source"])

@@ -104,7 +104,7 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
 
     # Recompute from the draws' rows: the two halves of a seeded draw of 2n, disjoint, together all 22.
     from histogen.batches import list_slides
-    from histogen.evaluate import Patches
+    from histogen.evaluation.patches import Patches
 
     held = [r for r in list_slides([store]) if r.slide != "s2"]
     a, b = Patches.draw(held, 24, 0).split(0)
@@ -145,7 +145,7 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
 
     # Again: the real features come from the cache, the seeded samples are the same, so are the numbers.
     shutil.rmtree(out)
-    with caplog.at_level(logging.INFO, logger="histogen.evaluate"):
+    with caplog.at_level(logging.INFO, logger="histogen.evaluation.cache"):
         rc, again = evaluate_cli(tmp_path, "--run", run, "--real", store, "--n", 12, "--encoder", encoder_file, "--steps", 2)
     assert rc == 0 and "from the cache" in caplog.text
     assert again["metrics"] == m["metrics"]
@@ -154,7 +154,7 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
 def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encoder_file, tmp_path):
     """Samples that are the floor's real draw B, read as evaluation reads it: every number equals its floor."""
     from histogen.batches import list_slides
-    from histogen.evaluate import Patches
+    from histogen.evaluation.patches import Patches
 
     held = [r for r in list_slides([store]) if r.slide != "s2"]
     _, b = Patches.draw(held, 200, 0).split(0)
@@ -199,7 +199,7 @@ def test_autoencoder_reconstructions_are_scored(store, encoder_file, tmp_path):
     assert rc == 0
     recon = zarr.open_array(str(tmp_path / "report" / "samples.zarr"), mode="r")[:]
     from histogen.batches import list_slides
-    from histogen.evaluate import Patches
+    from histogen.evaluation.patches import Patches
 
     held = [r for r in list_slides([store]) if r.slide != "s2"]
     pool = {r.slide: held_out(store, 32, (r.slide,)) for r in held}

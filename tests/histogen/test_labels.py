@@ -14,11 +14,13 @@ import yaml
 from engine.store import Codec, PatchStore
 from histogen import config
 from histogen.cli import main
-from histogen.labels import LabelError, labelled, run_labels, slide_labels
+from histogen.labels import LabelError, Vocabulary, labelled, slide_labels
 from histogen.models.diffusion import guide
 from histogen.models.task import draw
 from histogen.run import build_task
+from histogen.run_folder import RunFolder
 from histogen.sample import sample_run
+from histogen.samples_folder import SamplesFolder
 from histogen.train import train
 
 RED, BLUE = (200, 40, 40), (40, 40, 200)
@@ -86,7 +88,7 @@ def test_csv_labels_make_the_vocabulary(store, tmp_path):
     csv.write_text("slide,label\nr1,lung\nr2,lung\nb1,colon\nb2,colon\nu,brain\n")
     out = tmp_path / "run"
     train(config.resolve("diffusion-tiny", TINY + [f"data.label={csv}", "train.steps=1"]), [store], out, show_progress=False)
-    vocab = run_labels(out)
+    vocab = RunFolder(out).vocabulary
     assert vocab.classes == ("brain", "colon", "lung") and vocab.source == str(csv.resolve())
     assert config.load(out / "config.yaml").data.label == str(csv)
 
@@ -98,7 +100,7 @@ def colour_distance(pixels: np.ndarray, colour) -> float:
 def test_labelled_diffusion_samples_its_class(run, tmp_path):
     """Samples of A are red and samples of B blue (guided, w = 3): each far closer to its class's
     mean colour than to the other's."""
-    assert run_labels(run).classes == ("A", "B") and run_labels(run).source == "organ"
+    assert RunFolder(run).vocabulary == Vocabulary(("A", "B"), "organ")
     split = json.loads((run / "split.json").read_text())
     assert sorted(r["slide"] for r in split["train"]) == ["b1", "b2", "r1", "r2"]  # "u" has no label: left out
     a = sample_run(run, 8, tmp_path / "a", label="A", steps=10)
@@ -107,9 +109,9 @@ def test_labelled_diffusion_samples_its_class(run, tmp_path):
     assert to_a < 40 and to_b > 2 * to_a, a.reshape(-1, 3).mean(0)
     to_a, to_b = colour_distance(b, RED), colour_distance(b, BLUE)
     assert to_b < 40 and to_a > 2 * to_b, b.reshape(-1, 3).mean(0)
-    assert json.loads((tmp_path / "a" / "sample_labels.json").read_text()) == ["A"] * 8
+    assert SamplesFolder(tmp_path / "a").read(8).labels == ["A"] * 8
     every = sample_run(run, 4, tmp_path / "every", steps=10)  # no --label: every class in turn
-    assert json.loads((tmp_path / "every" / "sample_labels.json").read_text()) == ["A", "B", "A", "B"]
+    assert SamplesFolder(tmp_path / "every").read(4).labels == ["A", "B", "A", "B"]
     assert colour_distance(every[0::2], RED) < colour_distance(every[0::2], BLUE)
     assert colour_distance(every[1::2], BLUE) < colour_distance(every[1::2], RED)
 
@@ -121,7 +123,7 @@ def test_unknown_label_and_label_on_an_unlabelled_run(run, store, tmp_path, capl
     assert not (tmp_path / "s").exists()
     plain = tmp_path / "plain"
     train(config.resolve("diffusion-tiny", TINY + ["train.steps=1"]), [store], plain, show_progress=False)
-    assert run_labels(plain) is None and not (plain / "sample_labels.json").exists()
+    assert RunFolder(plain).vocabulary is None and not (plain / "sample_labels.json").exists()
     # a run folder from before labels (no data.label in its config) loads and samples as before
     saved = yaml.safe_load((plain / "config.yaml").read_text())
     assert saved["data"].pop("label") is None
@@ -195,9 +197,9 @@ def test_gan_label_path():
 
 def test_eval_measures_each_label(run, store, tmp_path, monkeypatch):
     """Evaluating a labelled run: samples take the classes of the real draw (so both sides have one
-    mix), each labelled sample has its class's colour, and every class gets its measures and floor."""
-    import zarr
-
+    mix), each labelled sample has its class's colour, and every class gets its measures and floor.
+    The run's config is read once; the labels written with the samples are read back with them:
+    evaluating those samples as made elsewhere (--samples) gives every class the same numbers."""
     from histogen.encoders import PixelEncoder
     from histogen.evaluate import EvalConfig, evaluate
     from histogen.report import console_lines
@@ -205,11 +207,13 @@ def test_eval_measures_each_label(run, store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HISTOGEN_CACHE", str(tmp_path / "cache"))
     cfg = EvalConfig(n=16, steps=10, two_sample=TwoSampleConfig(folds=2, steps=5, min_steps=5))
+    loads, load = [], config.load
+    monkeypatch.setattr(config, "load", lambda path: loads.append(path) or load(path))
     ev = evaluate([store], tmp_path / "eval", run=run, cfg=cfg, encoder=PixelEncoder())
-    labels = zarr.open_array(str(tmp_path / "eval" / "samples.zarr"), mode="r")
-    names = labels.attrs["labels"]
+    assert loads == [run / "config.yaml"]
+    written = SamplesFolder(tmp_path / "eval").read(16)
+    names, pixels = written.labels, written.images
     assert sorted(set(names)) == ["A", "B"] and len(names) == 16
-    pixels = labels[:]
     for name, own, other in (("A", RED, BLUE), ("B", BLUE, RED)):
         mine = pixels[np.array(names) == name]
         assert colour_distance(mine, own) < colour_distance(mine, other)
@@ -219,3 +223,5 @@ def test_eval_measures_each_label(run, store, tmp_path, monkeypatch):
         assert {"c2st", "haematoxylin_w1", "eosin_w1"} <= set(d["metrics"]) and {"c2st", "eosin_w1"} <= set(d["floor"])
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_label"]["A"] == json.loads(json.dumps(ev.per_label["A"]))
     assert sum(line.startswith("label ") for line in console_lines(ev)) == 2
+    again = evaluate([store], tmp_path / "again", run=run, samples=tmp_path / "eval", cfg=cfg, encoder=PixelEncoder())
+    assert again.per_label == ev.per_label

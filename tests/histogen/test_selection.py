@@ -14,8 +14,8 @@ from engine.store import PatchStore
 from histogen import config
 from histogen.batches import Batches, SlidePatches, list_slides
 from histogen.config import ConfigError
-from histogen.evaluate import Patches
-from histogen.run import read_split, write_run
+from histogen.evaluation.patches import Patches
+from histogen.run_folder import RunFolder
 from tests.support.stores import make_store
 
 TISSUE = np.array([0.9, 0.05, 0.3, 0.7, 0.8, 0.2, 0.95, 0.5], np.float32)  # min_tissue 0.1 rejects row 1
@@ -97,8 +97,8 @@ def test_split_json_round_trips_and_old_ones_load(stores, tmp_path):
     checked, old = stores
     cfg = run_cfg(min_tissue=0.6)
     refs = list_slides([checked], 32, qc=cfg.data.qc)
-    write_run(tmp_path / "run", cfg, refs[:1], refs[1:])
-    split = read_split(tmp_path / "run")
+    RunFolder(tmp_path / "run").write(cfg, refs[:1], refs[1:])
+    split = RunFolder(tmp_path / "run").split  # read back, not what the writer kept
     assert split["train"] == refs[:1] and split["val"][0].rows.tolist() == [0, 3, 6]
     # A run from before the check had scores: {store, slide, n} per slide, the config without data.qc.
     legacy = tmp_path / "legacy"
@@ -108,5 +108,5 @@ def test_split_json_round_trips_and_old_ones_load(stores, tmp_path):
     (legacy / "config.yaml").write_text(json.dumps(d))
     (legacy / "split.json").write_text(json.dumps({"train": [{"store": str(old), "slide": "c", "n": 5}],
                                                    "val": [{"store": str(checked), "slide": "a", "n": 8}]}))
-    split = read_split(legacy)
+    split = RunFolder(legacy).split
     assert split["train"][0].rows.tolist() == list(range(5)) and split["val"][0].n == 6  # the stored rejections stay out

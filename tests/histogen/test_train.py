@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from histogen import config
 from histogen.cli import main
 from histogen.config import ConfigError
-from histogen.run import TrainError, build_task
+from histogen.run import build_task
+from histogen.run_folder import TrainError
 from histogen.sample import sample_run
 from histogen.train import train
 from tests.support.stores import make_store

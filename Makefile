@@ -32,7 +32,9 @@ demo: install
 	@echo "tiny diffusion run: $(DEMO)/runs/diffusion-tiny   samples: $(DEMO)/samples/grid.png"
 	@echo "evaluation report: $(DEMO)/report/report.html"
 
+# The linter first (its rules in pyproject.toml), then the tests.
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: install

@@ -14,7 +14,8 @@ def jpeg_headers() -> list[str]:
     loaded at run time (engine.jpeg_tiles). Without one the native JPEG path is left out and the
     tiler decodes through tifffile."""
     spec = importlib.util.find_spec("tensorflow")
-    roots = [Path(p) / "include" / "external" / "libjpeg_turbo" for p in (spec.submodule_search_locations or [])] if spec else []
+    roots = [Path(p) / "include" / "external" / "libjpeg_turbo"
+             for p in (spec.submodule_search_locations or [])] if spec else []
     for d in [*roots, Path("/usr/include")]:
         if (d / "jpeglib.h").is_file() and (d / "jmorecfg.h").is_file():
             return [str(d)]

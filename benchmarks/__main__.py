@@ -26,7 +26,8 @@ def parser() -> argparse.ArgumentParser:
         shared.add_argument(flag, type=Path, default=default, metavar="DIR", help=what)
     every = "; ".join(f"{flag} DIR: {what} (default {default})" for flag, default, what in SHARED)
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                epilog=f"Every suite takes {every}. python -m benchmarks SUITE --help: its own options.")
+                                epilog=f"Every suite takes {every}. "
+                                       "python -m benchmarks SUITE --help: its own options.")
     suites = p.add_subparsers(dest="suite", required=True, metavar="SUITE", help=", ".join(SUITES))
     for name in SUITES:
         # No abbreviations: a suite's --only or --he must reach the suite, not match --out or --help.

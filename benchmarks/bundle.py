@@ -44,8 +44,9 @@ def pinned(name: str) -> str:
 
 def download_wheels(names: list[str], dest: Path, log) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(dest), *map(pinned, names)]
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+           "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(dest),
+           *map(pinned, names)]
     if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
         raise SystemExit(f"gpu-bundle: pip download failed for {', '.join(names)} (see {log.name})")
     return sorted(dest.glob("*.whl"))
@@ -79,7 +80,8 @@ def tree_files() -> list[Path]:
 
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks gpu-bundle", description=__doc__.split("\n")[0])
-    p.add_argument("--dest", type=Path, default=ROOT / ".gpu-bundle", help="the bundle folder (carry it to the machine)")
+    p.add_argument("--dest", type=Path, default=ROOT / ".gpu-bundle",
+                   help="the bundle folder (carry it to the machine)")
     p.add_argument("--he", type=Path, default=SHARED / "he", help="folder of real H&E images")
     p.add_argument("--scale", type=float, default=4.0, help="image pixels per patch pixel (4: ~2100 patches, ~30 MB)")
     p.add_argument("--cucim", action="store_true", help="bring cuCIM + nvImageCodec (~42 MB) and the real slide")
@@ -102,17 +104,20 @@ def main(argv, work: Path, out: Path) -> int:
     from engine.store import PatchStore
 
     refs = PatchStore.open(store).slide_refs(with_patches=True)
-    sizes = {"working tree": travel_bytes(tree_files()), "wheels": travel_bytes(wheels), "he-64.zarr": travel_bytes([store]),
+    sizes = {"working tree": travel_bytes(tree_files()), "wheels": travel_bytes(wheels),
+             "he-64.zarr": travel_bytes([store]),
              "slides": travel_bytes([slides]) if slides.is_dir() else 0}
     total = sum(sizes.values())
-    info = {"wheels": [w.name for w in wheels], "store": {"path": store.name, "images": len(refs), "patches": sum(r.n for r in refs),
+    info = {"wheels": [w.name for w in wheels], "store": {"path": store.name, "images": len(refs),
+                                                          "patches": sum(r.n for r in refs),
             "patch px": 64, "image px per patch px": a.scale, "source": str(a.he)},
             "bytes": sizes, "total bytes": total, "limit bytes": LIMIT}
     (dest / "bundle.json").write_text(json.dumps(info, indent=1))
     print(f"{dest}: {info['store']['patches']} patches from {info['store']['images']} images, {len(wheels)} wheels")
     for k, v in sizes.items():
         print(f"  {k:14s} {v / 2**20:6.1f} MiB")
-    print(f"  {'total':14s} {total / 2**20:6.1f} MiB of {LIMIT / 2**20:.0f} MiB{'' if total <= LIMIT else '  TOO LARGE'}")
+    print(f"  {'total':14s} {total / 2**20:6.1f} MiB of {LIMIT / 2**20:.0f} "
+          f"MiB{'' if total <= LIMIT else '  TOO LARGE'}")
     if total > LIMIT:
         print("gpu-bundle: it does not fit; raise --scale (fewer patches) or leave out --cucim")
         return 1

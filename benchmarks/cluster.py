@@ -86,19 +86,22 @@ def main(argv, work: Path, out: Path) -> int:
     results = {
         base: min(run(slides, work, cores, None) for _ in range(a.repeats)),
         "Dask, 1 worker, all cores": best_on_cluster(1, slides, work, cores, a.repeats),
-        "Dask, 2 workers, 1 reader thread each (the local:2 default here)": best_on_cluster(2, slides, work, 1, a.repeats),
+        "Dask, 2 workers, 1 reader thread each (the local:2 default here)": best_on_cluster(2, slides, work, 1,
+                                                                                            a.repeats),
         one: best_on_cluster(1, slides, work, 1, a.repeats, pin=True),
         two: best_on_cluster(2, slides, work, 1, a.repeats, pin=True),
     }
     rows, rate = [], {}
     for name, (seconds, n, patches) in results.items():
         rate[name] = n / seconds * 3600
-        rows.append({"name": name, "slides": n, "patches": patches, "seconds": seconds, "slides/hour": round(rate[name]),
+        rows.append({"name": name, "slides": n, "patches": patches, "seconds": seconds,
+                     "slides/hour": round(rate[name]),
                      "patches/s": patches / seconds, "x single process": rate[name] / rate[base]})  # base comes first
     extra = {
         "slides": f"{a.slides} x {make_slide(work, a.size).name} ({a.size}x{a.size})",
         "scaling efficiency, 2 workers / (2 x 1 worker), 1 reader thread each": rate[two] / (2 * rate[one]),
-        "seconds to start and stop a local:2 cluster (not in the rows above)": min(start_and_stop(2) for _ in range(a.repeats)),
+        "seconds to start and stop a local:2 cluster (not in the rows above)": min(start_and_stop(2)
+                                                                                   for _ in range(a.repeats)),
     }
     print(report.write(out, "cluster", rows, extra))
     return 0

@@ -24,7 +24,8 @@ def synthetic_svs(work: Path, side: int) -> Path:
     path = work / f"decode-synthetic-{side}.svs"
     if not path.is_file():
         work.mkdir(parents=True, exist_ok=True)
-        synth.write_svs(path, synth.SynthSpec(width=side, height=side * 3 // 4, seed=5, mpp=0.25, jpeg_quality=90), levels=(1, 4))
+        synth.write_svs(path, synth.SynthSpec(width=side, height=side * 3 // 4, seed=5, mpp=0.25, jpeg_quality=90),
+                        levels=(1, 4))
     return path
 
 

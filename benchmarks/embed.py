@@ -70,22 +70,26 @@ def main(argv, work: Path, out: Path) -> int:
     for be in backends:
         seconds, n = min(data_path(store, be, a.batch_size) for _ in range(a.repeats))
         rates[be] = n / seconds
-        rows.append({"name": f"data path: store reads + resize ({be})", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+        rows.append({"name": f"data path: store reads + resize ({be})", "patches": n, "seconds": seconds,
+                     "patches/s": n / seconds})
     n = sum(store.n_patches(s) for s in store.slide_ids())
     seconds = min(model_only(model, n, a.batch_size) for _ in range(a.repeats))
     rates["model"] = n / seconds
-    rows.append({"name": "model only (ceiling): resized inputs in memory", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+    rows.append({"name": "model only (ceiling): resized inputs in memory", "patches": n, "seconds": seconds,
+                 "patches/s": n / seconds})
     best = float("inf")
     for _ in range(a.repeats):
         copy = work / "embed-run.zarr"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(path, copy)
         t0 = time.perf_counter()
-        summary = embed_store(copy, EmbedConfig(model=str(model_dir), batch_size=a.batch_size), model=model, show_progress=False)
+        summary = embed_store(copy, EmbedConfig(model=str(model_dir), batch_size=a.batch_size), model=model,
+                              show_progress=False)
         best = min(best, time.perf_counter() - t0)
         assert summary.n_patches == n and not summary.failed, summary.text()
     rates["end"] = n / best
-    rows.append({"name": "engine.embed end to end (pipeline auto, writes included)", "patches": n, "seconds": best, "patches/s": n / best})
+    rows.append({"name": "engine.embed end to end (pipeline auto, writes included)", "patches": n, "seconds": best,
+                 "patches/s": n / best})
     for r in rows:
         r["of model-only"] = r["patches/s"] / rates["model"]
     extra = {

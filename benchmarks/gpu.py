@@ -84,7 +84,8 @@ def run(check: Check, env: dict, cmd: list[str], limit: float, log_name: str) ->
         f.write(f"\n$ {' '.join(map(str, cmd))}\n")
         f.flush()
         # A session of its own, so that a timeout ends its children too (compile workers, DataLoader workers).
-        proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
             return proc.wait(timeout=max(limit, 1))
         except subprocess.TimeoutExpired:
@@ -109,7 +110,8 @@ def suite(check: Check, env: dict, name: str, limit: float, *args) -> dict:
     path = check.work / "suites" / f"{name}.json"
     path.unlink(missing_ok=True)
     try:
-        python(check, env, ["-m", "benchmarks", name, "--work", check.work / "bench", "--out", path.parent, *args, *dry],
+        python(check, env, ["-m", "benchmarks", name, "--work", check.work / "bench", "--out", path.parent, *args,
+                            *dry],
                limit, f"benchmarks {name}")
     except (TimeoutError, Failed) as e:
         if path.is_file():
@@ -134,7 +136,8 @@ def stage_install(check: Check, env: dict, limit: float) -> str:
                             "--target", site, *wheels], limit, "pip install")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
         said.append(f"{len(wheels)} wheels installed into {site}")
-    probe = "import importlib.util, json; print(json.dumps([m for m in %r if importlib.util.find_spec(m) is None]))" % sorted(IMPORTS)
+    probe = ("import importlib.util, json; "
+             f"print(json.dumps([m for m in {sorted(IMPORTS)!r} if importlib.util.find_spec(m) is None]))")
     got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     missing = json.loads(got.stdout or "[]")
     if missing:
@@ -153,7 +156,8 @@ def stage_build(check: Check, env: dict, limit: float) -> str:
                         "-t", build / "tmp"], limit, "build_ext")
     (built,) = (build / "engine").glob("_native*.so")
     load = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('engine._native', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(sorted(n for n in dir(m) if not n.startswith('_')))")
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(sorted(n for n in dir(m) if not "
+            "n.startswith('_')))")
     python(check, env, ["-c", load, built], 60, "loading the built engine._native")
     if check.dry_run:
         return f"built and loaded {built.name} (dry run: not installed into engine/)"
@@ -178,8 +182,10 @@ def stage_tests(check: Check, env: dict, limit: float) -> tuple[str, dict]:
     if rc == 124:
         raise TimeoutError(f"the gpu tests ran past {limit:.0f} s")
     if not xml.is_file():
-        errors = [line for line in (check.out / "gpu-check.log").read_text(errors="replace").splitlines() if "Error" in line]
-        raise Failed(f"pytest exited with status {rc} before running a test: {errors[-1].strip() if errors else 'see gpu-check.log'}")
+        errors = [line for line in (check.out / "gpu-check.log").read_text(errors="replace").splitlines()
+                  if "Error" in line]
+        raise Failed(f"pytest exited with status {rc} before running a test: "
+                     f"{errors[-1].strip() if errors else 'see gpu-check.log'}")
     suites = ET.parse(xml).getroot()
     suites = [suites] if suites.tag == "testsuite" else list(suites)
     counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
@@ -204,7 +210,8 @@ def stage_train(check: Check, env: dict, limit: float) -> tuple[str, dict]:
 
 
 def stage_decode(check: Check, env: dict, limit: float) -> tuple[str, dict]:
-    has = subprocess.run([sys.executable, "-c", "import cucim"], env=env, capture_output=True, timeout=120).returncode == 0
+    has = subprocess.run([sys.executable, "-c", "import cucim"], env=env, capture_output=True,
+                         timeout=120).returncode == 0
     if not has:
         raise Skip("cuCIM is not installed (bring it: python -m benchmarks gpu-bundle --cucim)")
     slides = sorted((check.bundle / "slides").glob("*"))
@@ -223,7 +230,8 @@ def stage_realism(check: Check, env: dict, limit: float) -> tuple[str, dict]:
         raise Skip(f"no patch store {store} (make it: python -m benchmarks gpu-bundle)")
     reserve = 150 if not check.dry_run else 30  # sampling and evaluation after the time box
     minutes = max(0.0, min(check.minutes, (limit - reserve) / 60))
-    got = suite(check, env, "realism", limit, "--patches", store, "--minutes", f"{minutes:.2f}", "--pictures", check.out)
+    got = suite(check, env, "realism", limit, "--patches", store, "--minutes", f"{minutes:.2f}", "--pictures",
+                check.out)
     return f"{got.get('steps')} steps in {minutes:.1f} min", got
 
 
@@ -272,8 +280,10 @@ class Goal:
 GOALS = [
     Goal("gpu tests passing (of run)", "tests", "passed"),
     Goal("gpu tests failing or erroring", "tests", "failures+errors"),
-    Goal("GroupNorm+mod+SiLU fwd+bwd x eager (worst shape)", "kernels", "goal groupnorm x eager >= 2 (worst shape)", 2.0),
-    Goal("GroupNorm+mod+SiLU fwd+bwd x torch.compile (worst shape)", "kernels", "goal groupnorm x compile >= 1 (worst shape)", 1.0),
+    Goal("GroupNorm+mod+SiLU fwd+bwd x eager (worst shape)", "kernels", "goal groupnorm x eager >= 2 (worst shape)",
+         2.0),
+    Goal("GroupNorm+mod+SiLU fwd+bwd x torch.compile (worst shape)", "kernels",
+         "goal groupnorm x compile >= 1 (worst shape)", 1.0),
     Goal("GroupNorm fwd+bwd, one UNet's worth, x eager", "kernels", "row:all GroupNorms:x eager"),
     Goal("GroupNorm fwd+bwd, one UNet's worth, x torch.compile", "kernels", "row:all GroupNorms:x compile"),
     Goal("GroupNorm fraction of bandwidth ceiling (worst shape)", "kernels", "groupnorm of ceiling (worst shape)"),
@@ -309,7 +319,8 @@ def figures(stages: dict[str, Stage], payloads: dict[str, dict]) -> list[dict]:
             met = value == 0
         out.append({"figure": g.figure, "value": value, "goal": f">= {g.at_least:g}" if g.at_least is not None else
                     ("0" if g.key == "failures+errors" else "report"), "met": met,
-                    "note": "" if value is not None else f"{g.stage}: {stages[g.stage].status} {stages[g.stage].reason}"[:90]})
+                    "note": "" if value is not None
+                    else f"{g.stage}: {stages[g.stage].status} {stages[g.stage].reason}"[:90]})
     # The realism figures as evaluate() returns them, whatever they are, beside their real-vs-real floor.
     for row in payloads.get("realism", {}).get("rows", []):  # benchmarks.quality's table: metric, value, floor
         floor = row.get("diffusion floor")
@@ -329,14 +340,16 @@ def table(stages: list[Stage], figs: list[dict]) -> str:
     lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.reason} |" for s in stages]
     lines += ["", "| figure | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {f['figure']} | {fmt(f['value'])} | {f['goal']} | "
-              f"{ {True: 'yes', False: 'NO', None: '-'}[f['met']] }{(' (' + f['note'] + ')') if f['note'] else ''} |" for f in figs]
+              f"{ {True: 'yes', False: 'NO', None: '-'}[f['met']] }{(' (' + f['note'] + ')') if f['note'] else ''} |"
+              for f in figs]
     return "\n".join(lines) + "\n"
 
 
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks gpu", description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (what CI runs)")
-    p.add_argument("--bundle", type=Path, default=BUNDLE, help="what gpu-bundle gathered (wheels/, he-64.zarr, slides/)")
+    p.add_argument("--bundle", type=Path, default=BUNDLE,
+                   help="what gpu-bundle gathered (wheels/, he-64.zarr, slides/)")
     p.add_argument("--minutes", type=float, default=1.5, help="the time-boxed training run (the budget may shorten it)")
     p.add_argument("--budget-minutes", type=float, default=8.5, help="the whole check; stages past it are skipped")
     p.add_argument("--only", action="append", choices=[s[0] for s in STAGES], help="run only this stage (repeatable)")
@@ -366,8 +379,10 @@ def main(argv, work: Path, out: Path) -> int:
     text = table(stages, figs)
     head = f"# make gpu-check{' (dry run: numbers mean nothing)' if a.dry_run else ''}\n\n{machine()}\n\n"
     (out / "gpu-check.md").write_text(head + text + "".join(
-        f"\n## {n}\n\n{(work / 'suites' / f'{n}.md').read_text()}" for n in payloads if (work / "suites" / f"{n}.md").is_file()))
-    (out / "gpu-check.json").write_text(json.dumps({"dry_run": a.dry_run, "machine": machine(), "stages": [asdict(s) for s in stages],
+        f"\n## {n}\n\n{(work / 'suites' / f'{n}.md').read_text()}"
+        for n in payloads if (work / "suites" / f"{n}.md").is_file()))
+    (out / "gpu-check.json").write_text(json.dumps({"dry_run": a.dry_run, "machine": machine(),
+                                                    "stages": [asdict(s) for s in stages],
                                                     "figures": figs, "payloads": payloads}, indent=1, default=str))
     print("\n" + text, end="")
     return 0 if all(s.status in ("ok", "skipped") for s in stages) else 1
@@ -388,8 +403,11 @@ def make_synthetic_store(store: Path, env: dict, check: Check) -> None:
     if store.is_dir():
         return
     slides = check.work / "synthetic-slides"
-    code = ("import sys, histosynth as s; from pathlib import Path; d = Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
-            "for i in range(3): s.write_tiled_tiff(d / f's{i}.tif', s.SynthSpec(width=768, height=512, seed=i, mpp=0.5), levels=(1, 4))")
+    code = ("import sys, histosynth as s; from pathlib import Path; d = Path(sys.argv[1]); d.mkdir(parents=True, "
+            "exist_ok=True)\n"
+            "for i in range(3): s.write_tiled_tiff(d / f's{i}.tif', s.SynthSpec(width=768, height=512, seed=i, "
+            "mpp=0.5), levels=(1, 4))")
     python(check, env, ["-c", code, slides], 120, "writing synthetic slides")
-    python(check, env, ["-m", "engine.tile", "--slides", slides, "--out", store, "--patch-size", "32", "--no-qa", "--quiet"],
+    python(check, env, ["-m", "engine.tile", "--slides", slides, "--out", store, "--patch-size", "32", "--no-qa",
+                        "--quiet"],
            120, "tiling the synthetic slides")

@@ -50,7 +50,8 @@ class Sizes:
 
 
 def dry_sizes() -> Sizes:
-    return Sizes(device="cpu", dtype=torch.float32, preset="diffusion-tiny", overrides=("resolution=8",), batch=2, max_shapes=2,
+    return Sizes(device="cpu", dtype=torch.float32, preset="diffusion-tiny", overrides=("resolution=8",), batch=2,
+                 max_shapes=2,
                  max_tensors=6, repeats=1, warmup=0, compile_backend="aot_eager")
 
 
@@ -113,7 +114,8 @@ def groupnorm_shapes(net: torch.nn.Module, resolution: int) -> Counter:
 
     def hook(module, args, _out):
         x = args[0]
-        seen[(x.shape[1], x.shape[2], x.shape[3], module.num_groups, len(args) > 1 and args[1] is not None, module.silu)] += 1
+        seen[(x.shape[1], x.shape[2], x.shape[3], module.num_groups, len(args) > 1 and args[1] is not None,
+              module.silu)] += 1
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, GroupNormSiLU)]
     before = os.environ.get("HISTOGEN_KERNELS")
@@ -165,7 +167,8 @@ def groupnorm_rows(sizes: Sizes, bandwidth: float) -> tuple[list[dict], str]:
         ceiling = 5 * x.numel() * x.element_size() / bandwidth
         what = "groupnorm" + ("+mod" if modulated else "") + ("+silu" if silu else "")
         rows.append({"name": f"{what} fwd+bwd {n}x{c}x{h}x{w} g{groups}", "calls per UNet forward": count,
-                     "ms": 1e3 * seconds["fused"], "ms eager": 1e3 * seconds["eager"], "ms compile": 1e3 * seconds["compile"],
+                     "ms": 1e3 * seconds["fused"], "ms eager": 1e3 * seconds["eager"],
+                     "ms compile": 1e3 * seconds["compile"],
                      "x eager": seconds["eager"] / seconds["fused"], "x compile": seconds["compile"] / seconds["fused"],
                      "of ceiling": ceiling / seconds["fused"]})
     return rows, f"{len(measured)} of {len(shapes)} shapes, {100 * share:.0f}% of the GroupNorm bytes of a forward"
@@ -174,7 +177,8 @@ def groupnorm_rows(sizes: Sizes, bandwidth: float) -> tuple[list[dict], str]:
 def weighted_total(rows: list[dict]) -> dict:
     """The GroupNorm time of one UNet forward+backward over the measured shapes: each shape's time times its calls."""
     total = {k: sum(r[k] * r["calls per UNet forward"] for r in rows) for k in ("ms", "ms eager", "ms compile")}
-    return {"name": "all GroupNorms of one UNet fwd+bwd (measured shapes)", "calls per UNet forward": sum(r["calls per UNet forward"] for r in rows),
+    return {"name": "all GroupNorms of one UNet fwd+bwd (measured shapes)",
+            "calls per UNet forward": sum(r["calls per UNet forward"] for r in rows),
             **total, "x eager": total["ms eager"] / total["ms"], "x compile": total["ms compile"] / total["ms"]}
 
 
@@ -228,8 +232,10 @@ def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks kernels")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (the median counts)")
     p.add_argument("--preset", default="diffusion-64", help="diffusion preset whose UNet gives the shapes")
-    p.add_argument("--max-shapes", type=int, default=10, help="GroupNorm shapes measured, heaviest first (each compiles)")
-    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, Triton interpreted: checks the code, measures nothing")
+    p.add_argument("--max-shapes", type=int, default=10,
+                   help="GroupNorm shapes measured, heaviest first (each compiles)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="tiny sizes on the CPU, Triton interpreted: checks the code, measures nothing")
     a = p.parse_args(argv)
     if not report.can_run("kernels", a.dry_run):
         return 2

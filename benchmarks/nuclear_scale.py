@@ -72,7 +72,8 @@ def measure_folders(data: Path, n_images: int = 12, crop: int = 256, seed: int =
 
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks nuclear-scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of image folders (default ../shared/data/he)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="folder of image folders (default ../shared/data/he)")
     p.add_argument("--images", type=int, default=12, help="files per folder (four crops each)")
     p.add_argument("--crop", type=int, default=256, help="crop side, in the files' pixels")
     a = p.parse_args(argv)

@@ -23,7 +23,8 @@ from benchmarks.quality import side_by_side, table
 QUIET = ["train.log_every=1000000", "train.val_every=1000000", "train.sample_every=1000000", "train.ckpt_every=1000000"]
 
 
-def train_for(preset: str, overrides: list[str], store: Path, run: Path, seconds: float, leg: int) -> tuple[int, float, dict]:
+def train_for(preset: str, overrides: list[str], store: Path, run: Path, seconds: float,
+              leg: int) -> tuple[int, float, dict]:
     """Train about `seconds`: two legs of `leg` steps (warm-up, then the rate), then the rest.
     Returns the steps, the images/s of the last leg and its metrics."""
     from histogen import config
@@ -43,7 +44,8 @@ def train_for(preset: str, overrides: list[str], store: Path, run: Path, seconds
 
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks realism")
-    p.add_argument("--patches", type=Path, required=True, help="patch store of real H&E at the training size (gpu-bundle's he-64.zarr)")
+    p.add_argument("--patches", type=Path, required=True,
+                   help="patch store of real H&E at the training size (gpu-bundle's he-64.zarr)")
     p.add_argument("--minutes", type=float, default=2.0, help="training time")
     p.add_argument("--preset", default="diffusion-64")
     p.add_argument("--pictures", type=Path, help="where real-vs-generated.png goes (default: --out)")
@@ -66,8 +68,10 @@ def main(argv, work: Path, out: Path) -> int:
     ev = evaluate([a.patches], work / "realism-eval", run=run, cfg=EvalConfig(n=n_eval, batch_size=batch, steps=steps))
     pictures.mkdir(parents=True, exist_ok=True)
     side_by_side(ev.pictures["real"], ev.pictures["generated"], pictures / "real-vs-generated.png")
-    extra = {"run": f"{preset} on {a.patches.name}", "steps": done, "images/s": images_per_s, "training minutes": trained / 60,
-             **{f"last {k}": v for k, v in losses.items()}, "skipped": ev.skipped, "notes": ev.notes, "n real (held out)": ev.info.get("n_real"),
+    extra = {"run": f"{preset} on {a.patches.name}", "steps": done, "images/s": images_per_s,
+             "training minutes": trained / 60,
+             **{f"last {k}": v for k, v in losses.items()}, "skipped": ev.skipped, "notes": ev.notes,
+             "n real (held out)": ev.info.get("n_real"),
              "n generated": ev.info.get("n_generated"), "encoder": ev.info.get("encoder"),
              "pictures": str(pictures / "real-vs-generated.png")}
     print(report.write(out, "realism", table({"diffusion": ev}), extra))

@@ -27,7 +27,8 @@ def can_run(suite: str, dry_run: bool) -> bool:
         print(f"{suite} --dry-run: set TRITON_INTERPRET=1 in the environment (before Python starts)")
         return False
     if not dry_run and not torch.cuda.is_available():
-        print(f"{suite}: this suite needs a CUDA GPU and torch sees none; nothing was measured (--dry-run checks the code on the CPU)")
+        print(f"{suite}: this suite needs a CUDA GPU and torch sees none; "
+              "nothing was measured (--dry-run checks the code on the CPU)")
         return False
     return True
 
@@ -44,7 +45,10 @@ def write(out: Path, suite: str, rows: list[dict], extra: dict) -> str:
     payload = {"suite": suite, "machine": machine(), **extra, "rows": rows}
     (out / f"{suite}.json").write_text(json.dumps(payload, indent=2))
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    def fmt(v) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     lines = [f"{suite} on {payload['machine']}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     lines += [""] + [f"- {k}: {fmt(v)}" for k, v in extra.items()]

@@ -178,7 +178,8 @@ def run_baseline(slide: Path, work: Path, cfg: TileConfig) -> tuple[float, int]:
     t0 = time.perf_counter()
     osr = openslide.OpenSlide(str(slide))
     w0, h0 = osr.dimensions
-    thumb = np.asarray(osr.get_thumbnail((round(w0 / cfg.mask_downsample), round(h0 / cfg.mask_downsample))).convert("RGB"))
+    thumb = np.asarray(osr.get_thumbnail((round(w0 / cfg.mask_downsample),
+                                          round(h0 / cfg.mask_downsample))).convert("RGB"))
     mres = tissue_mask_reference(thumb, cfg.mask)
     p = cfg.plan.patch_size
     coords, _ = plan_tiles_reference(mres.mask, (w0, h0), p, p, cfg.plan.min_tissue)
@@ -235,7 +236,10 @@ def run_ceiling(slide: Path, coords: np.ndarray, patch: int, repeats: int = 3) -
 
     src = source_tiles(slide, coords, patch)
     blobs, (cs, out_cs) = src.blobs, src.spaces
-    decode = lambda b: imagecodecs.jpeg8_decode(b, tables=src.tables, colorspace=cs, outcolorspace=out_cs)
+
+    def decode(b):
+        return imagecodecs.jpeg8_decode(b, tables=src.tables, colorspace=cs, outcolorspace=out_cs)
+
     best = float("inf")
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         for _ in range(repeats):
@@ -246,7 +250,8 @@ def run_ceiling(slide: Path, coords: np.ndarray, patch: int, repeats: int = 3) -
     return best, len(blobs)
 
 
-def run_scaled_ceiling(slide: Path, coords: np.ndarray, read: int, level: int, scale: int, repeats: int = 3) -> tuple[float, int]:
+def run_scaled_ceiling(slide: Path, coords: np.ndarray, read: int, level: int, scale: int,
+                       repeats: int = 3) -> tuple[float, int]:
     """Seconds to decode the tiles under `read`-pixel reads at `level`, each once, at 1/`scale`, on all
     cores: libjpeg-turbo through engine._native's batch call with no patches to assemble."""
     from engine import _native
@@ -259,7 +264,8 @@ def run_scaled_ceiling(slide: Path, coords: np.ndarray, read: int, level: int, s
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        failed = _native.jpeg_decode_assemble(tiles, src.blobs, src.jpeg.tables, src.jpeg.colorspace, scale, np.asarray(src.index, np.int64),
+        failed = _native.jpeg_decode_assemble(tiles, src.blobs, src.jpeg.tables, src.jpeg.colorspace, scale,
+                                              np.asarray(src.index, np.int64),
                                               across, none, 1, 1, np.zeros((0, 1, 1, 3), np.uint8), os.cpu_count())
         best = min(best, time.perf_counter() - t0)
         assert not failed, failed[:1]
@@ -329,9 +335,12 @@ def qc_cost(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict, fl
     check_s, n_checked = run_check_only(rejected, cfg)
     with mock.patch.object(engine.tile, "check_patches", no_check):
         without = min(run_engine(slide, work, cfg, "keep-rejected") for _ in range(repeats))
-    rows = [{"name": "engine.tile --keep-rejected, full patch check", "patches": with_qc[1], "seconds": with_qc[0], "patches/s": with_qc[1] / with_qc[0]},
-            {"name": "engine.tile --keep-rejected, no patch check", "patches": without[1], "seconds": without[0], "patches/s": without[1] / without[0]},
-            {"name": "check_patches alone on the decoded patches, all cores", "patches": n_checked, "seconds": check_s, "patches/s": n_checked / check_s}]
+    rows = [{"name": "engine.tile --keep-rejected, full patch check", "patches": with_qc[1], "seconds": with_qc[0],
+             "patches/s": with_qc[1] / with_qc[0]},
+            {"name": "engine.tile --keep-rejected, no patch check", "patches": without[1], "seconds": without[0],
+             "patches/s": without[1] / without[0]},
+            {"name": "check_patches alone on the decoded patches, all cores", "patches": n_checked, "seconds": check_s,
+             "patches/s": n_checked / check_s}]
     figures = {"check: throughput with / without (goal >= 0.85)": (with_qc[1] / with_qc[0]) / (without[1] / without[0]),
                "check alone: seconds / tiling seconds": check_s / with_qc[0]}
     return rows, figures, check_s
@@ -357,13 +366,16 @@ def run_mpp(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict]:
         coords = store.coords(store.slide_ids()[0])
         if dct:
             c_s, ntiles = run_scaled_ceiling(slide, coords, attrs["read_size"], attrs["level"], attrs["decode_scale"])
-            what = f"ceiling at 1/{attrs['decode_scale']}: libjpeg-turbo DCT-scaled decode of the {ntiles} source tiles, all cores"
+            what = (f"ceiling at 1/{attrs['decode_scale']}: "
+                    f"libjpeg-turbo DCT-scaled decode of the {ntiles} source tiles, all cores")
         else:
             c_s, ntiles = run_ceiling(slide, coords, attrs["read_size"])
             what = f"ceiling at full size: imagecodecs decode of the {ntiles} source tiles, all cores"
-        rows.append({"name": f"engine.tile --mpp {target:.3g}, {label}", "patches": n, "seconds": seconds, "patches/s": n / seconds,
+        rows.append({"name": f"engine.tile --mpp {target:.3g}, {label}", "patches": n, "seconds": seconds,
+                     "patches/s": n / seconds,
                      "ceiling": f"mpp-{dct}"})
-        rows.append({"name": what, "patches": len(coords), "seconds": c_s, "patches/s": len(coords) / c_s, "ceiling": f"mpp-{dct}"})
+        rows.append({"name": what, "patches": len(coords), "seconds": c_s, "patches/s": len(coords) / c_s,
+                     "ceiling": f"mpp-{dct}"})
         figures[f"mpp-{dct}"] = len(coords) / c_s
     figures["goal --mpp DCT-scaled / full decode >= 1.5"] = runs[True] / runs[False]
     return rows, figures
@@ -371,10 +383,12 @@ def run_mpp(slide: Path, work: Path, repeats: int) -> tuple[list[dict], dict]:
 
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks tiling")
-    p.add_argument("--size", type=int, default=40960, help="slide side in pixels (>= 40000 for the reported figures: 2,000+ patches)")
+    p.add_argument("--size", type=int, default=40960,
+                   help="slide side in pixels (>= 40000 for the reported figures: 2,000+ patches)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (the best counts)")
     p.add_argument("--skip-baseline", action="store_true")
-    p.add_argument("--peer-python", type=Path, default=None, help="a Python with lazyslide installed (pip install lazyslide): adds its rows")
+    p.add_argument("--peer-python", type=Path, default=None,
+                   help="a Python with lazyslide installed (pip install lazyslide): adds its rows")
     a = p.parse_args(argv)
     work.mkdir(parents=True, exist_ok=True)
     slide = make_slide(work, a.size)
@@ -387,14 +401,16 @@ def main(argv, work: Path, out: Path) -> int:
         cfg = TileConfig(backend=backend)
         seconds, n = min(run_engine(slide, work, cfg) for _ in range(a.repeats))
         results[backend] = n / seconds
-        rows.append({"name": f"engine.tile --backend {backend}", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+        rows.append({"name": f"engine.tile --backend {backend}", "patches": n, "seconds": seconds,
+                     "patches/s": n / seconds})
     with mock.patch.object(jpeg_tiles, "available", lambda: False):
         seconds, n = min(run_engine(slide, work, TileConfig(), "reference") for _ in range(a.repeats))
     rows.append({"name": "engine.tile, JPEG tiles decoded one at a time by tifffile (the reference path)", "patches": n,
                  "seconds": seconds, "patches/s": n / seconds})
     seconds, n, peak = run_cold(slide, work, a.repeats)
     results["cold"] = n / seconds
-    rows.append({"name": "engine.tile command, cold: process start, imports, QA picture", "patches": n, "seconds": seconds,
+    rows.append({"name": "engine.tile command, cold: process start, imports, QA picture", "patches": n,
+                 "seconds": seconds,
                  "patches/s": n / seconds, "peak RSS MB": peak})
     store = PatchStore.open(work / "store-auto.zarr")
     coords = store.coords(store.slide_ids()[0])
@@ -402,17 +418,21 @@ def main(argv, work: Path, out: Path) -> int:
     if not a.skip_baseline:
         seconds, n = run_baseline(slide, work, cfg)
         results["baseline"] = n / seconds
-        rows.append({"name": "baseline: OpenSlide per patch, numpy check, write per patch", "patches": n, "seconds": seconds, "patches/s": n / seconds})
+        rows.append({"name": "baseline: OpenSlide per patch, numpy check, write per patch", "patches": n,
+                     "seconds": seconds, "patches/s": n / seconds})
     decode_s, ntiles = run_ceiling(slide, coords, cfg.plan.patch_size)
     results["ceiling"] = len(coords) / decode_s
-    rows.append({"name": f"ceiling: imagecodecs decode of the {ntiles} source tiles, all cores", "patches": len(coords), "seconds": decode_s, "patches/s": len(coords) / decode_s})
+    rows.append({"name": f"ceiling: imagecodecs decode of the {ntiles} source tiles, all cores", "patches": len(coords),
+                 "seconds": decode_s, "patches/s": len(coords) / decode_s})
     qc_rows, qc_figures, check_s = qc_cost(slide, work, a.repeats)
     compress_s = run_compress_only(store, cfg)
     bound = decode_s + check_s + compress_s
-    rows.append({"name": f"work bound: that decode + the patch check ({check_s:.2f} s) + zstd of the patches ({compress_s:.2f} s), each on all cores",
+    rows.append({"name": f"work bound: that decode + the patch check ({check_s:.2f} s) + zstd of the patches "
+                         f"({compress_s:.2f} s), each on all cores",
                  "patches": len(coords), "seconds": bound, "patches/s": len(coords) / bound})
     seconds = run_write_ceiling(work, len(coords), cfg.plan.patch_size)
-    rows.append({"name": "write bound: the patches' raw bytes written to the same filesystem", "patches": len(coords), "seconds": seconds, "patches/s": len(coords) / seconds})
+    rows.append({"name": "write bound: the patches' raw bytes written to the same filesystem", "patches": len(coords),
+                 "seconds": seconds, "patches/s": len(coords) / seconds})
     if a.peer_python is not None:
         peer_rows, peer_best = run_lazyslide(a.peer_python, slide, work, a.repeats)
         rows += peer_rows

@@ -99,7 +99,8 @@ def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: 
     """bool maps on the sub-grid of one patch (P, P, 3): tissue, ink, fold, bubble."""
     sampled = patch[:: cp.step, :: cp.step]
     cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark)
-    ink = opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius) | ink_regions_reference(sampled, cp.ink_region_radius)
+    ink = (opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius)
+           | ink_regions_reference(sampled, cp.ink_region_radius))
     ink = closing_reference(ink, cp.ink_radius) == 1
     tissue = (cls == CANDIDATE) & (sat >= threshold) & ~ink
     fold = tissue & (optical_density(sampled).sum(-1) > cp.fold_od)

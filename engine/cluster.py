@@ -189,7 +189,8 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
         if deaths[key] > s.retries:
             done(key, failed(key, f"its worker died {deaths[key]} times"))
         else:
-            log.warning("%s: its worker %s; sending it to another worker (retry %d of %d)", key, how, deaths[key], s.retries)
+            log.warning("%s: its worker %s; sending it to another worker (retry %d of %d)", key, how, deaths[key],
+                        s.retries)
             todo.appendleft(key)
 
     def collect(fut) -> None:
@@ -232,7 +233,8 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
         for address, threads in ready.items():
             while todo and busy[address] < threads:
                 key = todo.popleft()
-                fut = client.submit(tasks[key], key=f"{key}-{run_id}-{deaths[key]}", workers=[address], allow_other_workers=False)
+                fut = client.submit(tasks[key], key=f"{key}-{run_id}-{deaths[key]}", workers=[address],
+                                    allow_other_workers=False)
                 running[fut] = (key, address)
                 busy[address] += 1
                 fut.add_done_callback(finished.put)

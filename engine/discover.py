@@ -20,7 +20,8 @@ def find_slides(folder: Path) -> tuple[list[Path], list[Path]]:
     lone .dcm file is one too. Hidden files and folders (a fetch's .partial and .rejected) are
     skipped, and so is the fetch's record (manifest.csv at the top)."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     files = [p for p in files if p != folder / RECORD]
     dicom = Counter(p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX)
     series = {d for d, n in dicom.items() if n > 1}
@@ -38,7 +39,8 @@ def slide_files(slides_dir: Path) -> list[Path]:
         raise SlideFolderError(f"{slides_dir}: no such folder", "point {slides} at a folder of slides")
     paths, ignored = find_slides(slides_dir)
     if ignored:
-        log.warning("ignoring %d file(s) without a slide suffix: %s", len(ignored), ", ".join(p.name for p in ignored[:5]))
+        log.warning("ignoring %d file(s) without a slide suffix: %s", len(ignored),
+                    ", ".join(p.name for p in ignored[:5]))
     if not paths:
         raise SlideFolderError(f"{slides_dir}: no slides found (looked for {', '.join(sorted(SLIDE_SUFFIXES))})",
                                "point {slides} at a folder of slides")

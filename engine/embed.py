@@ -78,7 +78,8 @@ class Model:
             raise EmbedError("input batch contains NaN or inf; the patches or the pipeline are broken")
         y = self.fn(**{self.input_name: tf.constant(x, tf.float32)})["output_0"].numpy()
         if y.shape != (len(x), self.width):
-            raise EmbedError(f"{self.id}: model returned shape {y.shape} for {len(x)} inputs, expected ({len(x)}, {self.width})")
+            raise EmbedError(f"{self.id}: model returned shape {y.shape} for {len(x)} inputs, "
+                             f"expected ({len(x)}, {self.width})")
         if not np.isfinite(y).all():
             raise EmbedError(f"{self.id}: model returned NaN or inf embeddings")
         return y.astype(np.float32, copy=False)
@@ -119,7 +120,8 @@ def download(repo_id: str, revision: str | None = None, token: str | None = None
                          "(or run `hf auth login`)", "or pass {model} DIR with a downloaded copy") from e
     except RepositoryNotFoundError as e:
         raise EmbedError(f"{repo_id}: not found on the Hugging Face Hub, or not visible without a token",
-                         f"check the id, set HF_TOKEN after accepting the terms on {page}, or pass {{model}} DIR") from e
+                         f"check the id, set HF_TOKEN after accepting the terms on {page}, "
+                         "or pass {model} DIR") from e
     except RevisionNotFoundError as e:
         raise EmbedError(f"{repo_id}: no revision {revision!r}", "leave out {revision} or name an existing one") from e
     except LocalEntryNotFoundError as e:
@@ -142,13 +144,15 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
         model_id, path = ref, download(ref, revision, token)
         rev = path.name  # snapshots/<commit>
     else:
-        raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name)", "pass {model} DIR or a repo id")
+        raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name)",
+                         "pass {model} DIR or a repo id")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     if not tf.saved_model.contains_saved_model(str(path)):
-        raise EmbedError(f"{path}: not a TensorFlow SavedModel (no saved_model.pb)", "point {model} at the model's folder")
+        raise EmbedError(f"{path}: not a TensorFlow SavedModel (no saved_model.pb)",
+                         "point {model} at the model's folder")
     for gpu in tf.config.list_physical_devices("GPU"):  # share the GPU with the DALI pipeline
         tf.config.experimental.set_memory_growth(gpu, True)
     try:
@@ -157,7 +161,8 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
         raise EmbedError(f"{path}: TensorFlow cannot load this SavedModel ({type(e).__name__}: {e})") from e
     sigs = dict(loaded.signatures)
     if "serving_default" not in sigs:
-        raise EmbedError(f"{path}: no serving_default signature (has: {', '.join(sigs) or 'none'}); not a Path Foundation export")
+        raise EmbedError(f"{path}: no serving_default signature (has: {', '.join(sigs) or 'none'}); "
+                         "not a Path Foundation export")
     fn = sigs["serving_default"]
     _, kwargs = fn.structured_input_signature
     specs = list(kwargs.items())
@@ -170,11 +175,13 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
         raise EmbedError(f"{path}: serving_default takes {spec.dtype.name} {shape}; Path Foundation takes {want}")
     outputs = fn.structured_outputs
     if "output_0" not in outputs:
-        raise EmbedError(f"{path}: serving_default returns {', '.join(outputs)}, not output_0; not a Path Foundation export")
+        raise EmbedError(f"{path}: serving_default returns {', '.join(outputs)}, not output_0; "
+                         "not a Path Foundation export")
     model = Model(fn, name, model_id, rev or _dir_hash(path))
     probe = fn(**{name: tf.zeros((2, EMBED.size, EMBED.size, 3), tf.float32)})["output_0"]
     if tuple(probe.shape) != (2, WIDTH):
-        raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {WIDTH}; not Path Foundation")
+        raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {WIDTH}; "
+                         "not Path Foundation")
     return model
 
 
@@ -187,7 +194,8 @@ def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
     return have is not None and all(have.get(k) == v for k, v in want.items())
 
 
-def embed_slide(store: PatchStore, sid: str, model: Model, resize, cfg: EmbedConfig, pool, bar: Progress | None = None) -> int:
+def embed_slide(store: PatchStore, sid: str, model: Model, resize, cfg: EmbedConfig, pool,
+                bar: Progress | None = None) -> int:
     """Write the slide's embeddings; returns its patch count. `pool` runs the resize a batch or two
     ahead of the model."""
     out = np.zeros((store.n_patches(sid), model.width), np.float32)
@@ -221,7 +229,8 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
     store = PatchStore.open(store_path)
     ids = store.slide_ids()
     if not ids:
-        raise StoreError(f"{store.path}: no complete slides to embed", "tile slides into it first (python -m engine.tile)")
+        raise StoreError(f"{store.path}: no complete slides to embed",
+                         "tile slides into it first (python -m engine.tile)")
     model = model or load_model(cfg.model, cfg.revision)  # here too: a bad model stops the run before any task
     todo = [s for s in ids if cfg.overwrite or not _up_to_date(store, s, model)]
     skipped = [jobs.SlideResult(s, "skipped") for s in ids if s not in todo]
@@ -232,7 +241,8 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
 
     if scheduler is None:
         resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
-        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision, resize.backend, len(todo), len(skipped))
+        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision,
+                 resize.backend, len(todo), len(skipped))
         # One patch bar over the run, no slides bar. The resize runs on its own thread, a batch or
         # two ahead, while TensorFlow runs the model here.
         with Progress(sum(store.n_patches(s) for s in todo), "embed", "patch", show=show_progress) as bar, \
@@ -241,10 +251,12 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
             results, ran_on = jobs.run(todo_jobs, "embedding", show_progress=False)
     else:
         if todo:
-            log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision, len(todo), len(skipped))
+            log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision,
+                     len(todo), len(skipped))
         todo_jobs = [job(s, functools.partial(_embed_on_worker, store, s, cfg)) for s in todo]
         results, ran_on = jobs.run(todo_jobs, "embedding", scheduler, show_progress)
-    return jobs.Summary(skipped + results, time.perf_counter() - t0, ran_on=ran_on, done_as="embedded", skipped_as="already embedded")
+    return jobs.Summary(skipped + results, time.perf_counter() - t0, ran_on=ran_on, done_as="embedded",
+                        skipped_as="already embedded")
 
 
 def _default_local() -> int:
@@ -255,11 +267,14 @@ def _default_local() -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     d = EmbedConfig()
     p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", required=True, type=location, help="patch store made by python -m engine.tile (a path or a URL)")
-    p.add_argument("--model", default=d.model, help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
+    p.add_argument("--store", required=True, type=location,
+                   help="patch store made by python -m engine.tile (a path or a URL)")
+    p.add_argument("--model", default=d.model,
+                   help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--pipeline", choices=RESIZE_BACKENDS, default=d.pipeline, help="resize backend (default: DALI, GPU if present)")
+    p.add_argument("--pipeline", choices=RESIZE_BACKENDS, default=d.pipeline,
+                   help="resize backend (default: DALI, GPU if present)")
     p.add_argument("--workers", type=int, default=d.workers, help="threads reading the store")
     p.add_argument("--overwrite", action="store_true", help="recompute embeddings that are already there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -282,7 +297,8 @@ def main(argv=None) -> int:
         return 1 if summary.failed else 0
 
     # ValueError: a malformed --scheduler
-    return run_command(job, log, "slides already embedded are kept; run the same command again to resume", errors=(ValueError,))
+    return run_command(job, log, "slides already embedded are kept; run the same command again to resume",
+                       errors=(ValueError,))
 
 
 if __name__ == "__main__":

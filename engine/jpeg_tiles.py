@@ -55,7 +55,8 @@ def library_path() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     package = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(package.parent.glob("imagecodecs.libs/libjpeg-*.so.8*")) + sorted(package.glob(".dylibs/libjpeg.8*.dylib"))
+    found = (sorted(package.parent.glob("imagecodecs.libs/libjpeg-*.so.8*"))
+             + sorted(package.glob(".dylibs/libjpeg.8*.dylib")))
     return found[0] if found else None
 
 
@@ -67,7 +68,8 @@ def available() -> bool:
 
     path = library_path()
     if path is None:
-        log.info("no libjpeg-turbo of imagecodecs found (set %s to one): JPEG tiles decode one at a time through tifffile", ENV_LIBRARY)
+        log.info("no libjpeg-turbo of imagecodecs found (set %s to one): JPEG tiles decode one at a time through "
+                 "tifffile", ENV_LIBRARY)
         return False
     try:
         _native.jpeg_load(str(path))

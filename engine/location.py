@@ -15,7 +15,8 @@ from pathlib import Path
 Location = Path | str  # a local path, or a URL kept as text
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):/+")
-URL_HELP = "check the URL, the network, and the credentials and endpoint in the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)"
+URL_HELP = ("check the URL, the network, and the credentials and endpoint in the environment "
+            "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)")
 
 
 def _remote_protocols() -> set[str]:

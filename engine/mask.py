@@ -15,10 +15,10 @@ tissue); ink is opened with ink_speck_radius first, so that the closing cannot
 join scattered stain pixels the rule takes for ink into blobs, and bluish pixels
 (engine.ink.is_bluish_reference) are added where an opening of radius
 ink_region_radius keeps them, its window wholly inside the image (wide uniform
-blue: thinned blue ink); ink overrides
-tissue, fill 4-connected background holes enclosed by tissue alone (a region touching the border or ink is not a hole), drop
-8-connected tissue specks. Everything is integer so the native kernel and the
-numpy reference agree exactly. Only 1 is tissue (engine.plan counts mask == 1).
+blue: thinned blue ink); ink overrides tissue, fill 4-connected background holes
+enclosed by tissue alone (a region touching the border or ink is not a hole),
+drop 8-connected tissue specks. Everything is integer so the native kernel and
+the numpy reference agree exactly. Only 1 is tissue (engine.plan counts mask == 1).
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
             if t is None
             else min(max(t, params.min_saturation), params.max_saturation)
         )
-    mask = opening_reference(closing_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius), params.open_radius)
+    mask = opening_reference(closing_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius),
+                             params.open_radius)
     ink = opening_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
     ink |= ink_regions_reference(rgb, params.ink_region_radius)
     ink = opening_reference(closing_reference(ink, params.close_radius), params.open_radius)

@@ -112,7 +112,8 @@ class Resizer:
         mirror = rng.integers(0, 2, n) if self.t.flip else np.zeros(n, np.int64)
         if not n:
             raise ValueError("an empty batch")
-        return torch.cat([self._run(images[i : i + self.max_batch], rot[i : i + self.max_batch], mirror[i : i + self.max_batch])
+        return torch.cat([self._run(images[i : i + self.max_batch], rot[i : i + self.max_batch],
+                                    mirror[i : i + self.max_batch])
                           for i in range(0, n, self.max_batch)])
 
     def _run(self, images: np.ndarray, rot: np.ndarray, mirror: np.ndarray) -> torch.Tensor:
@@ -147,7 +148,8 @@ class TorchResizer(Resizer):
             x = F.interpolate(x, size=(m + 2 * q, m + 2 * q), mode="bilinear", antialias=True, align_corners=False)
             x = x[..., q : q + m, q : q + m]
         if rot.any() or mirror.any():
-            x = torch.stack([xi.rot90(int(k), (1, 2)).flip(2) if f else xi.rot90(int(k), (1, 2)) for xi, k, f in zip(x, rot, mirror)])
+            x = torch.stack([xi.rot90(int(k), (1, 2)).flip(2) if f else xi.rot90(int(k), (1, 2))
+                             for xi, k, f in zip(x, rot, mirror)])
         x = (x - self._mean) / self._std
         return x.contiguous() if self.t.layout == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
 
@@ -175,7 +177,8 @@ class DaliResizer(Resizer):
             mirror = fn.external_source(name="mirror", dtype=types.INT32)
             if gpu:
                 x = x.gpu()
-            x = fn.resize(x, resize_x=t.size, resize_y=t.size, interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+            x = fn.resize(x, resize_x=t.size, resize_y=t.size, interp_type=types.INTERP_LINEAR, antialias=True,
+                          dtype=types.FLOAT)
             if t.rot90:  # nearest-neighbour rotation by quarter turns moves pixels exactly
                 x = fn.rotate(x, angle=angle, keep_size=True, interp_type=types.INTERP_NN)
             return fn.crop_mirror_normalize(
@@ -217,7 +220,8 @@ def store_batches(store, slide_ids: list[str], batch_size: int = 64, workers: in
     """(slide_id, first patch index, uint8 (n, P, P, 3)) in slide and patch order; batches are read
     and decompressed on `workers` threads (zarr's codecs release the GIL), at most 2 x workers ahead."""
     arrays = {sid: store.images(sid) for sid in slide_ids}
-    jobs = [(sid, i, min(i + batch_size, a.shape[0])) for sid, a in arrays.items() for i in range(0, a.shape[0], batch_size)]
+    jobs = [(sid, i, min(i + batch_size, a.shape[0])) for sid, a in arrays.items()
+            for i in range(0, a.shape[0], batch_size)]
 
     def read(job):
         sid, a, b = job

@@ -65,7 +65,8 @@ class Progress:
         """'desc: 120/300 step (40%), 3.2 step/s, loss 0.12, 0:56 left'."""
         elapsed = self._clock() - self._t0
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.desc}: {self.n}/{self.total} {self.unit}" + (f" ({100 * self.n / self.total:.0f}%)" if self.total else "")
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        parts = [f"{self.desc}: {self.n}/{self.total} {self.unit}{share}"
                  if self.total is not None else f"{self.desc}: {self.n} {self.unit}"]
         parts.append(f"{rate:.3g} {self.unit}/s")
         parts += [f"{k} {v}" for k, v in self._figures.items()]

@@ -42,7 +42,8 @@ def qa_picture(thumb: np.ndarray, mask: np.ndarray, downsample: float, tile0: in
     img[mask_outline(mask)] = OUTLINE
     side = max(img.shape[:2])
     scale = max_side / side if side > max_side else max(1.0, 600 / side)  # small thumbnails enlarged
-    pic = Image.fromarray(img).resize((round(img.shape[1] * scale), round(img.shape[0] * scale)), Image.Resampling.NEAREST)
+    pic = Image.fromarray(img).resize((round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                                      Image.Resampling.NEAREST)
     rejected = np.asarray(rejected).reshape(-1, 2)
     first = first_reason(reasons) if len(rejected) else np.zeros(0, int)
     colours = reason_colours()

@@ -139,7 +139,8 @@ class Slide(ABC):
         self.close()
 
     def __repr__(self):
-        return f"{type(self).__name__}({str(self.path)!r}, {self.dimensions[0]}x{self.dimensions[1]}, levels={self.level_count})"
+        w, h = self.dimensions
+        return f"{type(self).__name__}({str(self.path)!r}, {w}x{h}, levels={self.level_count})"
 
 
 def rgba_on_white(rgba: np.ndarray) -> np.ndarray:

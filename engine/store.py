@@ -167,7 +167,8 @@ class PatchStore:
         from engine import __version__
 
         root.attrs.update(
-            {"format": FORMAT, "version": VERSION, "patch_size": patch_size, "created_by": f"histogen {__version__}", "params": params}
+            {"format": FORMAT, "version": VERSION, "patch_size": patch_size, "created_by": f"histogen {__version__}",
+             "params": params}
         )
         root.create_group("slides")
         return cls(root, path)
@@ -260,7 +261,8 @@ class PatchStore:
     def embeddings(self, slide_id: str, rows=None) -> np.ndarray:
         """(N, D) float32, row i for patch i of the slide (only `rows` where given)."""
         if self.embeddings_attrs(slide_id) is None:
-            raise StoreError(f"{self.path}: slide {slide_id!r} has no embeddings; run python -m engine.embed --store {self.path}")
+            raise StoreError(f"{self.path}: slide {slide_id!r} has no embeddings; "
+                             f"run python -m engine.embed --store {self.path}")
         a = self.slide(slide_id)["embeddings"]
         return a[:] if rows is None else a.oindex[np.asarray(rows, np.int64)]
 

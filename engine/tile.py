@@ -140,7 +140,8 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     # at most 2 x workers batches are in flight.
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="read") as pool, \
             Progress(len(coords), slide_id, "patch", leave=False, show=progress) as bar:
-        for idx, encoded, qc, keep, rej, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size), 2 * cfg.workers):
+        for idx, encoded, qc, keep, rej, errors in ordered_map(pool, work, range(0, len(coords), cfg.batch_size),
+                                                               2 * cfg.workers):
             writer.append(encoded, coords[idx[keep]], qc.take(keep))
             kept.append(idx[keep])
             rejected.append(idx[rej])
@@ -150,11 +151,14 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     # An empty start keeps the dtype where a slide has no batches.
     kept, rejected = np.concatenate([np.zeros(0, np.int64), *kept]), np.concatenate([np.zeros(0, np.int64), *rejected])
     reasons = np.concatenate([np.zeros(0, np.uint8), *reasons])
-    rejected_by = {name: int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}  # a patch counts under each of its reasons
+    # a patch counts under each of its reasons
+    rejected_by = {name: int(np.count_nonzero(reasons & bit)) for name, bit in REASONS.items()}
     writer.finish(
         mres.mask,
-        {"downsample": [slide.dimensions[0] / mres.mask.shape[1], slide.dimensions[1] / mres.mask.shape[0]], "params": dataclasses.asdict(cfg.mask)},
-        {"n_rejected": len(rejected), "n_rejected_by": rejected_by, "n_failed": len(failed), "failed_patches": failed[:1000]},
+        {"downsample": [slide.dimensions[0] / mres.mask.shape[1], slide.dimensions[1] / mres.mask.shape[0]],
+         "params": dataclasses.asdict(cfg.mask)},
+        {"n_rejected": len(rejected), "n_rejected_by": rejected_by, "n_failed": len(failed),
+         "failed_patches": failed[:1000]},
     )
     if failed:
         log.warning("%s: %d patch(es) skipped: %s", slide.path, len(failed), failed[0]["error"])
@@ -184,14 +188,16 @@ def qa_folder(out: Location, cfg: TileConfig, qa_dir: Location | None) -> Locati
     return with_suffix(out, ".qa") if qa_dir is None and cfg.qa else qa_dir
 
 
-def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress, organ: str | None = None) -> jobs.Written | None:
+def _tile_one(path: Path, slide_id: str, store: PatchStore, cfg: TileConfig, qa_dir, progress,
+              organ: str | None = None) -> jobs.Written | None:
     identity = {"fingerprint": fingerprint(path)}
     if jobs.up_to_date(store, slide_id, path, identity):
         return None
     # The organ (from the fetch's record) rides with the slide's group: the dataset export and
     # organ-conditioned training read it from there.
     provenance = {**identity, **({"organ": organ} if organ else {})}
-    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp, cfg.dct_scaling), provenance, qa_dir, progress)[1]
+    return tile_file(path, slide_id, store, cfg, GridPlan(cfg.plan, cfg.mpp, cfg.dct_scaling), provenance, qa_dir,
+                     progress)[1]
 
 
 def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool = False,
@@ -206,7 +212,8 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
     qa_dir = qa_folder(out, cfg, qa_dir)
     bars = jobs.slide_bars(show_progress, scheduler)
     ids, organs = slide_ids(paths, slides_dir), slide_organs(paths, slides_dir)
-    todo = [jobs.SlideJob(ids[p], str(p), functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars, organs.get(p)))
+    todo = [jobs.SlideJob(ids[p], str(p), functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars,
+                                                            organs.get(p)))
             for p in paths]
     t0 = time.perf_counter()
     results, ran_on = jobs.run(todo, "tiling", scheduler, show_progress)
@@ -219,12 +226,15 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that reads slides into a store (the tiler, the table import)."""
     d = TileConfig()
-    p.add_argument("--assume-mpp", type=float, default=None, help="µm/px to use where a slide's metadata has none or a wrong one")
+    p.add_argument("--assume-mpp", type=float, default=None,
+                   help="µm/px to use where a slide's metadata has none or a wrong one")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend)
     p.add_argument("--codec", choices=("zstd", "lz4", "none"), default=d.codec.name)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--workers", type=int, default=None, help="reader threads per slide (default: all cores, or their share with --scheduler local:N)")
-    p.add_argument("--qa-dir", type=location, default=None, help="where QA pictures go, a folder or a URL (default: next to the store)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="reader threads per slide (default: all cores, or their share with --scheduler local:N)")
+    p.add_argument("--qa-dir", type=location, default=None,
+                   help="where QA pictures go, a folder or a URL (default: next to the store)")
     p.add_argument("--no-qa", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -234,7 +244,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def run_setup(a: argparse.Namespace, plan: PlanParams, **kw) -> tuple[TileConfig, cluster.Scheduler | None]:
     """The TileConfig and the scheduler of `add_run_options`' arguments."""
-    scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, default_local=lambda: os.cpu_count() or 1)
+    scheduler = (None if a.scheduler is None
+                 else cluster.Scheduler.parse(a.scheduler, default_local=lambda: os.cpu_count() or 1))
     if a.workers is not None:
         workers = max(1, a.workers)
     elif scheduler is not None:  # local workers share this machine's cores
@@ -252,15 +263,22 @@ INTERRUPTED = "finished slides are kept; run the same command again to resume"
 def parse_args(argv=None) -> argparse.Namespace:
     d = TileConfig()
     p = argparse.ArgumentParser(prog="python -m engine.tile", description=__doc__.split("\n\n")[0])
-    p.add_argument("--slides", required=True, type=Path, help="folder of slides (searched recursively; a folder of .dcm files is one DICOM slide)")
-    p.add_argument("--out", required=True, type=location, help="patch store to write or resume: STORE.zarr, or a URL (s3://BUCKET/STORE.zarr)")
+    p.add_argument("--slides", required=True, type=Path,
+                   help="folder of slides (searched recursively; a folder of .dcm files is one DICOM slide)")
+    p.add_argument("--out", required=True, type=location,
+                   help="patch store to write or resume: STORE.zarr, or a URL (s3://BUCKET/STORE.zarr)")
     p.add_argument("--patch-size", type=int, default=d.plan.patch_size)
-    p.add_argument("--stride", type=int, default=None, help="step between patches in output pixels (default: patch size)")
-    p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue, help="minimum tissue fraction of a patch on the mask")
-    p.add_argument("--mpp", type=float, default=None, help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
-    p.add_argument("--no-dct-scaling", action="store_true", help="with --mpp, decode JPEG tiles at full size and resize, "
+    p.add_argument("--stride", type=int, default=None,
+                   help="step between patches in output pixels (default: patch size)")
+    p.add_argument("--min-tissue", type=float, default=d.plan.min_tissue,
+                   help="minimum tissue fraction of a patch on the mask")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="target µm/px: read the best level and resize (e.g. 0.5 for 20x)")
+    p.add_argument("--no-dct-scaling", action="store_true",
+                   help="with --mpp, decode JPEG tiles at full size and resize, "
                    "instead of decoding them at 1/2, 1/4 or 1/8 first (slower; same patches within a few grey levels)")
-    p.add_argument("--keep-rejected", action="store_true", help="store the patches the check rejects too, with their reasons")
+    p.add_argument("--keep-rejected", action="store_true",
+                   help="store the patches the check rejects too, with their reasons")
     add_check_options(p)
     add_run_options(p)
     return p.parse_args(argv)
@@ -273,7 +291,8 @@ def add_check_options(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(CheckParams):
         if not f.name.startswith(("min_", "max_")):
             continue
-        kw = dict(type=float, default=None, metavar="VALUE", dest=f"check_{f.name}", help=f"patch check threshold (default {getattr(d, f.name)})")
+        kw = dict(type=float, default=None, metavar="VALUE", dest=f"check_{f.name}",
+                  help=f"patch check threshold (default {getattr(d, f.name)})")
         try:
             p.add_argument(f"--{f.name.replace('_', '-')}", **kw)
         except argparse.ArgumentError:
@@ -291,7 +310,8 @@ def main(argv=None) -> int:
     setup_logging(a.debug)
 
     def job() -> int:
-        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp, dct_scaling=not a.no_dct_scaling, check=check_params(a),
+        cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp,
+                                   dct_scaling=not a.no_dct_scaling, check=check_params(a),
                                    keep_rejected=a.keep_rejected)
         summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir,
                               show_progress=False if a.quiet else None, scheduler=scheduler)

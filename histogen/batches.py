@@ -109,7 +109,8 @@ class SlidePatches(Dataset):
             r = self.refs[k]
             store = PatchStore.open(r.store)
             self._images[k] = store.images(r.slide)
-            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((store.n_patches(r.slide), 0), np.float32)
+            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((store.n_patches(r.slide), 0),
+                                                                                       np.float32)
         return self._images[k], self._emb[k]
 
     def __getitem__(self, i: int):
@@ -133,7 +134,8 @@ class StepSampler(Sampler):
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n) if self.shuffle else np.arange(self.n)}
+            self._perm = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n) if self.shuffle
+                          else np.arange(self.n)}
         return self._perm[epoch]
 
     def batch(self, step: int) -> list[int]:
@@ -169,18 +171,21 @@ class Batches:
     ref's slide, for runs conditioned on labels (histogen.labels)."""
 
     def __init__(self, refs: list[SlideRef], cfg: RunConfig, device: torch.device, start_step: int = 0,
-                 rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None, labels: list[int] | None = None):
+                 rank: int = 0, world: int = 1, train: bool = True, steps: int | None = None,
+                 labels: list[int] | None = None):
         d, t = cfg.data, cfg.train
         self.cfg, self.device, self.train, self.step, self.rank = cfg, device, train, start_step, rank
         self.labelled = labels is not None
         self.dataset = SlidePatches(refs, d.conditional, labels)
-        self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps, shuffle=train)
+        self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps,
+                                   shuffle=train)
         backend = d.pipeline
         if backend == "auto":
             backend = "dali-gpu" if device.type == "cuda" and cuda_available() else "torch"
         self.transform = Transform(cfg.resolution, mean=(0.5,) * 3, std=(0.5,) * 3, layout="NCHW",
                                    flip=train and d.flip, rot90=train and d.rot90)
-        self.resize = make_resizer(self.transform, backend, max_batch=t.batch_size // world, device_id=device.index or 0)
+        self.resize = make_resizer(self.transform, backend, max_batch=t.batch_size // world,
+                                   device_id=device.index or 0)
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=d.workers, collate_fn=_collate,
                                  persistent_workers=d.workers > 0, prefetch_factor=4 if d.workers else None)
         self._it = iter(self.loader)
@@ -195,7 +200,8 @@ class Batches:
         seed = self.cfg.train.seed
         x = self.resize(images, seed=derive_seed(seed, self.step, self.rank, 0)).to(self.device, non_blocking=True)
         if self.train and self.cfg.data.stain_jitter > 0:
-            x = stain_jitter(x, self.cfg.data.stain_jitter, torch.Generator().manual_seed(derive_seed(seed, self.step, self.rank, 1)))
+            x = stain_jitter(x, self.cfg.data.stain_jitter,
+                             torch.Generator().manual_seed(derive_seed(seed, self.step, self.rank, 1)))
         # One seed per sample from its place in the global batch: the model's random draws for a
         # sample do not depend on how the batch is split over processes.
         first = self.rank * len(x)

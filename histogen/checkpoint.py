@@ -59,7 +59,8 @@ def save(folder: Path, step: int, nets: dict[str, torch.nn.Module], opts: dict[s
     for name, net in nets.items():
         for key, value in net.state_dict().items():
             tensors[f"net/{name}/{key}"] = value.detach().cpu().contiguous().clone()  # no shared storage in safetensors
-    meta = {"format": FORMAT, "step": step, "optimizers": {n: _flatten_optimizer(n, o, tensors) for n, o in opts.items()},
+    meta = {"format": FORMAT, "step": step,
+            "optimizers": {n: _flatten_optimizer(n, o, tensors) for n, o in opts.items()},
             "extra": extra or {}}
     tensors.update(_rng_state())
     stem = folder / f"step-{step:08d}"

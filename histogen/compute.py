@@ -63,7 +63,8 @@ class Compute:
 
     def describe(self) -> str:
         where = f"{self.device.type}" + (f", {self.threads} threads" if self.threads else "")
-        return f"{where}, {'bf16 autocast' if self.bf16 else 'fp32'}, {'channels_last' if self.channels_last else 'NCHW'}"
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{where}, {'bf16 autocast' if self.bf16 else 'fp32'}, {layout}"
 
 
 def decide(device: torch.device, bf16: bool, channels_last: bool, threads: int = 0, local_world: int = 1) -> Compute:

@@ -91,7 +91,8 @@ def torchscript(path: Path, input_size: int = 224, pipeline: str = "auto", batch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     digest = "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     extra = {UNTRAINED_MARKER: ""}
-    enc = TorchEncoder(torch.jit.load(str(path), map_location=device, _extra_files=extra), str(Path(path).resolve()), digest,
+    enc = TorchEncoder(torch.jit.load(str(path), map_location=device, _extra_files=extra), str(Path(path).resolve()),
+                       digest,
                        input_size, pipeline, batch_size)
     if extra[UNTRAINED_MARKER]:
         enc.untrained = _marker_says(extra[UNTRAINED_MARKER])

@@ -80,7 +80,8 @@ def measure(images: np.ndarray, threshold: float, params: NucleiParams = NucleiP
             m[y * step : y * step + r, x * step : x * step + r] = a[i]
         return m
 
-    mask = ndimage.binary_fill_holes(mosaic(h > threshold, False), structure=_CROSS)  # the gaps are background: per patch
+    # the gaps are background: per patch
+    mask = ndimage.binary_fill_holes(mosaic(h > threshold, False), structure=_CROSS)
     labels, k = ndimage.label(mask, structure=_CROSS)
     props = _regions(labels, k, mosaic(h, np.float32(0)))
     keep = props["area"] >= params.min_area
@@ -120,7 +121,8 @@ def _regions(labels: np.ndarray, k: int, intensity: np.ndarray) -> dict:
             hull[i] = area[i]
     first = lambda v, f: f.reduceat(v, np.r_[0, ends[:-1]]) if k else v[:0]  # noqa: E731
     return {"area": area, "eccentricity": ecc, "solidity": area / hull, "intensity": s(intensity[ys, xs]),
-            "y0": first(ys, np.minimum), "x0": first(xs, np.minimum), "y1": first(ys, np.maximum), "x1": first(xs, np.maximum)}
+            "y0": first(ys, np.minimum), "x0": first(xs, np.minimum), "y1": first(ys, np.maximum),
+            "x1": first(xs, np.maximum)}
 
 
 def normalised_w1(reference: np.ndarray, other: np.ndarray) -> float:
@@ -139,6 +141,7 @@ def compare(reference: Nuclei, other: Nuclei) -> dict:
     undefined (no nuclei on a side, or no spread in the reference)."""
     defined = lambda v: v if np.isfinite(v) else None  # noqa: E731  (metrics.json holds no NaN)
     out = {f"{f}_w1": defined(normalised_w1(reference.feature(f), other.feature(f))) for f in FEATURES}
-    out.update({f"{f}_mean": defined(float(np.mean(other.feature(f)))) if len(other.feature(f)) else None for f in FEATURES})
+    out.update({f"{f}_mean": defined(float(np.mean(other.feature(f)))) if len(other.feature(f)) else None
+                for f in FEATURES})
     out["nuclei_measured"] = int(len(other.area))
     return out

@@ -99,7 +99,8 @@ def _fit_predict(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         sched.step()
     net.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(net(x_test[i : i + 256]).squeeze(1)) for i in range(0, len(x_test), 256)]).numpy()
+        return torch.cat([torch.sigmoid(net(x_test[i : i + 256]).squeeze(1))
+                          for i in range(0, len(x_test), 256)]).numpy()
 
 
 def _tensor(images: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,9 @@ def demo_slides(out_dir) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m histosynth", description="Realistic synthetic whole-slide images for the demo, tests and benchmarks.")
+    ap = argparse.ArgumentParser(prog="python -m histosynth",
+                                 description="Realistic synthetic whole-slide images for the demo, tests and "
+                                             "benchmarks.")
     ap.add_argument("out_dir")
     ap.add_argument("--kind", choices=("svs", "tiff"), default="svs")
     ap.add_argument("--width", type=int, default=SynthSpec.width)

@@ -44,7 +44,8 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
                 d, tokens = 384, (input_size // 16) ** 2
                 self.patch = var(16, 16, 3, d)
                 self.pos = var(1, tokens, d)
-                self.blocks = [dict(qkv=var(d, 3 * d), proj=var(d, d), fc1=var(d, 4 * d), fc2=var(4 * d, d)) for _ in range(12)]
+                self.blocks = [dict(qkv=var(d, 3 * d), proj=var(d, d), fc1=var(d, 4 * d), fc2=var(4 * d, d))
+                               for _ in range(12)]
                 self.head = var(d, width)
 
         def _forward(self, x):
@@ -54,7 +55,10 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
             h = tf.nn.conv2d(x, self.patch, 16, "VALID")
             n = tf.shape(h)[0]
             h = tf.reshape(h, (n, -1, 384)) + self.pos
-            norm = lambda t: (t - tf.reduce_mean(t, -1, keepdims=True)) * tf.math.rsqrt(tf.math.reduce_variance(t, -1, keepdims=True) + 1e-6)  # noqa: E731
+            def norm(t):
+                return (t - tf.reduce_mean(t, -1, keepdims=True)) * tf.math.rsqrt(
+                    tf.math.reduce_variance(t, -1, keepdims=True) + 1e-6)
+
             for b in self.blocks:
                 q, k, v = tf.split(tf.reshape(norm(h) @ b["qkv"], (n, -1, 3 * 6, 64)), 3, axis=2)
                 a = tf.nn.softmax(tf.einsum("nqhd,nkhd->nhqk", q, k) / 8.0)
@@ -74,7 +78,8 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
     tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve.get_concrete_function()})
     extra = out / "assets.extra"  # TensorFlow's place for files it does not read
     extra.mkdir(exist_ok=True)
-    (extra / "untrained.json").write_text(json.dumps({"what": f"a stand-in with random weights (histosynth.standin_model, {arch}, seed {seed})"}))
+    (extra / "untrained.json").write_text(json.dumps({"what": "a stand-in with random weights "
+                                                              f"(histosynth.standin_model, {arch}, seed {seed})"}))
     return out
 
 

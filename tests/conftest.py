@@ -41,7 +41,8 @@ def tiff_slide(synth_dir) -> Path:
     import histosynth as synth
 
     path = synth_dir / "camelyon.tif"
-    synth.write_tiled_tiff(path, synth.SynthSpec(width=2560, height=2048, seed=2, mpp=0.5, jpeg_quality=90), levels=(1, 2, 4))
+    synth.write_tiled_tiff(path, synth.SynthSpec(width=2560, height=2048, seed=2, mpp=0.5, jpeg_quality=90),
+                           levels=(1, 2, 4))
     return path
 
 

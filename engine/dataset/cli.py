@@ -21,20 +21,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.dataset", description=DOC.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="a store's embeddings to parquet files and a dataset card")
-    e.add_argument("--store", required=True, type=location.location, help="patch store with embeddings (STORE.zarr or a URL)")
+    e.add_argument("--store", required=True, type=location.location,
+                   help="patch store with embeddings (STORE.zarr or a URL)")
     e.add_argument("--out", required=True, type=Path, help="folder for data/train-*.parquet and README.md")
-    e.add_argument("--organ", default=None, help="organ of every row (default: each slide's own, recorded by engine.fetch or an import, else 'unknown')")
-    e.add_argument("--with-images", action="store_true", help="add an image column: each patch at the model's input size, PNG")
-    e.add_argument("--rows-per-file", type=int, default=None, help="rows per parquet file (default: about 500 MB a file)")
+    e.add_argument("--organ", default=None,
+                   help="organ of every row (default: each slide's own, recorded by engine.fetch or an import, "
+                        "else 'unknown')")
+    e.add_argument("--with-images", action="store_true",
+                   help="add an image column: each patch at the model's input size, PNG")
+    e.add_argument("--rows-per-file", type=int, default=None,
+                   help="rows per parquet file (default: about 500 MB a file)")
     e.add_argument("--push", metavar="REPO_ID", default=None, help="then upload to this Hugging Face dataset repo")
     e.add_argument("--token", default=None, help="Hugging Face token (default: the saved login or HF_TOKEN)")
     e.add_argument("--debug", action="store_true")
     i = sub.add_parser("import", help="a table of the study's format to a patch store, pixels read from the slides")
     i.add_argument("--table", required=True, type=Path, nargs="+", help="parquet file(s) or folder(s) of them")
-    i.add_argument("--slides", required=True, type=Path, help="folder holding the table's slides (searched recursively)")
-    i.add_argument("--out", required=True, type=location.location, help="patch store to write or resume (STORE.zarr or a URL)")
+    i.add_argument("--slides", required=True, type=Path,
+                   help="folder holding the table's slides (searched recursively)")
+    i.add_argument("--out", required=True, type=location.location,
+                   help="patch store to write or resume (STORE.zarr or a URL)")
     i.add_argument("--organ", default=None, help="import only the rows of this organ")
-    i.add_argument("--patch-size", type=int, default=TileConfig().plan.patch_size, help="the store's patch size (patches are resized to it)")
+    i.add_argument("--patch-size", type=int, default=TileConfig().plan.patch_size,
+                   help="the store's patch size (patches are resized to it)")
     add_run_options(i)
     return p.parse_args(argv)
 

@@ -69,7 +69,8 @@ def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schem
         yield pa.record_batch([cols[name] for name in sch.names], schema=sch)
 
 
-def _card(store_path: location.Location, slides: list[str], n_rows: int, n_bytes: int, files: list[Path], with_images: bool, models: list[str]) -> str:
+def _card(store_path: location.Location, slides: list[str], n_rows: int, n_bytes: int, files: list[Path],
+          with_images: bool, models: list[str]) -> str:
     import yaml
 
     meta = {
@@ -107,10 +108,12 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
     slides = store.slide_ids()
     ready = [s for s in slides if store.embeddings_attrs(s) is not None]
     if not ready:
-        raise DatasetError(f"{store_path}: no slide has embeddings; run python -m engine.embed --store {store_path} first")
+        raise DatasetError(f"{store_path}: no slide has embeddings; "
+                           f"run python -m engine.embed --store {store_path} first")
     if len(ready) < len(slides):
         left = [s for s in slides if s not in ready]
-        log.warning("%s: %d slide(s) without embeddings left out (%s); run python -m engine.embed --store %s to add them",
+        log.warning("%s: %d slide(s) without embeddings left out (%s); "
+                    "run python -m engine.embed --store %s to add them",
                     store_path, len(left), ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""), store_path)
     if rows_per_file is not None and rows_per_file < 1:
         raise DatasetError(f"--rows-per-file must be at least 1, got {rows_per_file}")

@@ -18,7 +18,8 @@ def push_to_hub(out_dir, repo_id: str, token: str | None = None) -> str:
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        api.upload_folder(folder_path=out_dir, repo_id=repo_id, repo_type="dataset", allow_patterns=["README.md", "data/*.parquet"],
+        api.upload_folder(folder_path=out_dir, repo_id=repo_id, repo_type="dataset",
+                          allow_patterns=["README.md", "data/*.parquet"],
                           delete_patterns=["data/*.parquet"], commit_message="histogen export")
     # Offline mode, refused connections, HTTP errors (unauthorised, not found) and a missing token are
     # OSErrors or httpx2 errors; a malformed repo id is a ValueError.

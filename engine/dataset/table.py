@@ -39,7 +39,8 @@ def _numbers(col, what: str, ndim: int) -> np.ndarray:
     if ndim == 2 and a.ndim == 1:  # a single number for a square size
         a = np.stack([a, a], axis=1)
     if a.ndim != ndim or (ndim == 2 and a.shape[1] != 2):
-        raise DatasetError(f"{what}: expected {'[width, height]' if ndim == 2 else 'one number'} per row, got shape {a.shape[1:]}")
+        raise DatasetError(f"{what}: expected {'[width, height]' if ndim == 2 else 'one number'} per row, got shape "
+                           f"{a.shape[1:]}")
     return a.astype(np.int64)
 
 
@@ -57,7 +58,8 @@ def _parquet_files(paths: list[Path]) -> list[Path]:
     hint = "point {table} at a parquet file or a folder of them"
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.parquet") if not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(f for f in p.rglob("*.parquet")
+                           if not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise DatasetError(f"{p}: no .parquet files in this folder", hint)
             files += found
@@ -105,10 +107,12 @@ class TableSlide:
         kinds = {k: np.unique(c[k], axis=0) for k in ("level", "patch_size", "resize")}
         mixed = [f"{k} {v.tolist()}" for k, v in kinds.items() if len(v) > 1]
         if mixed:
-            raise DatasetError(f"{self.label}: slide {name!r} has rows with several {', '.join(mixed)}; import takes one of each per slide")
+            raise DatasetError(f"{self.label}: slide {name!r} has rows with several {', '.join(mixed)}; "
+                               "import takes one of each per slide")
         (w, h), (iw, _) = kinds["patch_size"][0], kinds["resize"][0]
         if w != h:
-            raise DatasetError(f"{self.label}: slide {name!r} has patch_size [{w}, {h}]; only square patches can be imported")
+            raise DatasetError(f"{self.label}: slide {name!r} has patch_size [{w}, {h}]; "
+                               "only square patches can be imported")
         emb = self._embeddings()
         if not np.isfinite(emb).all():
             raise DatasetError(f"{self.label}: slide {name!r} has embeddings with NaN or inf; fix the table")
@@ -170,8 +174,8 @@ class Table:
         if organ is not None and "organ" not in names:
             missing.append("organ (to select --organ)")
         if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; a table of the Path Foundation study's "
-                               "format has slide_name, x, y, level, patch_size and image_embedding_vector")
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; a table of the Path Foundation "
+                               "study's format has slide_name, x, y, level, patch_size and image_embedding_vector")
         self.embedding_column.append(emb)
         columns = [c for c in (*REQUIRED, "resize", "organ") if c in names]
         what = functools.partial("{}: column {}".format, path)
@@ -188,7 +192,8 @@ class Table:
                 "y": _numbers(t["y"], what("y"), 1),
                 "level": _numbers(t["level"], what("level"), 1),
                 "patch_size": _numbers(t["patch_size"], what("patch_size"), 2),
-                "resize": _numbers(t["resize"], what("resize"), 2) if "resize" in has else np.full((n, 2), INPUT_SIZE, np.int64),
+                "resize": _numbers(t["resize"], what("resize"), 2) if "resize" in has
+                          else np.full((n, 2), INPUT_SIZE, np.int64),
                 "organ": _array(t["organ"], what("organ")).astype(str) if "organ" in has else np.full(n, ""),
                 "file": np.full(n, fi),
                 "group": np.full(n, gi),

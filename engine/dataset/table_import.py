@@ -24,7 +24,8 @@ def _import_one(entry: TableSlide, matches: list[Path], sid: str, store: PatchSt
                          "copy it there or point {slides} at the folder that holds it")
     if len(matches) > 1:
         raise SlideError(f"slide {name} of {label} matches {len(matches)} files under {slides_dir} "
-                         f"({', '.join(str(m) for m in matches[:3])})", "point {slides} at a folder holding only one of them")
+                         f"({', '.join(str(m) for m in matches[:3])})",
+                         "point {slides} at a folder holding only one of them")
     path = matches[0]
     rows = entry.read()
     identity = {"fingerprint": fingerprint(path), "table_rows": rows.digest}
@@ -37,7 +38,8 @@ def _import_one(entry: TableSlide, matches: list[Path], sid: str, store: PatchSt
     kept, written = tile_file(path, sid, store, cfg, plan, provenance, qa_dir, progress)
     # An unreadable patch is left out with its embedding (and recorded in failed_patches, as the
     # tiler does): the store's patches and embeddings stay row for row.
-    store.write_embeddings(sid, rows.embeddings[kept], {"model": MODEL, "source": f"imported from {label}", "input_size": rows.input_size})
+    store.write_embeddings(sid, rows.embeddings[kept], {"model": MODEL, "source": f"imported from {label}",
+                                                        "input_size": rows.input_size})
     return written
 
 
@@ -54,7 +56,8 @@ def import_parquet(table_paths, slides_dir, out_store, cfg: TileConfig = TileCon
     table = Table(table_paths, organ)
     slides_dir, out = Path(slides_dir), location.location(out_store)
     found = match_names(table.names, slide_files(slides_dir), slides_dir)
-    params = {k: v for k, v in cfg.store_params().items() if k not in ("plan", "mpp")}  # the table sets where and what to read
+    # the table sets where and what to read
+    params = {k: v for k, v in cfg.store_params().items() if k not in ("plan", "mpp")}
     params.update(patch_size=cfg.plan.patch_size, coords="table")
     store = PatchStore.create_or_resume(out, cfg.plan.patch_size, params, overwrite=overwrite)
     qa_dir = qa_folder(out, cfg, qa_dir)

@@ -15,9 +15,12 @@ log = logging.getLogger("engine.fetch")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.fetch", description=DOC.split("\n\n")[0])
-    p.add_argument("what", nargs="?", choices=["seed"], help="seed: the study's 40 slides (CAMELYON16 and IDC's TCIA slides)")
-    p.add_argument("--manifest", type=Path, default=None, help="your own list of slides: CSV or YAML with name, organ, source, location, size, checksum")
-    p.add_argument("--out", required=True, type=Path, help="folder for the slides (made if needed); a re-run fetches only what is missing")
+    p.add_argument("what", nargs="?", choices=["seed"],
+                   help="seed: the study's 40 slides (CAMELYON16 and IDC's TCIA slides)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="your own list of slides: CSV or YAML with name, organ, source, location, size, checksum")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the slides (made if needed); a re-run fetches only what is missing")
     p.add_argument("--workers", type=int, default=FetchConfig().workers, help="slides fetched at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true")

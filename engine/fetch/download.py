@@ -69,7 +69,8 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def fetch_object(obj: RemoteObject, dest: Path, rejected: Path, on_bytes: Callable[[int], None] = lambda n: None) -> int:
+def fetch_object(obj: RemoteObject, dest: Path, rejected: Path,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> int:
     """Download `obj` to `dest`, resuming `dest`.part; returns the bytes transferred (0 where
     `dest` is already there). A file that fails its checksum is moved into the folder `rejected`
     and never becomes `dest`. Raises DownloadError (or OSError from the network or the disk)."""
@@ -106,8 +107,9 @@ def fetch_object(obj: RemoteObject, dest: Path, rejected: Path, on_bytes: Callab
             rejected.mkdir(parents=True, exist_ok=True)
             aside = rejected / dest.name
             part.replace(aside)
-            raise DownloadError(f"{obj.url}: checksum mismatch (expected {obj.checksum}, got {actual}); set aside as {aside}, "
-                                "never used", "run again to download it anew; if it fails again, the source or the manifest is wrong")
+            raise DownloadError(f"{obj.url}: checksum mismatch (expected {obj.checksum}, got {actual}); "
+                                f"set aside as {aside}, never used",
+                                "run again to download it anew; if it fails again, the source or the manifest is wrong")
     part.replace(dest)
     return got
 

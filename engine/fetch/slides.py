@@ -82,7 +82,8 @@ def fetch_slide(entry: Entry, out: Path, on_bytes=lambda n: None) -> SlideFetch:
     try:
         objects = objects_of(entry)
         if entry.is_folder:
-            n = sum(fetch_object(obj, stage / entry.name / fname, rejected / entry.name, on_bytes) for obj, fname in objects)
+            n = sum(fetch_object(obj, stage / entry.name / fname, rejected / entry.name, on_bytes)
+                    for obj, fname in objects)
             (stage / entry.name).replace(final)
             done = entry
         else:
@@ -107,7 +108,8 @@ def check_out(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise OutError(f"{out}: cannot write there ({e.strerror or e})", "choose another {out} or fix its permissions") from e
+        raise OutError(f"{out}: cannot write there ({e.strerror or e})",
+                       "choose another {out} or fix its permissions") from e
 
 
 @dataclass
@@ -125,13 +127,15 @@ class FetchSummary:
 
     def text(self) -> str:
         rate = self.n_bytes / MB / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"slides: {self.count('fetched')} fetched, {self.count('present')} already there, {self.count('failed')} failed",
+        lines = [f"slides: {self.count('fetched')} fetched, {self.count('present')} already there, "
+                 f"{self.count('failed')} failed",
                  f"data: {self.n_bytes / MB:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)",
                  f"folder: {self.out}"]
         return "\n".join(lines + [f"failed: {r.error}" for r in self.results if r.status == "failed"])
 
 
-def fetch_slides(entries: list[Entry], out, cfg: FetchConfig = FetchConfig(), show_progress: bool | None = None) -> FetchSummary:
+def fetch_slides(entries: list[Entry], out, cfg: FetchConfig = FetchConfig(),
+                 show_progress: bool | None = None) -> FetchSummary:
     """Fetch `entries` into the folder `out`, `cfg.workers` slides at a time, with a progress bar
     in MB (rate in MB/s); records the slides that are there in OUT/manifest.csv."""
     out = Path(out)

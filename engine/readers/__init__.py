@@ -26,7 +26,8 @@ from engine.slide import Slide, SlideError, TruncatedSlideError
 
 log = logging.getLogger(__name__)
 
-READERS: dict[str, type[Slide]] = {r.backend: r for r in (TiffSlide, CuCIMSlide, DicomSlide, OpenSlideSlide, ImageSlide)}
+READERS: dict[str, type[Slide]] = {
+    r.backend: r for r in (TiffSlide, CuCIMSlide, DicomSlide, OpenSlideSlide, ImageSlide)}
 BACKENDS = ("auto", *READERS)  # what --backend takes
 SLIDE_SUFFIXES = frozenset().union(*(r.suffixes for r in READERS.values()))  # what engine.discover looks for
 # After the first choice fails: a DICOM series only OpenSlide reads besides wsidicom; a plain image none.
@@ -81,7 +82,8 @@ def open_slide(path, backend: str = "auto") -> Slide:
         except SlideError as e:
             errors.append(str(e).removeprefix(f"{path}: "))
             continue
-        log.info("%s: backend %s (%s)", path.name, reader.backend, reason if reader is first else f"fallback: {errors[-1]}")
+        log.info("%s: backend %s (%s)", path.name, reader.backend,
+                 reason if reader is first else f"fallback: {errors[-1]}")
         return slide
     raise SlideError(f"{path}: not a slide any backend reads ({'; '.join(errors)}); "
                      "check that the file is a complete WSI")

@@ -28,7 +28,8 @@ def dicom_files(path: Path) -> list[Path]:
     file itself; empty where `path` is no DICOM slide."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() == DICOM_SUFFIX and p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in path.iterdir() if p.suffix.lower() == DICOM_SUFFIX and p.is_file()
+                      and not p.name.startswith("."))
     return [path] if path.is_file() and is_dicom_file(path) else []
 
 

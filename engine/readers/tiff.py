@@ -46,9 +46,11 @@ class TiffSlide(Slide):
         end = max(int((np.asarray(p.dataoffsets) + np.asarray(p.databytecounts)).max()) for p in pages)
         if end > size:
             self._tif.close()
-            raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); copy it again")
+            raise TruncatedSlideError(f"{path}: the file is cut short ({size} bytes, its tiles need {end}); "
+                                      "copy it again")
         self._pages = pages
-        self._jpeg = [jpeg_tiles.jpeg_level(p) for p in pages] if native and jpeg_tiles.available() else [None] * len(pages)
+        native = native and jpeg_tiles.available()
+        self._jpeg = [jpeg_tiles.jpeg_level(p) if native else None for p in pages]
         self._threads = threads or os.cpu_count() or 1
         self._decoding = threading.Lock()
         self._fd = os.open(path, os.O_RDONLY)
@@ -62,8 +64,9 @@ class TiffSlide(Slide):
         """Decoded bytes of `rows` rows of tiles across level 0 (`page`), at most `most`. Patches share
         tiles with their neighbours in the batch (decoded once there) and with the next row of patches,
         which comes one patch row of tiles later: four tile rows hold that where a patch spans at most four
-        (512 px on 240 px tiles; taller patches re-decode some shared tiles). A fixed 256 MiB decoded no fewer tiles than this on 20480 and 40960 px
-        mosaics (57 and 113 MiB) and raised the tiler's peak RSS by 150-230 MB (issue 19)."""
+        (512 px on 240 px tiles; taller patches re-decode some shared tiles). A fixed 256 MiB decoded no fewer
+        tiles than this on 20480 and 40960 px mosaics (57 and 113 MiB) and raised the tiler's peak RSS by
+        150-230 MB (issue 19)."""
         tw, th, across = cls._grid(page)
         return min(most, rows * across * tw * th * 3)
 
@@ -182,10 +185,13 @@ class TiffSlide(Slide):
                 tile = self._cached((level, scale, i))
                 data.append(None if tile is not None else self._tile_bytes(level, i))
                 tiles.append(tile if tile is not None else np.empty((th, tw, 3), np.uint8))
-            failed = _native.jpeg_decode_assemble(tiles, data, jpeg.tables, jpeg.colorspace, scale, np.asarray(needed, np.int64),
-                                                  across, np.asarray(regions, np.int64).reshape(-1, 2), lw, lh, out, self._threads)
+            failed = _native.jpeg_decode_assemble(tiles, data, jpeg.tables, jpeg.colorspace, scale,
+                                                  np.asarray(needed, np.int64), across,
+                                                  np.asarray(regions, np.int64).reshape(-1, 2), lw, lh, out,
+                                                  self._threads)
             bad = {k for k, _ in failed}
-            self._remember(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data)) if d is not None and k not in bad)
+            self._remember(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data))
+                           if d is not None and k not in bad)
         if failed:
             k, why = failed[0]
             raise SlideError(f"{self.path}: tile {needed[k]} of level {level} does not decode ({why})")

@@ -176,7 +176,10 @@ def _operands(x, weight, bias, scale, shift):
     bias = torch.zeros(C, device=x.device, dtype=torch.float32) if bias is None else bias.contiguous()
     if scale is None and shift is None:
         return weight, bias, None, None
-    zeros = lambda: torch.zeros(x.shape[0], C, device=x.device, dtype=torch.float32)
+
+    def zeros():
+        return torch.zeros(x.shape[0], C, device=x.device, dtype=torch.float32)
+
     scale = zeros() if scale is None else scale.reshape(x.shape[0], C).contiguous()
     shift = zeros() if shift is None else shift.reshape(x.shape[0], C).contiguous()
     return weight, bias, scale, shift

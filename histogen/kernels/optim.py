@@ -40,8 +40,8 @@ class AdamWEMA(torch.optim.Optimizer):
             raise ValueError(f"betas must be in [0, 1) and ema_decay in [0, 1]: {betas}, {ema_decay}")
         if ema_warmup < 0:
             raise ValueError(f"ema_warmup must be >= 0: {ema_warmup}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, ema_decay=ema_decay,
-                                      ema_warmup=ema_warmup))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      ema_decay=ema_decay, ema_warmup=ema_warmup))
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]

@@ -16,16 +16,16 @@ from benchmarks.gpu import Stage, figures
 
 ROOT = Path(__file__).resolve().parents[2]
 # Importable packages the lent GPU machine's image lacks (its package list in the device notes).
-ABSENT_ON_GPU_MACHINE = ["zarr", "numcodecs", "donfig", "google_crc32c", "imagecodecs", "tensorflow", "nvidia.dali", "cucim",
-                         "openslide", "datasets", "dask", "distributed", "s3fs", "moto"]
+ABSENT_ON_GPU_MACHINE = ["zarr", "numcodecs", "donfig", "google_crc32c", "imagecodecs", "tensorflow", "nvidia.dali",
+                         "cucim", "openslide", "datasets", "dask", "distributed", "s3fs", "moto"]
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check") / "out"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(out.parent)}
-    proc = subprocess.run(["make", "-s", "gpu-check", "DRY_RUN=1", f"OUT={out}", f"PY={sys.executable}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["make", "-s", "gpu-check", "DRY_RUN=1", f"OUT={out}", f"PY={sys.executable}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
     return proc, out
 
 
@@ -40,8 +40,8 @@ def test_dry_run_runs_every_stage(dry_run):
         assert s["status"] in ("ok", "skipped"), (name, s)
     assert stages["realism"]["status"] == "ok"
     # What comes back from a lent machine is at most 8 files in OUT: the rest lives beside it.
-    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.log", "gpu-check.md", "real-vs-generated.png",
-                                                     "train-profile.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.log", "gpu-check.md",
+                                                     "real-vs-generated.png", "train-profile.txt"]
     # The table of figures is what it prints last.
     assert proc.stdout.rstrip().splitlines()[-1].startswith("| ")
     assert "| figure | value | goal | met |" in proc.stdout
@@ -57,7 +57,8 @@ def test_dry_run_figures_come_from_the_suites(dry_run):
         if "ms eager" in row:  # every ratio is the quotient of the times in the same row
             assert row["x eager"] == pytest.approx(row["ms eager"] / row["ms"])
     assert figs["GroupNorm+mod+SiLU fwd+bwd x eager (worst shape)"]["value"] == pytest.approx(
-        min(r["x eager"] for r in kernels["rows"] if "calls per UNet forward" in r and r["name"].startswith("groupnorm")))
+        min(r["x eager"] for r in kernels["rows"] if "calls per UNet forward" in r
+            and r["name"].startswith("groupnorm")))
     train = {r["name"].rsplit(", ", 1)[1]: r for r in payloads["train"]["rows"] if r["name"].startswith("diffusion")}
     assert set(train) == {"fused", "eager", "compile"}
     assert figs["diffusion step fused x eager"]["value"] == pytest.approx(train["eager"]["ms"] / train["fused"]["ms"])
@@ -79,8 +80,9 @@ def test_the_check_imports_nothing_a_gpu_machine_lacks_beyond_the_bundle():
                 if any(name == m or name.startswith(m + ".") for m in {blocked!r}):
                     raise ModuleNotFoundError(f"No module named {{name!r}} (absent on the GPU machine)")
         sys.meta_path.insert(0, Absent())
-        for m in ["benchmarks.__main__", "benchmarks.gpu", "benchmarks.kernels", "benchmarks.train", "benchmarks.decode",
-                  "benchmarks.realism", "histogen.train", "histogen.evaluate", "histogen.cli", "engine.readers"]:
+        for m in ["benchmarks.__main__", "benchmarks.gpu", "benchmarks.kernels", "benchmarks.train",
+                  "benchmarks.decode", "benchmarks.realism", "histogen.train", "histogen.evaluate", "histogen.cli",
+                  "engine.readers"]:
             importlib.import_module(m)
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -91,7 +93,8 @@ def test_figures_compare_with_their_goals():
     stages = {n: Stage(n) for n in ("tests", "kernels", "train", "decode", "realism")}
     stages["decode"] = Stage("decode", "skipped", 0.0, "cuCIM is not installed")
     payloads = {"tests": {"passed": 9, "failures": 1, "errors": 0},
-                "kernels": {"goal groupnorm x eager >= 2 (worst shape)": 2.5, "goal AdamW+EMA x baseline >= 1.5 (fp32)": 1.2,
+                "kernels": {"goal groupnorm x eager >= 2 (worst shape)": 2.5,
+                            "goal AdamW+EMA x baseline >= 1.5 (fp32)": 1.2,
                             "rows": [{"name": "all GroupNorms of one UNet fwd+bwd", "x eager": 3.0}]},
                 "train": {"diffusion fused x eager": 1.25},
                 "realism": {"rows": [{"metric": "stain.eosin_w1", "diffusion": 0.2, "diffusion floor": 0.05}]}}

@@ -73,18 +73,22 @@ def test_smoke_runs_every_stage(smoke):
         floors = {r["metric"]: r[f"{kind} floor"] for r in payload["rows"] if r[f"{kind} floor"] != ""}
         assert floors == flat(ev["floor"])
         pic = np.asarray(Image.open(smoke.out / "quality-smoke" / f"{kind}-real-vs-generated.png"))
-        a, b = (np.asarray(grid(np.zeros((ev["info"][f"n_{s}"], 64, 64, 3), np.uint8))).shape for s in ("real", "generated"))
+        a, b = (np.asarray(grid(np.zeros((ev["info"][f"n_{s}"], 64, 64, 3), np.uint8))).shape
+                for s in ("real", "generated"))
         assert pic.shape == (max(a[0], b[0]), a[1] + 16 + b[1], 3)
         real, generated = pic[: a[0], : a[1]], pic[: b[0], a[1] + 16 :]
-        assert real[2:66, 2:66].std() > 10 and generated[2:66, 2:66].std() > 0 and not np.array_equal(real[:66, :66], generated[:66, :66])
+        assert real[2:66, 2:66].std() > 10 and generated[2:66, 2:66].std() > 0
+        assert not np.array_equal(real[:66, :66], generated[:66, :66])
     assert "| metric |" in (smoke.out / "quality-smoke.md").read_text()
 
 
 def test_second_call_reuses_stores_and_runs(smoke):
     """Stores and trained runs are kept: the same call only evaluates again."""
     before = {p: p.stat().st_mtime_ns for p in (smoke.work / "runs").rglob("checkpoints/*.json")}
-    argv = ["quality", "--work", str(smoke.root / "work"), "--out", str(smoke.root / "out2"), "--data", str(smoke.root / "data"),
-            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(smoke.root / "no-encoder"), "--models", "gan"]
+    argv = ["quality", "--work", str(smoke.root / "work"), "--out", str(smoke.root / "out2"), "--data",
+            str(smoke.root / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(smoke.root / "no-encoder"),
+            "--models", "gan"]
     assert main(argv) == 0
     assert before and {p: p.stat().st_mtime_ns for p in before} == before
     payload = json.loads((smoke.root / "out2" / "quality-smoke-gan.json").read_text())  # one model: a table of its own
@@ -94,7 +98,8 @@ def test_second_call_reuses_stores_and_runs(smoke):
 def test_table_takes_each_metric_and_its_floor():
     """The floor column comes from the evaluation's floor, shaped as its metrics; strings are left out."""
     ev = lambda m, f: SimpleNamespace(metrics=m, floor=f)  # noqa: E731
-    rows = table({"gan": ev({"stain": {"eosin_w1": 0.3, "tissue_pixels_real": 7}, "c2st": 0.9}, {"stain": {"eosin_w1": 0.01}}),
+    rows = table({"gan": ev({"stain": {"eosin_w1": 0.3, "tissue_pixels_real": 7}, "c2st": 0.9},
+                            {"stain": {"eosin_w1": 0.01}}),
                   "diffusion": ev({"c2st": 0.6, "memorisation": {"space": "pixels", "ratio": 1.5}}, {})})
     assert rows == [
         {"metric": "stain.eosin_w1", "gan": 0.3, "gan floor": 0.01, "diffusion": "", "diffusion floor": ""},
@@ -106,7 +111,8 @@ def test_table_takes_each_metric_and_its_floor():
 
 def test_missing_data_folder_is_one_line(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
-        rc = main(["quality", "--work", str(tmp_path), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "absent"),
+        rc = main(["quality", "--work", str(tmp_path), "--out", str(tmp_path / "out"), "--data",
+                   str(tmp_path / "absent"),
                    "--budget", "smoke"])
     assert rc == 2
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -121,29 +127,36 @@ def test_smoke_of_the_conditioned_route(tmp_path, monkeypatch):
 
     images(tmp_path / "data" / "tissue-a", seed=3)
     encoder = save_standin(tmp_path / "standin")
-    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
-            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(encoder), "--models", "diffusion-pf"]
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data",
+            str(tmp_path / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(encoder), "--models",
+            "diffusion-pf"]
     assert main(argv) == 0
     store = PatchStore.open(next((tmp_path / "work" / "quality" / "stores").glob("*.zarr")))
     sid = store.slide_ids()[0]
     assert store.embeddings(sid).shape == (store.n_patches(sid), 384)
     payload = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf.json").read_text())
     run = Path(payload["diffusion-pf run"])
-    assert "data.conditional=true" in payload["diffusion-pf overrides"] and "conditional: true" in (run / "config.yaml").read_text()
-    ev = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf" / "eval-diffusion-pf" / "metrics.json").read_text())
+    assert "data.conditional=true" in payload["diffusion-pf overrides"]
+    assert "conditional: true" in (run / "config.yaml").read_text()
+    ev = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf" / "eval-diffusion-pf" / "metrics.json")
+                    .read_text())
     assert "conditioning" in ev["metrics"] or "conditioning" in ev["skipped"]
     assert "diffusion-pf train seconds" in payload
     before = store.embeddings_attrs(sid)
     assert main(argv) == 0
     again = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf.json").read_text())
-    assert "diffusion-pf train seconds" not in again and again["diffusion-pf run"] == str(run)  # resumed: already trained
+    # resumed: already trained
+    assert "diffusion-pf train seconds" not in again and again["diffusion-pf run"] == str(run)
     assert PatchStore.open(store.path).embeddings_attrs(sid) == before
 
 
 def test_conditioned_route_without_an_encoder_says_what_to_do(tmp_path, caplog):
     images(tmp_path / "data" / "tissue-a", seed=4)
-    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
-            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(tmp_path / "no-encoder"), "--models", "diffusion-pf"]
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data",
+            str(tmp_path / "data"),
+            "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder", str(tmp_path / "no-encoder"),
+            "--models", "diffusion-pf"]
     assert main(argv) == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "diffusion-pf needs an encoder" in line and "no-encoder: no such directory" in line

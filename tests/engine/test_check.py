@@ -14,7 +14,8 @@ from engine.mask import MaskParams
 from tests.support.thumbnails import BLACK_INK, BLUE_INK, GREEN_INK, PINK, PURPLE, SLIDE, synthetic_thumbnail
 
 BLUISH = (90, 80, 140)  # haematoxylin-like blue: not ink pixel by pixel, only as a wide region
-PARAMS = [CheckParams(), CheckParams(step=1, ink_radius=0), CheckParams(step=3, ink_radius=1, fold_od=1500, grey_max=230),
+PARAMS = [CheckParams(), CheckParams(step=1, ink_radius=0),
+          CheckParams(step=3, ink_radius=1, fold_od=1500, grey_max=230),
           CheckParams(step=7, ink_radius=3), CheckParams(ink_region_radius=0), CheckParams(step=2, ink_region_radius=1)]
 
 
@@ -96,7 +97,8 @@ def test_focus_drops_with_blur(fn):
     rng = np.random.default_rng(1)
     sharp = (rng.random((64, 64)) < 0.3) * 120 + 100
     img = np.stack([sharp, sharp * 0.6, sharp], -1).astype(np.uint8)
-    blurred = np.stack([ndimage.gaussian_filter(img[..., k].astype(float), 2) for k in range(3)], -1).round().astype(np.uint8)
+    blurred = np.stack([ndimage.gaussian_filter(img[..., k].astype(float), 2) for k in range(3)],
+                       -1).round().astype(np.uint8)
     focus = fn(np.stack([img, blurred]), 20)["focus"]
     assert focus[0] > 0.5 and focus[1] < 0.15
 
@@ -133,7 +135,8 @@ def test_reasons_of_rethresholds():
         tissue=[0.5, 0.05, 0.5, 0.5, 0.5, 0.5], ink=[0, 0, 0.5, 0, 0, 0], focus=[1, 1, 1, 0.05, 1, 1],
         fold=[0, 0, 0, 0, 0.9, 0], bubble=[0, 0, 0, 0, 0, 0.9], clean=[0.5] * 6).items()}
     r = reasons_of(scores, CheckParams())
-    np.testing.assert_array_equal(r, [0, REASONS["tissue"], REASONS["ink"], REASONS["blur"], REASONS["fold"], REASONS["bubble"]])
+    np.testing.assert_array_equal(r, [0, REASONS["tissue"], REASONS["ink"], REASONS["blur"], REASONS["fold"],
+                                      REASONS["bubble"]])
     assert reasons_of(scores, CheckParams(min_tissue=0.6))[0] == REASONS["tissue"]
 
 

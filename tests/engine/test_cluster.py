@@ -121,15 +121,18 @@ def test_scheduler_with_dask_defaults_charges_only_the_killer(tmp_path, slides, 
     worker died just waits): the run sees the death itself, and retries as often as it says."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as c, Client(c) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as c, Client(c) as client:
         client.register_plugin(KillMidSlide("s0"))
-        summary = tile_slides(slides, tmp_path / "p.zarr", CFG, scheduler=Scheduler(address=c.scheduler_address, retries=1),
+        summary = tile_slides(slides, tmp_path / "p.zarr", CFG,
+                              scheduler=Scheduler(address=c.scheduler_address, retries=1),
                               show_progress=False)
     failed = {r.slide_id: r.error for r in summary.results if r.status == "failed"}
     assert summary.count("done") == 2 and failed.keys() == {"fake", "s0"} and "worker died 2 times" in failed["s0"]
     ref = PatchStore.open(reference)
     for sid in ("s1", "s2"):
-        np.testing.assert_array_equal(PatchStore.open(tmp_path / "p.zarr").slide(sid)["images"][:], ref.slide(sid)["images"][:])
+        np.testing.assert_array_equal(PatchStore.open(tmp_path / "p.zarr").slide(sid)["images"][:],
+                                      ref.slide(sid)["images"][:])
 
 
 def test_embed_on_a_local_cluster_equals_one_process(tmp_path, reference, capsys):
@@ -138,7 +141,8 @@ def test_embed_on_a_local_cluster_equals_one_process(tmp_path, reference, capsys
     shutil.copytree(reference, one)
     shutil.copytree(reference, two)
     assert embed.main(["--store", str(one), "--model", str(model), "--batch-size", "8", "--quiet"]) == 0
-    assert embed.main(["--store", str(two), "--model", str(model), "--batch-size", "8", "--quiet", "--scheduler", "local:2"]) == 0
+    assert embed.main(["--store", str(two), "--model", str(model), "--batch-size", "8", "--quiet", "--scheduler",
+                       "local:2"]) == 0
     text = capsys.readouterr().out
     assert "3 embedded, 0 failed" in text and "ran on: 2 local Dask worker processes" in text
     a, b = PatchStore.open(one), PatchStore.open(two)
@@ -156,10 +160,11 @@ def test_embed_on_a_local_cluster_equals_one_process(tmp_path, reference, capsys
 def test_bad_scheduler_is_one_line_exit_2(tmp_path, slides, caplog, value):
     for run in (main, embed.main):
         caplog.clear()
-        argv = ["--slides", str(slides), "--out", str(tmp_path / "p.zarr")] if run is main else ["--store", str(tmp_path / "p.zarr")]
+        store = str(tmp_path / "p.zarr")
+        argv = ["--slides", str(slides), "--out", store] if run is main else ["--store", store]
         assert run([*argv, "--scheduler", value]) == 2
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-        assert len(errors) == 1 and "--scheduler" in errors[0] and "local:N" in errors[0] and "tcp://HOST:PORT" in errors[0]
+        assert len(errors) == 1 and all(s in errors[0] for s in ("--scheduler", "local:N", "tcp://HOST:PORT"))
     assert not (tmp_path / "p.zarr").exists()
 
 

@@ -56,7 +56,8 @@ def embedded_store(path: Path, slides: Path, cfg: TileConfig, seed: int) -> Path
     store, rng = PatchStore.open(path), np.random.default_rng(seed)
     for sid in store.slide_ids():
         n = store.attrs(sid)["n_patches"]
-        store.write_embeddings(sid, rng.standard_normal((n, 384)).astype(np.float32), {"model": "test", "input_size": 224})
+        store.write_embeddings(sid, rng.standard_normal((n, 384)).astype(np.float32),
+                               {"model": "test", "input_size": 224})
     return path
 
 
@@ -98,7 +99,8 @@ def test_export_loads_with_datasets_equal_to_the_store(tmp_path, store):
         assert vec.shape == (1, 384)
         np.testing.assert_array_equal(vec[0], emb)
         assert row["image"].size == (224, 224)
-        np.testing.assert_array_equal(np.asarray(row["image"]), np.asarray(Image.fromarray(img).resize((224, 224), Image.Resampling.BILINEAR)))
+        np.testing.assert_array_equal(np.asarray(row["image"]),
+                                      np.asarray(Image.fromarray(img).resize((224, 224), Image.Resampling.BILINEAR)))
     # The parquet files carry the features as datasets itself writes them ...
     ref = tmp_path / "ref.parquet"
     datasets.Dataset.from_dict({k: [] for k in hf_features(True)}, features=hf_features(True)).to_parquet(str(ref))
@@ -135,7 +137,8 @@ def test_round_trip_gives_the_same_store(tmp_path, slides, which, request):
     src = request.getfixturevalue(which)
     cfg = LEVEL0 if which == "store" else SCALED
     export_parquet(src, tmp_path / "out", rows_per_file=3)
-    summary = import_parquet(tmp_path / "out", slides, tmp_path / "back.zarr", TileConfig(plan=PlanParams(cfg.plan.patch_size), **FAST))
+    summary = import_parquet(tmp_path / "out", slides, tmp_path / "back.zarr",
+                             TileConfig(plan=PlanParams(cfg.plan.patch_size), **FAST))
     assert summary.count("done") == 2 and summary.count("failed") == 0
     a, b = PatchStore.open(src), PatchStore.open(tmp_path / "back.zarr")
     assert a.slide_ids() == b.slide_ids() == ["aperio", "camelyon"]
@@ -146,14 +149,17 @@ def test_round_trip_gives_the_same_store(tmp_path, slides, which, request):
         np.testing.assert_array_equal(b.embeddings(sid), a.embeddings(sid))
         for k in ("level", "read_size", "tile0", "downsample"):
             assert b.attrs(sid)[k] == a.attrs(sid)[k], (sid, k)
-        assert b.embeddings_attrs(sid)["model"] == "google/path-foundation" and b.embeddings_attrs(sid)["input_size"] == 224
+        assert b.embeddings_attrs(sid)["model"] == "google/path-foundation"
+        assert b.embeddings_attrs(sid)["input_size"] == 224
     if which == "scaled_store":  # the case where level and resizing matter
         assert a.attrs("aperio")["level"] == 1 and a.attrs("aperio")["read_size"] == 192
     # Resumed: complete groups are skipped; one left without its embeddings by a kill is redone.
     del b.slide("camelyon")["embeddings"]
-    again = import_parquet(tmp_path / "out", slides, tmp_path / "back.zarr", TileConfig(plan=PlanParams(cfg.plan.patch_size), **FAST))
+    again = import_parquet(tmp_path / "out", slides, tmp_path / "back.zarr",
+                           TileConfig(plan=PlanParams(cfg.plan.patch_size), **FAST))
     assert {r.slide_id: r.status for r in again.results} == {"aperio": "skipped", "camelyon": "done"}
-    np.testing.assert_array_equal(PatchStore.open(tmp_path / "back.zarr").embeddings("camelyon"), a.embeddings("camelyon"))
+    np.testing.assert_array_equal(PatchStore.open(tmp_path / "back.zarr").embeddings("camelyon"),
+                                  a.embeddings("camelyon"))
 
 
 def test_flat_embeddings_other_column_name_and_low_tissue_rows_kept(tmp_path, slides, store):
@@ -181,7 +187,8 @@ def test_flat_embeddings_other_column_name_and_low_tissue_rows_kept(tmp_path, sl
 
 def test_import_on_a_local_cluster_equals_one_process(tmp_path, slides, store, capsys):
     export_parquet(store, tmp_path / "out", rows_per_file=5)
-    args = ["import", "--table", str(tmp_path / "out"), "--slides", str(slides), "--no-qa", "--quiet", "--workers", "2", "--batch-size", "8"]
+    args = ["import", "--table", str(tmp_path / "out"), "--slides", str(slides), "--no-qa", "--quiet", "--workers", "2",
+            "--batch-size", "8"]
     assert main([*args, "--out", str(tmp_path / "one.zarr")]) == 0
     assert main([*args, "--out", str(tmp_path / "two.zarr"), "--scheduler", "local:2"]) == 0
     text = capsys.readouterr().out
@@ -195,7 +202,8 @@ def test_unreadable_row_is_dropped_with_its_embedding(tmp_path, svs_slide, store
     d.mkdir()
     x, y = PatchStore.open(store).slide("aperio")["coords"][1] + 256
     shutil.copy(svs_slide, d / "aperio.svs")
-    synth.corrupt_tile(d / "aperio.svs", index=int(y // 240 * -(-2400 // 240) + x // 240))  # the tile under patch 1's centre
+    # the tile under patch 1's centre
+    synth.corrupt_tile(d / "aperio.svs", index=int(y // 240 * -(-2400 // 240) + x // 240))
     summary = import_parquet(tmp_path / "out", d, tmp_path / "back.zarr", TileConfig(**FAST))
     assert summary.count("done") == 1 and summary.count("failed") == 1  # camelyon is not in this folder
     g, a = PatchStore.open(tmp_path / "back.zarr").slide("aperio"), PatchStore.open(store).slide("aperio")
@@ -203,7 +211,8 @@ def test_unreadable_row_is_dropped_with_its_embedding(tmp_path, svs_slide, store
     keep = [i for i, c in enumerate(a["coords"][:].tolist()) if tuple(c) not in lost]
     assert 1 not in keep and len(keep) == g.attrs["n_patches"] == g.attrs["n_candidates"] - g.attrs["n_failed"]
     np.testing.assert_array_equal(g["coords"][:], a["coords"][:][keep])
-    np.testing.assert_array_equal(PatchStore.open(tmp_path / "back.zarr").embeddings("aperio"), PatchStore.open(store).embeddings("aperio")[keep])
+    np.testing.assert_array_equal(PatchStore.open(tmp_path / "back.zarr").embeddings("aperio"),
+                                  PatchStore.open(store).embeddings("aperio")[keep])
 
 
 def test_bad_tables_and_absent_slides(tmp_path, slides, store, caplog):
@@ -216,7 +225,8 @@ def test_bad_tables_and_absent_slides(tmp_path, slides, store, caplog):
     assert main(["import", "--table", str(tmp_path / "cut.parquet"), "--slides", str(slides), *out]) == 2
     assert main(["import", "--table", str(tmp_path / "nope.parquet"), "--slides", str(slides), *out]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 2 and "x, level" in errors[0] and "nope.parquet" in errors[1] and "Traceback" not in caplog.text
+    assert len(errors) == 2 and "x, level" in errors[0] and "nope.parquet" in errors[1]
+    assert "Traceback" not in caplog.text
     # A slide the folder lacks: one line naming it, the others imported, exit 1.
     ghost = t.slice(0, 2).set_column(1, "slide_name", pa.array(["ghost"] * 2))
     pq.write_table(pa.concat_tables([t, ghost]), tmp_path / "more.parquet")
@@ -229,9 +239,11 @@ def test_bad_tables_and_absent_slides(tmp_path, slides, store, caplog):
     # Rows of one slide at several levels, or at a level the slide does not have, fail that slide only.
     levels = np.array(t["level"].to_pylist())
     levels[0] = 1  # the first row is aperio's
-    pq.write_table(t.set_column(t.schema.get_field_index("level"), "level", pa.array(levels)), tmp_path / "mixed.parquet")
+    pq.write_table(t.set_column(t.schema.get_field_index("level"), "level", pa.array(levels)),
+                   tmp_path / "mixed.parquet")
     summary = import_parquet(tmp_path / "mixed.parquet", slides, tmp_path / "m.zarr", TileConfig(**FAST))
-    assert [r.status for r in summary.results] == ["failed", "done"] and "several level [0, 1]" in summary.results[0].error
+    assert [r.status for r in summary.results] == ["failed", "done"]
+    assert "several level [0, 1]" in summary.results[0].error
     odd = t.set_column(t.schema.get_field_index("level"), "level", pa.array([9] * len(t), pa.int64()))
     pq.write_table(odd, tmp_path / "odd.parquet")
     summary = import_parquet(tmp_path / "odd.parquet", slides, tmp_path / "c.zarr", TileConfig(**FAST))
@@ -268,7 +280,8 @@ def test_push_without_network_is_one_clear_error(tmp_path, store, monkeypatch, c
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
     with pytest.raises(DatasetError, match="cannot push .*refused"):
         push_to_hub(tmp_path / "out", "me/patches", token="hf_x")
-    assert main(["export", "--store", str(store), "--out", str(tmp_path / "o2"), "--push", "me/patches", "--token", "hf_x"]) == 2
+    assert main(["export", "--store", str(store), "--out", str(tmp_path / "o2"), "--push", "me/patches", "--token",
+                 "hf_x"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and len(errors[0].splitlines()) == 1 and "me/patches" in errors[0]
     assert (tmp_path / "o2" / "data" / "train-00000-of-00001.parquet").is_file()  # the export itself is kept

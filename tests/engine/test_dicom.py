@@ -47,8 +47,10 @@ def test_wsidicom_and_openslide_agree_on_every_level(fixture, request):
             lw, lh = a.level_dimensions[level]
             ds = a.level_downsamples[level]
             # partly outside the slide too: both give white there
-            locs = [(int(x * ds), int(y * ds)) for x, y in zip(rng.integers(-64, lw - 64, 6), rng.integers(-64, lh - 64, 6))]
-            np.testing.assert_array_equal(a.read_regions(locs, level, (128, 128)), b.read_regions(locs, level, (128, 128)))
+            locs = [(int(x * ds), int(y * ds))
+                    for x, y in zip(rng.integers(-64, lw - 64, 6), rng.integers(-64, lh - 64, 6))]
+            np.testing.assert_array_equal(a.read_regions(locs, level, (128, 128)),
+                                          b.read_regions(locs, level, (128, 128)))
 
 
 def test_single_file_dicom_that_openslide_rejects_is_read(cmu_crop, tmp_path):

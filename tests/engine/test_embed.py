@@ -70,7 +70,8 @@ def direct_embeddings(model_dir: Path, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("pipeline", ["dali-cpu", "torch"])
 def test_embeddings_equal_direct_tensorflow(store_path, models, pipeline):
-    summary = embed_store(store_path, EmbedConfig(model=str(models["tiny"]), batch_size=5, pipeline=pipeline), show_progress=False)
+    summary = embed_store(store_path, EmbedConfig(model=str(models["tiny"]), batch_size=5, pipeline=pipeline),
+                          show_progress=False)
     store = PatchStore.open(store_path)
     assert sorted(summary.done) == store.slide_ids() and not summary.failed
     assert summary.n_patches == sum(int(store.attrs(s)["n_patches"]) for s in store.slide_ids()) >= 20
@@ -144,7 +145,8 @@ def test_hub_offline_and_gated_give_clear_messages(monkeypatch):
         load_model("google/path-foundation")
 
     def gated(**kw):
-        response = httpx2.Response(403, request=httpx2.Request("GET", "https://huggingface.co/api/models/google/path-foundation"))
+        request = httpx2.Request("GET", "https://huggingface.co/api/models/google/path-foundation")
+        response = httpx2.Response(403, request=request)
         raise GatedRepoError("access restricted", response=response)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
@@ -175,7 +177,8 @@ def test_killed_run_resumes(tmp_path, models):
     slides = tmp_path / "slides"
     slides.mkdir()
     for i in range(4):
-        synth.write_svs(slides / f"s{i}.svs", synth.SynthSpec(width=2048, height=1536, seed=10 + i, mpp=0.25), levels=(1, 4))
+        synth.write_svs(slides / f"s{i}.svs", synth.SynthSpec(width=2048, height=1536, seed=10 + i, mpp=0.25),
+                        levels=(1, 4))
     store = tmp_path / "p.zarr"
     tile_slides(slides, store, TileConfig(**FAST), show_progress=False)
     ids = PatchStore.open(store).slide_ids()
@@ -185,7 +188,8 @@ def test_killed_run_resumes(tmp_path, models):
     shutil.copytree(store, clean)
 
     proc = subprocess.Popen([sys.executable, "-m", "engine.embed", "--store", str(store), "--model", str(model),
-                             "--batch-size", "4", "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--batch-size", "4", "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     first = store / "slides" / ids[0] / "embeddings" / "zarr.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (first.exists() and '"complete"' in first.read_text()):
@@ -212,7 +216,8 @@ def test_progress_in_a_log_file_is_status_lines(store_path, models, tmp_path, mo
     log = tmp_path / "embed.log"
     env = {**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"}
     with open(log, "w") as f:
-        cmd = [sys.executable, "-m", "engine.embed", "--store", str(store_path), "--model", str(models["tiny"]), "--batch-size", "8"]
+        cmd = [sys.executable, "-m", "engine.embed", "--store", str(store_path), "--model", str(models["tiny"]),
+               "--batch-size", "8"]
         assert subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300).returncode == 0
     lines = [line for line in log.read_text().splitlines() if line.startswith("INFO embed: ")]
     assert len(lines) >= 3 and all(f"/{n} patch (" in line and "patch/s" in line for line in lines)

@@ -20,14 +20,16 @@ from engine.readers import open_slide
 from tests.support.dicom import write_dicom_series
 from tests.support.s3server import fresh_s3fs, s3_server
 
-SERIES = {"C3L-00004-21": "ece62bac-a448-4589-b326-126723d50b14", "C3L-00004-26": "af13512c-0916-4aeb-bacf-5b15f8294fc3"}
+SERIES = {"C3L-00004-21": "ece62bac-a448-4589-b326-126723d50b14",
+          "C3L-00004-26": "af13512c-0916-4aeb-bacf-5b15f8294fc3"}
 
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory, cmu_crop):
     """The local originals: a CAMELYON-style TIFF and two DICOM series of one patient."""
     d = tmp_path_factory.mktemp("originals")
-    tif = synth.write_tiled_tiff(d / "test_001.tif", synth.SynthSpec(width=1536, height=1024, seed=3, mpp=0.25), levels=(1, 2))
+    tif = synth.write_tiled_tiff(d / "test_001.tif", synth.SynthSpec(width=1536, height=1024, seed=3, mpp=0.25),
+                                 levels=(1, 2))
     rgb, mpp = cmu_crop
     series = {name: write_dicom_series(rgb[:512, :768], d / name, mpp=mpp, container=name, levels=2) for name in SERIES}
     return tif, series
@@ -77,7 +79,8 @@ def test_study_manifest_lists_the_40_slides():
     assert by_organ["colon"][0] == "MSB-00241-01-05" and by_organ["lung"][-1] == "C3L-00093-26"
     for e in entries:
         if e.source == "idc":
-            assert e.location.startswith("idc://") and e.series and all(s.startswith("s3://idc-open-data/") for s in e.series)
+            assert e.location.startswith("idc://") and e.series and all(s.startswith("s3://idc-open-data/")
+                                                                        for s in e.series)
         else:
             assert e.location == f"s3://camelyon-dataset/CAMELYON16/images/{e.name}.tif"
 
@@ -185,7 +188,8 @@ def test_bad_destination_and_manifest_are_one_line(tmp_path, capsys, caplog):
     (tmp_path / "bad.csv").write_text("name,organ,location,size\nx,lung,s3://b/x.svs,big\n")
     with pytest.raises(ManifestError, match=r"bad.csv: slide 1: size 'big' is not a whole number"):
         load(tmp_path / "bad.csv")
-    (tmp_path / "manifest.csv").write_text("a user's own notes\n")  # not a fetch's record: the tiler takes no organs from it
+    # not a fetch's record: the tiler takes no organs from it
+    (tmp_path / "manifest.csv").write_text("a user's own notes\n")
     assert organs(tmp_path) == {} and "no organs taken from" in caplog.text
     (tmp_path / "dup.yaml").write_text("- {name: a, location: s3://b/a.svs}\n- {name: a, location: s3://b/b.svs}\n")
     with pytest.raises(ManifestError, match="listed twice"):
@@ -210,10 +214,13 @@ def test_idc_slide_found_through_the_index(s3, objects, tmp_path, monkeypatch):
     cols = ["collection_id", "PatientID", "Modality", "analysis_result_id", "aws_bucket", "crdc_series_uuid"]
     table = pa.table({c: pa.array([r[i] for r in rows], pa.string()) for i, c in enumerate(cols)})
     pq.write_table(table, tmp_path / "idc_index.parquet")
-    monkeypatch.setitem(sys.modules, "idc_index_data", types.SimpleNamespace(IDC_INDEX_PARQUET_FILEPATH=tmp_path / "idc_index.parquet"))
-    r = fetch_slides([Entry("C3L-00004-21", "kidney", "idc", "idc://cptac_ccrcc/C3L-00004-21")], tmp_path / "slides", show_progress=False)
+    monkeypatch.setitem(sys.modules, "idc_index_data",
+                        types.SimpleNamespace(IDC_INDEX_PARQUET_FILEPATH=tmp_path / "idc_index.parquet"))
+    r = fetch_slides([Entry("C3L-00004-21", "kidney", "idc", "idc://cptac_ccrcc/C3L-00004-21")], tmp_path / "slides",
+                     show_progress=False)
     assert r.count("fetched") == 1, r.text()
-    assert (tmp_path / "slides" / "C3L-00004-21" / "level-0.dcm").read_bytes() == objects[1]["C3L-00004-21"][0].read_bytes()
+    got = (tmp_path / "slides" / "C3L-00004-21" / "level-0.dcm").read_bytes()
+    assert got == objects[1]["C3L-00004-21"][0].read_bytes()
 
 
 def test_idc_slide_without_series_asks_for_the_index(tmp_path, monkeypatch):
@@ -223,5 +230,6 @@ def test_idc_slide_without_series_asks_for_the_index(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "idc_index_data", None)  # as where it is not installed
     with pytest.raises(idc.IdcError, match=r"pip install idc-index-data==25.0.5"):
         idc.series_folder("idc://cptac_ccrcc/C3L-00004-21", (), None)
-    r = fetch_slides([Entry("C3L-00004-21", "kidney", "idc", "idc://cptac_ccrcc/C3L-00004-21")], tmp_path, show_progress=False)
+    r = fetch_slides([Entry("C3L-00004-21", "kidney", "idc", "idc://cptac_ccrcc/C3L-00004-21")], tmp_path,
+                     show_progress=False)
     assert r.count("failed") == 1 and "pip install idc-index-data" in r.results[0].error

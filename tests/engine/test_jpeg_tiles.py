@@ -19,7 +19,8 @@ from engine.slide import SlideError
 def random_regions(slide, rng, n: int, size: tuple[int, int], level: int = 0, margin: int = 300):
     """Level-0 corners anywhere on the level, some hanging off every edge."""
     W, H = slide.dimensions
-    return [(int(x), int(y)) for x, y in zip(rng.integers(-margin, W - size[0] + margin, n), rng.integers(-margin, H - size[1] + margin, n))]
+    return [(int(x), int(y)) for x, y in zip(rng.integers(-margin, W - size[0] + margin, n),
+                                             rng.integers(-margin, H - size[1] + margin, n))]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,7 +59,8 @@ def test_dct_scaled_decode_is_the_downsampled_slide(cmu_svs, scale):
     rng = np.random.default_rng(scale)
     n = 512 // scale
     W, H = slide.dimensions
-    locs = [(int(x) * 8, int(y) * 8) for x, y in zip(rng.integers(0, (W - 512) // 8, 24), rng.integers(0, (H - 512) // 8, 24))]
+    locs = [(int(x) * 8, int(y) * 8)
+            for x, y in zip(rng.integers(0, (W - 512) // 8, 24), rng.integers(0, (H - 512) // 8, 24))]
     got = slide.read_regions(locs, 0, (n, n), scale=scale)
     full = ref.read_regions(locs, 0, (512, 512))
     box = np.stack([np.asarray(Image.fromarray(f).resize((n, n), Image.Resampling.BOX)) for f in full])
@@ -78,7 +80,8 @@ def test_threads_reading_batches_decode_each_tile_once(tiff_slide, monkeypatch):
     slide = TiffSlide(tiff_slide)
     decoded = []
     remember = TiffSlide._remember
-    monkeypatch.setattr(TiffSlide, "_remember", lambda self, items: (decoded.extend(items := list(items)), remember(self, items)))
+    monkeypatch.setattr(TiffSlide, "_remember",
+                        lambda self, items: (decoded.extend(items := list(items)), remember(self, items)))
     locs = [(x, y) for y in range(0, 1536, 384) for x in range(0, 2048, 384)]  # overlapping 512 px reads
     batches = [locs[i : i + 3] for i in range(0, len(locs), 3)]
     with ThreadPoolExecutor(4) as pool:
@@ -135,7 +138,8 @@ def test_a_corrupt_tile_names_itself_and_spares_the_others(svs_slide, tmp_path):
     slide, ref = TiffSlide(path), TiffSlide(svs_slide, native=False)
     with pytest.raises(SlideError, match=r"tile 0 of level 0 does not decode"):
         slide.read_regions([(0, 0), (600, 600)], 0, (300, 300))
-    np.testing.assert_array_equal(slide.read_regions([(600, 600)], 0, (300, 300)), ref.read_regions([(600, 600)], 0, (300, 300)))
+    np.testing.assert_array_equal(slide.read_regions([(600, 600)], 0, (300, 300)),
+                                  ref.read_regions([(600, 600)], 0, (300, 300)))
 
 
 def test_without_the_library_jpeg_decodes_through_tifffile(svs_slide):
@@ -144,7 +148,8 @@ def test_without_the_library_jpeg_decodes_through_tifffile(svs_slide):
             "from engine.readers import TiffSlide;"
             f"s = TiffSlide({str(svs_slide)!r}); assert s._jpeg == [None] * s.level_count;"
             f"r = TiffSlide({str(svs_slide)!r}, native=False);"
-            "np.testing.assert_array_equal(s.read_regions([(5, 7)], 0, (300, 300)), r.read_regions([(5, 7)], 0, (300, 300)))")
+            "np.testing.assert_array_equal(s.read_regions([(5, 7)], 0, (300, 300)),"
+            " r.read_regions([(5, 7)], 0, (300, 300)))")
     env = {**os.environ, jpeg_tiles.ENV_LIBRARY: "/nonexistent/libjpeg.so.8"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -69,7 +69,8 @@ def dihedral(x: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("flip,rot90,expected", [(True, False, {0, 4}), (False, True, {0, 1, 2, 3}), (True, True, set(range(8)))])
+@pytest.mark.parametrize("flip,rot90,expected", [(True, False, {0, 4}), (False, True, {0, 1, 2, 3}),
+                                                 (True, True, set(range(8)))])
 def test_augmentation_draws_symmetries(backend, flip, rot90, expected):
     images = random_patches(64, 64, seed=3)
     plain = make_resizer(Transform(32), backend)(images).numpy()

@@ -56,7 +56,8 @@ def test_without_a_terminal_a_status_line_every_interval(caplog):
     p = Progress(10, "tile", "patch", stream=io.StringIO(), every=30, clock=clock)  # a log file: no tty
     assert p.bar is None and p.lines
     lines = status_lines(caplog, clock, p, [10, 31, 40, 62])
-    assert lines == ["tile: 2/10 patch (20%), 0.0645 patch/s, 2:04 left", "tile: 4/10 patch (40%), 0.0645 patch/s, 1:33 left"]
+    assert lines == ["tile: 2/10 patch (20%), 0.0645 patch/s, 2:04 left",
+                     "tile: 4/10 patch (40%), 0.0645 patch/s, 1:33 left"]
 
 
 @pytest.mark.parametrize("env, logged", [("5", 2), ("junk", 1)])

@@ -58,7 +58,8 @@ def synthetic_tissue() -> list:
     """Three 512 px windows of histosynth's H&E-like tissue (31-84 % of their pixels tissue)."""
     import histosynth as synth
 
-    return [synth.render_region(synth.SynthSpec(width=2048, height=1536, seed=s), 768, 512, 512, 512) for s in (1, 3, 5)]
+    return [synth.render_region(synth.SynthSpec(width=2048, height=1536, seed=s), 768, 512, 512, 512)
+            for s in (1, 3, 5)]
 
 
 def real_tissue() -> list:
@@ -69,7 +70,8 @@ def real_tissue() -> list:
     return [load_he(path)[:512, :512] for path in half(1)[::50]]
 
 
-@pytest.mark.parametrize("tissue", [synthetic_tissue, pytest.param(real_tissue, marks=needs_he)], ids=["synthetic", "real"])
+@pytest.mark.parametrize("tissue", [synthetic_tissue, pytest.param(real_tissue, marks=needs_he)],
+                         ids=["synthetic", "real"])
 def test_native_matches_reference_on_painted_tissue(tissue):
     """The kernels agree with the references where the ink rules bite: blue and red strokes over tissue."""
     import numpy as np

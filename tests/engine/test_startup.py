@@ -43,7 +43,8 @@ def test_tile_command_imports_no_heavy_module(probe):
     assert probe["loaded"] == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason="cupy is not installed (cuCIM's package brings it)")
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is None,
+                    reason="cupy is not installed (cuCIM's package brings it)")
 def test_cupy_imports_after_the_store(probe):
     # cuCIM and CUDA detection (engine.runtime) import cupy later in the same process.
     assert probe["cupy_after"]

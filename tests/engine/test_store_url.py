@@ -82,7 +82,8 @@ def test_half_written_group_on_s3_is_replaced_cleanly(s3):
     store = PatchStore.create_or_resume(url, 8, {"a": 1})
     rng = np.random.default_rng(0)
     w = store.begin_slide("x", {"try": 1}, capacity=40, codec=Codec())
-    w.append(rng.integers(0, 255, (40, 8, 8, 3), np.uint8), np.zeros((40, 2)), np.zeros(40))  # two shards, then "killed"
+    # two shards, then "killed"
+    w.append(rng.integers(0, 255, (40, 8, 8, 3), np.uint8), np.zeros((40, 2)), np.zeros(40))
     assert s3.exists("bkt/half.zarr/slides/x/images/c/1/0/0/0") and PatchStore.open(url).slide_ids() == []
     store = PatchStore.create_or_resume(url, 8, {"a": 1})  # the resumed run
     w = store.begin_slide("x", {"try": 2}, capacity=5, codec=Codec())

@@ -35,7 +35,8 @@ def expected_patches(path, cfg: TileConfig, backend: str = "openslide"):
         mres = tissue_mask_reference(thumb, cfg.mask)
         size = cfg.plan.patch_size
         coords, _ = plan_tiles_reference(mres.mask, s.dimensions, size, cfg.plan.stride or size, cfg.plan.min_tissue)
-        patches = s.read_regions([tuple(c) for c in coords.tolist()], 0, (size, size)) if len(coords) else np.zeros((0, size, size, 3), np.uint8)
+        patches = (s.read_regions([tuple(c) for c in coords.tolist()], 0, (size, size)) if len(coords)
+                   else np.zeros((0, size, size, 3), np.uint8))
     scores = patch_qc_reference(patches, mres.threshold, cfg.mask, cfg.check)
     keep = reasons_of(scores, cfg.check) == 0
     return coords[keep], patches[keep], scores["tissue"][keep]
@@ -124,7 +125,8 @@ def test_target_mpp_reads_the_right_level_and_resizes(tmp_path, tiff_slide, svs_
     assert (ref.attrs["level"], ref.attrs["decode_scale"], ref.attrs["read_size"]) == (0, 1, 512)
     x, y = ref["coords"][0]
     with open_slide(svs_slide) as s:
-        want = np.asarray(Image.fromarray(s.read_region((int(x), int(y)), 0, (512, 512))).resize((256, 256), Image.Resampling.LANCZOS))
+        region = Image.fromarray(s.read_region((int(x), int(y)), 0, (512, 512)))
+        want = np.asarray(region.resize((256, 256), Image.Resampling.LANCZOS))
     np.testing.assert_array_equal(ref["images"][0], want)
     # The same patches both ways, within what a different downsampling filter changes.
     np.testing.assert_array_equal(g["coords"][:], ref["coords"][:])
@@ -163,10 +165,12 @@ def test_corrupt_tile_costs_only_its_patches(tmp_path, svs_slide, backend):
     slides.mkdir()
     corrupt_copy(svs_slide, slides / "aperio.svs", tmp_path)
     tile_slides(slides, tmp_path / "p.zarr", TileConfig(backend=backend, qa=False, **FAST))
-    bad, good = PatchStore.open(tmp_path / "p.zarr").slide("aperio"), PatchStore.open(tmp_path / "probe.zarr").slide("aperio")
+    bad = PatchStore.open(tmp_path / "p.zarr").slide("aperio")
+    good = PatchStore.open(tmp_path / "probe.zarr").slide("aperio")
     lost = {(f["x"], f["y"]) for f in bad.attrs["failed_patches"]}
     assert 1 <= len(lost) <= 4  # the patches over one 240 px tile
-    assert [tuple(c) for c in bad["coords"][:].tolist()] == [tuple(c) for c in good["coords"][:].tolist() if tuple(c) not in lost]
+    assert [tuple(c) for c in bad["coords"][:].tolist()] == [tuple(c) for c in good["coords"][:].tolist()
+                                                             if tuple(c) not in lost]
     keep = [i for i, c in enumerate(good["coords"][:].tolist()) if tuple(c) not in lost]
     assert np.abs(bad["images"][:].astype(int) - good["images"][:][keep]).max() <= 3
 
@@ -185,7 +189,8 @@ def messy_folder(tmp_path, svs_slide, tiff_slide):
     shutil.copy(svs_slide, cut)
     synth.truncate(cut, 0.4)
     corrupt_copy(svs_slide, d / "corrupt.svs", tmp_path)
-    synth.write_tiled_tiff(d / "blank.tif", synth.SynthSpec(width=1536, height=1024, seed=5, tissue=False), levels=(1, 4))
+    synth.write_tiled_tiff(d / "blank.tif", synth.SynthSpec(width=1536, height=1024, seed=5, tissue=False),
+                           levels=(1, 4))
     return d
 
 
@@ -234,11 +239,13 @@ def test_run_level_errors_are_one_line_exit_2(tmp_path, capsys, caplog, svs_slid
 def test_missing_mpp_only_matters_with_a_target(tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
-    synth.write_tiled_tiff(slides / "bare.tif", synth.SynthSpec(width=2048, height=2048, seed=6, mpp=None), levels=(1, 2))
+    synth.write_tiled_tiff(slides / "bare.tif", synth.SynthSpec(width=2048, height=2048, seed=6, mpp=None),
+                           levels=(1, 2))
     assert main(["--slides", str(slides), "--out", str(tmp_path / "a.zarr"), "--quiet", "--no-qa"]) == 0
     assert PatchStore.open(tmp_path / "a.zarr").slide("bare").attrs["mpp_source"] == "missing"
     summary = tile_slides(slides, tmp_path / "b.zarr", TileConfig(mpp=1.0, qa=False))
-    assert summary.count("failed") == 1 and "--assume-mpp" in summary.results[0].error and "bare.tif" in summary.results[0].error
+    assert summary.count("failed") == 1
+    assert "--assume-mpp" in summary.results[0].error and "bare.tif" in summary.results[0].error
     summary = tile_slides(slides, tmp_path / "c.zarr", TileConfig(mpp=1.0, assume_mpp=0.5, qa=False))
     g = PatchStore.open(tmp_path / "c.zarr").slide("bare")
     assert summary.count("done") == 1 and g.attrs["level"] == 1 and g.attrs["mpp_source"] == "--assume-mpp"
@@ -275,7 +282,8 @@ def test_killed_run_resumes_redoing_only_unfinished_slides(tmp_path, svs_slide, 
         shutil.copy(svs_slide, slides / f"s{i}.svs")
     shutil.copy(tiff_slide, slides / "t.tif")
     out = tmp_path / "p.zarr"
-    cmd = [sys.executable, "-m", "engine.tile", "--slides", str(slides), "--out", str(out), "--quiet", "--workers", "1", "--batch-size", "2"]
+    cmd = [sys.executable, "-m", "engine.tile", "--slides", str(slides), "--out", str(out), "--quiet", "--workers", "1",
+           "--batch-size", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = out / "slides" / "s0" / "zarr.json"
     deadline = time.time() + 120
@@ -311,10 +319,12 @@ def test_progress_in_a_log_file_is_status_lines(tmp_path, slides):
         cmd = [sys.executable, "-m", "engine.tile", "--slides", str(slides), "--out", str(tmp_path / f"{quiet}.zarr"),
                "--patch-size", "256", "--no-qa", "--batch-size", "8", *(["--quiet"] if quiet else [])]
         with open(log, "w") as f:
-            assert subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300).returncode == 1  # fake.svs
+            r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300)
+        assert r.returncode == 1  # fake.svs
         texts[quiet] = log.read_text()
     lines = texts[False].splitlines()
-    assert "INFO slides: 1/4 slide (25%)" in "\n".join(lines) and any(line.startswith("INFO slides: 4/4 slide (100%)") for line in lines)
+    assert "INFO slides: 1/4 slide (25%)" in "\n".join(lines) and any(line.startswith("INFO slides: 4/4 slide (100%)")
+                                                                      for line in lines)
     assert any(line.startswith("INFO s0: 8/") and "patch/s" in line and line.endswith(" left") for line in lines)
     assert "\r" not in texts[False] and "slides: 3 done, 1 failed" in texts[False]
     assert "slide/s" not in texts[True] and "patch/s" not in texts[True] and "slides: 3 done, 1 failed" in texts[True]
@@ -331,7 +341,8 @@ def test_rejected_patches_are_counted_by_reason_and_kept_on_request(tmp_path, sv
     p, k = PatchStore.open(tmp_path / "p.zarr"), PatchStore.open(tmp_path / "k.zarr")
     a, b = p.attrs("aperio"), k.attrs("aperio")
     kq = k.qc("aperio")
-    by = {name: int(np.count_nonzero(kq.reasons & bit)) for name, bit in REASONS.items()}  # two reasons: counted in both
+    # two reasons: counted in both
+    by = {name: int(np.count_nonzero(kq.reasons & bit)) for name, bit in REASONS.items()}
     assert a["n_rejected"] == np.count_nonzero(kq.reasons) and a["n_rejected_by"] == by and by["tissue"] > 0
     assert f"rejected: {a['n_rejected']} ({', '.join(f'{r} {n}' for r, n in by.items() if n)})" in printed.splitlines()
     qc = p.qc("aperio")
@@ -357,7 +368,8 @@ def test_qa_picture_colours_rejections_by_first_reason_with_a_legend():
     assert tuple(pic[0, 0]) == KEPT and tuple(pic[0, 100]) == colours["ink"] and tuple(pic[0, 200]) == colours["tissue"]
     assert tuple(pic[0, 300]) == FAILED
     legend = {tuple(c) for c in pic[600:].reshape(-1, 3)}
-    assert {KEPT, FAILED, colours["ink"], colours["tissue"]} <= legend and colours["blur"] not in legend  # only entries present
+    # only entries present
+    assert {KEPT, FAILED, colours["ink"], colours["tissue"]} <= legend and colours["blur"] not in legend
     plain = np.asarray(qa_picture(thumb, mask, 16.0, 160, [(0, 0)]))
     assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"]} == set()
 
@@ -392,7 +404,8 @@ def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide
         decoded[cache] = 0
         held.clear()
         caps.clear()
-        tile_slides(slides, tmp_path / f"{cache}.zarr", TileConfig(backend="tifffile", qa=False, workers=1, batch_size=1))
+        tile_slides(slides, tmp_path / f"{cache}.zarr", TileConfig(backend="tifffile", qa=False, workers=1,
+                                                                   batch_size=1))
         if cache is None:
             assert set(caps) == {4 * tile_row}
             assert max(held) <= 4 * tile_row

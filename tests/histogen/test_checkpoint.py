@@ -46,7 +46,8 @@ def test_damaged_checkpoint_is_passed_over_and_old_ones_pruned(tmp_path, caplog)
     nets, opts = setup()
     for s in (1, 2, 3, 4):
         checkpoint.save(tmp_path, s, nets, opts, keep=3)
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["step-00000002.json", "step-00000003.json", "step-00000004.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["step-00000002.json", "step-00000003.json",
+                                                               "step-00000004.json"]
     newest = tmp_path / "step-00000004.safetensors"
     data = bytearray(newest.read_bytes())
     data[-10] ^= 0xFF

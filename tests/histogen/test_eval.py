@@ -38,7 +38,8 @@ def cache(tmp_path, monkeypatch):
     from histogen.evaluate import EvalConfig
     from histogen.two_sample import TwoSampleConfig
 
-    monkeypatch.setattr(histogen.cli, "EvalConfig", partial(EvalConfig, two_sample=TwoSampleConfig(steps=10, min_steps=10)))
+    monkeypatch.setattr(histogen.cli, "EvalConfig",
+                        partial(EvalConfig, two_sample=TwoSampleConfig(steps=10, min_steps=10)))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def run(store, tmp_path_factory) -> Path:
 def encoder_file(tmp_path_factory) -> Path:
     """A small conv net saved as TorchScript: any torch module plugs in this way."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 7, 4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 7, 4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                              torch.nn.Flatten())
     path = tmp_path_factory.mktemp("enc") / "encoder.pt"
     torch.jit.save(torch.jit.script(net), str(path))
     return path
@@ -117,19 +119,24 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert m["metrics"]["frechet_distance"] == pytest.approx(metrics.frechet_of(fit(fr), fit(fg)), rel=1e-3, abs=1e-6)
     assert m["floor"]["frechet_distance"] == pytest.approx(metrics.frechet_of(fit(fr), fit(fb)), rel=1e-3, abs=1e-6)
     p, r = brute_precision_recall(fr.astype(np.float64), fg.astype(np.float64), 3)
-    assert (m["metrics"]["precision_recall"]["precision"], m["metrics"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
+    assert (m["metrics"]["precision_recall"]["precision"],
+            m["metrics"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
     p, r = brute_precision_recall(fr.astype(np.float64), fb.astype(np.float64), 3)
-    assert (m["floor"]["precision_recall"]["precision"], m["floor"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
+    assert (m["floor"]["precision_recall"]["precision"],
+            m["floor"]["precision_recall"]["recall"]) == pytest.approx((p, r), abs=1 / 11 + 1e-9)
     # every metric has a floor of the same shape, except reconstruction (none here: not an autoencoder)
     assert set(m["floor"]) == set(m["metrics"]) and not m["floor_skipped"]
     for k, v in m["metrics"].items():
-        assert isinstance(v, dict) == isinstance(m["floor"][k], dict) and (not isinstance(v, dict) or v.keys() == m["floor"][k].keys()), k
+        floor = m["floor"][k]
+        assert isinstance(v, dict) == isinstance(floor, dict), k
+        assert not isinstance(v, dict) or v.keys() == floor.keys(), k
     assert m["metrics"]["c2st"]["n_per_class"] == m["floor"]["c2st"]["n_per_class"] == 11
     spread = metrics.pairwise_l1(real)
     assert m["metrics"]["diversity"]["ratio"] == pytest.approx(metrics.pairwise_l1(samples) / spread, rel=1e-4)
     assert m["floor"]["diversity"]["ratio"] == pytest.approx(metrics.pairwise_l1(real_b) / spread, rel=1e-4)
     h_real, h_gen = metrics.stain_histograms(real), metrics.stain_histograms(samples)
-    assert m["metrics"]["stain"]["haematoxylin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[0], h_gen[0]), abs=0.01)
+    assert m["metrics"]["stain"]["haematoxylin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[0], h_gen[0]),
+                                                                     abs=0.01)
     assert m["metrics"]["stain"]["eosin_w1"] == pytest.approx(metrics.wasserstein_hist(h_real[1], h_gen[1]), abs=0.01)
     mem = m["metrics"]["memorisation"]
     assert mem["n_train"] == 9 and mem["space"].startswith(str(encoder_file))
@@ -138,15 +145,17 @@ def test_run_evaluation_matches_independent_recomputation(store, run, encoder_fi
     assert mem["generated_nn_median"] == pytest.approx(np.median(d_gen), rel=1e-3)
 
     html = (out / "report.html").read_text()
-    for needle in ("frechet_distance", "precision_recall", "stain", "memorisation", "data:image/png", "<svg", "Closest to the training set",
-                   "c2st", "nuclei", "floor: real vs real", "found most fake", "found most real", "Model-free measures"):
+    for needle in ("frechet_distance", "precision_recall", "stain", "memorisation", "data:image/png", "<svg",
+                   "Closest to the training set", "c2st", "nuclei", "floor: real vs real", "found most fake",
+                   "found most real", "Model-free measures"):
         assert needle in html
     assert "conditioning" not in m["metrics"] and "conditioning" not in m["skipped"]  # unconditional run
 
     # Again: the real features come from the cache, the seeded samples are the same, so are the numbers.
     shutil.rmtree(out)
     with caplog.at_level(logging.INFO, logger="histogen.evaluation.cache"):
-        rc, again = evaluate_cli(tmp_path, "--run", run, "--real", store, "--n", 12, "--encoder", encoder_file, "--steps", 2)
+        rc, again = evaluate_cli(tmp_path, "--run", run, "--real", store, "--n", 12, "--encoder", encoder_file,
+                                 "--steps", 2)
     assert rc == 0 and "from the cache" in caplog.text
     assert again["metrics"] == m["metrics"]
 
@@ -166,7 +175,8 @@ def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encode
     assert m["metrics"]["memorisation"]["ratio"] == pytest.approx(1.0, abs=0.3)
     # The run's slides are known by id: in a store at another path (re-tiled, copied) s2 is still not held out.
     shutil.copytree(store, tmp_path / "retiled.zarr")
-    rc, m = evaluate_cli(tmp_path / "c", "--run", run, "--samples", tmp_path / "real", "--real", tmp_path / "retiled.zarr",
+    rc, m = evaluate_cli(tmp_path / "c", "--run", run, "--samples", tmp_path / "real", "--real",
+                         tmp_path / "retiled.zarr",
                          "--n", 100, "--encoder", encoder_file)
     assert rc == 0 and m["info"]["n_real"] == m["info"]["n_real_floor"] == 11 and not m["info"]["real_is_training"]
 
@@ -203,7 +213,8 @@ def test_autoencoder_reconstructions_are_scored(store, encoder_file, tmp_path):
 
     held = [r for r in list_slides([store]) if r.slide != "s2"]
     pool = {r.slide: held_out(store, 32, (r.slide,)) for r in held}
-    real = np.stack([pool[held[k].slide][j] for k, j in Patches.draw(held, 200, 0).split(0)[0].rows])  # draw A, in read order
+    # draw A, in read order
+    real = np.stack([pool[held[k].slide][j] for k, j in Patches.draw(held, 200, 0).split(0)[0].rows])
     assert recon.shape == real.shape
     rec = m["metrics"]["reconstruction"]
     assert rec["n"] == 11 and "reconstruction" in m["floor_skipped"] and "reconstruction" not in m["floor"]
@@ -258,10 +269,12 @@ def embedded(store, tmp_path_factory) -> tuple[Path, Path]:
     return path, model
 
 
-def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store, embedded, encoder_file, tmp_path, caplog):
+def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store, embedded, encoder_file, tmp_path,
+                                                                          caplog):
     path, model = embedded
     run = tmp_path / "cond"
-    train(config.resolve("diffusion-tiny", SMALL + ["train.steps=2", "data.conditional=true"]), [path], run, show_progress=False)
+    train(config.resolve("diffusion-tiny", SMALL + ["train.steps=2", "data.conditional=true"]), [path], run,
+          show_progress=False)
     rc, m = evaluate_cli(tmp_path / "a", "--run", run, "--real", path, "--n", 10, "--steps", 2, "--encoder", model)
     assert rc == 0
     c = m["metrics"]["conditioning"]
@@ -284,10 +297,12 @@ def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store,
     html = (tmp_path / "a" / "report" / "report.html").read_text()
     assert html.index("mean nothing") < html.index("Model-free measures") < html.index("frechet_distance")
     # another encoder's space cannot judge these conditions: skipped, with the reason
-    rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--real", path, "--n", 10, "--steps", 2, "--encoder", encoder_file)
+    rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--real", path, "--n", 10, "--steps", 2, "--encoder",
+                         encoder_file)
     assert rc == 0 and "conditions are embeddings by" in m["skipped"]["conditioning"]
     # a conditional run evaluated on a store without embeddings: one line, exit 2
     caplog.clear()
-    assert main(["eval", "--run", str(run), "--real", str(store), "--out", str(tmp_path / "c"), "--encoder", str(model)]) == 2
+    assert main(["eval", "--run", str(run), "--real", str(store), "--out", str(tmp_path / "c"), "--encoder",
+                 str(model)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "has no embeddings to condition on" in errors[0]

@@ -19,7 +19,8 @@ TOL = {F32: 1e-5, BF16: 1e-2}
 CASES = [
     pytest.param((2, 8, 5, 7), 4, "scale+shift", True, "contiguous", F32, id="odd-spatial-mod-silu"),
     pytest.param((2, 8, 5, 7), 1, None, True, "channels_last", F32, id="groups=1-channels_last"),
-    pytest.param((2, 8, 5, 7), 8, "scale+shift", False, "channels_last", F32, id="groups=channels-no-silu-channels_last"),
+    pytest.param((2, 8, 5, 7), 8, "scale+shift", False, "channels_last", F32,
+                 id="groups=channels-no-silu-channels_last"),
     pytest.param((3, 6, 4, 4), 3, "scale", True, "contiguous", F32, id="scale-only"),
     pytest.param((1, 2, 65, 65), 1, "shift", True, "contiguous", F32, id="several-tiles-per-group"),
     pytest.param((2, 8, 5, 7), 4, "scale+shift", True, "transposed", F32, id="unflattenable-strides"),
@@ -52,7 +53,10 @@ def inputs(shape, modulation, dtype, device, layout):
     w, b = 1 + 0.5 * torch.randn(C, generator=g), torch.randn(C, generator=g)
     scale = 0.5 * torch.randn(N, C, generator=g) if modulation and "scale" in modulation else None
     shift = torch.randn(N, C, generator=g) if modulation and "shift" in modulation else None
-    cast = lambda t: None if t is None else t.to(device, dtype)
+
+    def cast(t):
+        return None if t is None else t.to(device, dtype)
+
     x = cast(x)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)

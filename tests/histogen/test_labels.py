@@ -28,7 +28,8 @@ RED, BLUE = (200, 40, 40), (40, 40, 200)
 SLIDES = {"r1": (RED, "A"), "r2": (RED, "A"), "b1": (BLUE, "B"), "b2": (BLUE, "B"), "u": (RED, None)}
 TINY = ["resolution=8", "model.channels=16", "model.head_channels=16", "model.groups=8", "model.channel_mult=[1, 2]",
         "model.attention_resolutions=[]", "model.lr=3e-3", "data.val_fraction=0", "data.flip=false", "data.rot90=false",
-        "train.batch_size=8", "train.log_every=10", "train.sample_every=1000", "train.val_every=1000", "train.ckpt_every=1000",
+        "train.batch_size=8", "train.log_every=10", "train.sample_every=1000", "train.val_every=1000",
+        "train.ckpt_every=1000",
         "train.ema_decay=0.9"]
 
 
@@ -55,7 +56,8 @@ def run(store, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # faster than two on a shared, busy CPU at this size
     try:
-        train(config.resolve("diffusion-tiny", TINY + ["data.label=organ", "train.steps=60"]), [store], out, show_progress=False)
+        train(config.resolve("diffusion-tiny", TINY + ["data.label=organ", "train.steps=60"]), [store], out,
+              show_progress=False)
     finally:
         torch.set_num_threads(threads)
     return out
@@ -87,7 +89,8 @@ def test_csv_labels_make_the_vocabulary(store, tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("slide,label\nr1,lung\nr2,lung\nb1,colon\nb2,colon\nu,brain\n")
     out = tmp_path / "run"
-    train(config.resolve("diffusion-tiny", TINY + [f"data.label={csv}", "train.steps=1"]), [store], out, show_progress=False)
+    train(config.resolve("diffusion-tiny", TINY + [f"data.label={csv}", "train.steps=1"]), [store], out,
+          show_progress=False)
     vocab = RunFolder(out).vocabulary
     assert vocab.classes == ("brain", "colon", "lung") and vocab.source == str(csv.resolve())
     assert config.load(out / "config.yaml").data.label == str(csv)
@@ -134,7 +137,8 @@ def test_unknown_label_and_label_on_an_unlabelled_run(run, store, tmp_path, capl
     assert main(["sample", "--run", str(plain), "--out", str(tmp_path / "s"), "--n", "2", "--label", "A"]) == 2
     assert "is not conditioned on labels; leave out --label" in caplog.text
     caplog.clear()
-    assert main(["train", "--model", "ae", "--data", str(store), "--out", str(tmp_path / "ae"), "--preset", "ae-tiny", "--quiet",
+    assert main(["train", "--model", "ae", "--data", str(store), "--out", str(tmp_path / "ae"), "--preset", "ae-tiny",
+                 "--quiet",
                  "--set", "data.label=organ", "--set", "resolution=8", "--set", "model.channel_mult=[1, 2]"]) == 2
     assert "an autoencoder is not conditioned on labels" in caplog.text
 
@@ -155,7 +159,8 @@ def test_guidance_matches_its_reference():
         torch.testing.assert_close(guide(unet, x, t, cond, label, 1.0), c, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(guide(unet, x, t, cond, label, 3.0), u + 3 * (c - u), rtol=1e-5, atol=1e-5)
         # a missing label is the null class, as a dropped one
-        torch.testing.assert_close(unet(x, t, None, label=None), unet(x, t, None, torch.ones(4, dtype=torch.bool), label=label))
+        dropped = torch.ones(4, dtype=torch.bool)
+        torch.testing.assert_close(unet(x, t, None, label=None), unet(x, t, None, dropped, label=label))
 
 
 def test_label_dropout_shares_the_condition_draw():
@@ -163,7 +168,8 @@ def test_label_dropout_shares_the_condition_draw():
     seeds = torch.arange(2000)
     task = build_task("diffusion", config.resolve("diffusion-tiny", TINY).model, 8, None, n_labels=2)
     seen = {}
-    task._loss = lambda unet, x, t, cond, drop, seeds, label: seen.update(drop=drop, label=label) or (x.sum() * 0).requires_grad_()
+    task._loss = lambda unet, x, t, cond, drop, seeds, label: (seen.update(drop=drop, label=label)
+                                                               or (x.sum() * 0).requires_grad_())
     task.backward_step = lambda *a: 0.0
     batch = {"images": torch.zeros(2000, 3, 8, 8), "label": torch.ones(2000, dtype=torch.long), "seeds": seeds}
     task.train_step(batch, 0, dict(task.nets), {"unet": None}, 0.0)
@@ -188,7 +194,8 @@ def test_gan_label_path():
     assert torch.equal(a, task.sample(nets, 4, gen(), label=torch.zeros(4, dtype=torch.long)))
     assert (a - b).abs().mean() > 1e-4, "the label must act"
     disc = task.nets["disc"]
-    assert (disc(a, label=torch.zeros(4, dtype=torch.long)) - disc(a, label=torch.ones(4, dtype=torch.long))).abs().max() > 0
+    zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    assert (disc(a, label=zeros) - disc(a, label=ones)).abs().max() > 0
     with pytest.raises(ValueError, match="conditioned on 2 labels"):
         task.sample(nets, 4, gen())
     with pytest.raises(ValueError, match=r"class ids must be in \[0, 2\)"):
@@ -221,7 +228,8 @@ def test_eval_measures_each_label(run, store, tmp_path, monkeypatch):
     for name, d in ev.per_label.items():
         assert d["metrics"]["patches"] == names.count(name) and d["floor"]["patches"] > 0
         assert {"c2st", "haematoxylin_w1", "eosin_w1"} <= set(d["metrics"]) and {"c2st", "eosin_w1"} <= set(d["floor"])
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_label"]["A"] == json.loads(json.dumps(ev.per_label["A"]))
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["per_label"]["A"] == json.loads(json.dumps(ev.per_label["A"]))
     assert sum(line.startswith("label ") for line in console_lines(ev)) == 2
     again = evaluate([store], tmp_path / "again", run=run, samples=tmp_path / "eval", cfg=cfg, encoder=PixelEncoder())
     assert again.per_label == ev.per_label

@@ -79,7 +79,8 @@ def test_precision_recall_closed_forms_and_reference(monkeypatch):
     monkeypatch.setattr(metrics, "CHUNK", 37)  # several uneven blocks
     for k in (1, 3, 5):
         y = r.standard_normal((200, 5)) * 1.3 + 0.4
-        np.testing.assert_allclose(metrics.precision_recall(x, y, k), brute_precision_recall(x, y, k), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(metrics.precision_recall(x, y, k), brute_precision_recall(x, y, k), rtol=0,
+                                   atol=1e-12)
     with pytest.raises(ValueError, match="more than 3"):
         metrics.precision_recall(x[:3], x, 3)
 
@@ -93,7 +94,8 @@ def test_nearest_and_cosine_match_brute_force(monkeypatch):
     np.testing.assert_array_equal(j, full.argmin(1))
     np.testing.assert_allclose(d, full.min(1), rtol=1e-6)
     c = metrics.cosine_pairs(a, b[:53])
-    np.testing.assert_allclose(c, [np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v) for u, v in zip(a, b)], rtol=1e-12)
+    np.testing.assert_allclose(c, [np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v) for u, v in zip(a, b)],
+                               rtol=1e-12)
     np.testing.assert_allclose(metrics.cosine_pairs(a, 3 * a), 1.0)
 
 
@@ -125,7 +127,8 @@ def test_wasserstein_of_histograms_matches_scipy():
     hb, _ = np.histogram(b, metrics.OD_BINS, (lo, hi))
     assert abs(metrics.wasserstein_hist(ha, hb) - scipy.stats.wasserstein_distance(a, b)) <= width
     assert metrics.wasserstein_hist(ha, ha) == 0
-    assert metrics.wasserstein_hist(ha, np.roll(ha, 7)) == pytest.approx(7 * width)  # a pure shift (no mass wraps: the tail is empty)
+    # a pure shift (no mass wraps: the tail is empty)
+    assert metrics.wasserstein_hist(ha, np.roll(ha, 7)) == pytest.approx(7 * width)
     assert np.isnan(metrics.wasserstein_hist(ha, np.zeros_like(ha)))
 
 

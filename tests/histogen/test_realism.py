@@ -33,7 +33,8 @@ def crops(files: list[Path], size: int = 64) -> np.ndarray:
     out = []
     for f in files:
         a = np.asarray(Image.open(f).convert("RGB").reduce(2))
-        out += [a[y : y + size, x : x + size] for y in range(0, a.shape[0] - size + 1, size) for x in range(0, a.shape[1] - size + 1, size)]
+        out += [a[y : y + size, x : x + size] for y in range(0, a.shape[0] - size + 1, size)
+                for x in range(0, a.shape[1] - size + 1, size)]
     return np.stack(out)
 
 
@@ -72,7 +73,8 @@ def hue_shift(images: np.ndarray, turn: float) -> np.ndarray:
 
 
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    return np.clip(np.round(ndimage.gaussian_filter(images.astype(np.float32), (0, sigma, sigma, 0))), 0, 255).astype(np.uint8)
+    blurred = ndimage.gaussian_filter(images.astype(np.float32), (0, sigma, sigma, 0))
+    return np.clip(np.round(blurred), 0, 255).astype(np.uint8)
 
 
 def small_encoder() -> TorchEncoder:
@@ -157,7 +159,8 @@ def test_nuclei_counts_and_areas_are_exact_on_rendered_disks():
     got = nuclei.measure(images, threshold=0.5)
     assert got.count.tolist() == want_count
     assert sorted(zip(got.patch.tolist(), got.area.tolist())) == sorted(zip(want_patch, want_area))
-    assert (got.eccentricity < 0.35).all() and (got.solidity > 0.75).all() and (got.solidity <= 1).all()  # hull of the pixel squares
+    # hull of the pixel squares
+    assert (got.eccentricity < 0.35).all() and (got.solidity > 0.75).all() and (got.solidity <= 1).all()
     np.testing.assert_allclose(got.intensity, 1.0, atol=0.02)  # 8-bit rounding of the rendered density
     # an ellipse with axes 8 and 4: eccentricity sqrt(1 - 1/4)
     yy, xx = np.mgrid[:48, :48]
@@ -183,7 +186,8 @@ def test_nuclei_measures_equal_scikit_image_per_patch():
         t = measure.regionprops_table(labels, h[i], properties=("area", "eccentricity", "intensity_mean", "bbox"))
         assert got.count[i] == len(t["area"])
         inside = (t["bbox-0"] > 0) & (t["bbox-1"] > 0) & (t["bbox-2"] < 40) & (t["bbox-3"] < 40)
-        want += [(i, a, e, v) for a, e, v in zip(t["area"][inside], t["eccentricity"][inside], t["intensity_mean"][inside])]
+        want += [(i, a, e, v) for a, e, v in zip(t["area"][inside], t["eccentricity"][inside],
+                                                 t["intensity_mean"][inside])]
     ours = sorted(zip(got.patch, got.area, got.eccentricity, got.intensity))
     assert len(ours) == len(want) > 50
     np.testing.assert_allclose(np.array(ours), np.array(sorted(want)), atol=1e-5)
@@ -200,7 +204,8 @@ def test_normalised_wasserstein():
 # -- the untrained marker -------------------------------------------------------------------------
 
 def test_torchscript_untrained_marker_is_read(tmp_path):
-    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 4, 4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()))
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 4, 4), torch.nn.AdaptiveAvgPool2d(1),
+                                               torch.nn.Flatten()))
     plain, marked = tmp_path / "plain.pt", tmp_path / "marked.pt"
     torch.jit.save(net, str(plain))
     torch.jit.save(net, str(marked), _extra_files={UNTRAINED_MARKER: json.dumps({"what": "random weights"})})

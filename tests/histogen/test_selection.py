@@ -40,7 +40,8 @@ def stores(tmp_path):
 
 
 def run_cfg(**qc) -> config.RunConfig:
-    return config.from_dict({"kind": "diffusion", "resolution": 32, "data": {"workers": 0, "flip": False, "rot90": False, "qc": qc},
+    return config.from_dict({"kind": "diffusion", "resolution": 32,
+                             "data": {"workers": 0, "flip": False, "rot90": False, "qc": qc},
                              "train": {"batch_size": 4, "seed": 3}})
 
 
@@ -56,7 +57,8 @@ def test_training_uses_only_passing_patches(stores):
     want = [0, 2, 3, 5, 6, 7]
     assert [r.n for r in refs] == [6, 6] and all(r.rows.tolist() == want for r in refs)
     store = PatchStore.open(checked)
-    np.testing.assert_array_equal(used_images(refs, run_cfg()), np.concatenate([store.read_patches(r.slide, want) for r in refs]))
+    np.testing.assert_array_equal(used_images(refs, run_cfg()),
+                                  np.concatenate([store.read_patches(r.slide, want) for r in refs]))
     batch = next(Batches(refs, run_cfg(), torch.device("cpu"), steps=1))  # the loop's batches come from those only
     assert batch["images"].shape == (4, 3, 32, 32)
     drawn = Patches.draw(refs, 20, 0).rows  # evaluation and memorisation draw the same rows
@@ -72,7 +74,8 @@ def test_tightening_at_training_time_drops_more_and_loosening_is_refused(stores,
     assert all(r.rows.tolist() == [0, 2, 5, 6, 7] for r in list_slides([checked], 32, qc={"max_ink": 0.01}))
     with pytest.raises(ConfigError, match=r"data.qc.min_tissue=0.05 is looser than the 0.1 .*qc.zarr: slide a"):
         list_slides([checked], 32, qc={"min_tissue": 0.05})
-    assert [r.n for r in list_slides([checked], 32, qc={"min_tissue": 0.05}, strict=False)] == [6, 6]  # eval: the store's holds
+    # eval: the store's holds
+    assert [r.n for r in list_slides([checked], 32, qc={"min_tissue": 0.05}, strict=False)] == [6, 6]
     with pytest.raises(ConfigError, match="has no patch-check scores"):
         list_slides([old], 32, qc={"min_tissue": 0.5})
     with pytest.raises(ConfigError, match="unknown data.qc key.*max_nothing.*known keys: min_tissue"):
@@ -82,7 +85,8 @@ def test_tightening_at_training_time_drops_more_and_loosening_is_refused(stores,
     from histogen.train import train  # refused before the run folder is made
 
     with pytest.raises(ConfigError, match="looser"):
-        train(config.resolve("diffusion-tiny", ["data.qc.min_tissue=0.01", "data.workers=0"]), [checked], tmp_path / "run", show_progress=False)
+        train(config.resolve("diffusion-tiny", ["data.qc.min_tissue=0.01", "data.workers=0"]), [checked],
+              tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -109,4 +113,5 @@ def test_split_json_round_trips_and_old_ones_load(stores, tmp_path):
     (legacy / "split.json").write_text(json.dumps({"train": [{"store": str(old), "slide": "c", "n": 5}],
                                                    "val": [{"store": str(checked), "slide": "a", "n": 8}]}))
     split = RunFolder(legacy).split
-    assert split["train"][0].rows.tolist() == list(range(5)) and split["val"][0].n == 6  # the stored rejections stay out
+    # the stored rejections stay out
+    assert split["train"][0].rows.tolist() == list(range(5)) and split["val"][0].n == 6

@@ -53,7 +53,8 @@ def assert_same(a: dict, b: dict):
 def test_resume_gives_the_same_weights(store, tmp_path):
     c = cfg("diffusion-tiny", "train.steps=4", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2")
     train(c, [store], tmp_path / "straight", show_progress=False)
-    half = config.resolve("diffusion-tiny", SMALL + ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"])
+    half = config.resolve("diffusion-tiny", SMALL + ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2",
+                                                     "train.val_every=2"])
     train(half, [store], tmp_path / "resumed", show_progress=False)
     assert json.loads(sorted((tmp_path / "resumed" / "checkpoints").glob("*.json"))[-1].read_text())["step"] == 2
     result = train(c, [store], tmp_path / "resumed", show_progress=False)  # the same command, more steps
@@ -81,9 +82,11 @@ sys.exit(main(sys.argv[1:]))
 
 def test_killed_run_resumes_exactly(store, tmp_path):
     args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"]
-    sets = [x for s in SMALL + ["train.steps=8", "train.ckpt_every=2", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
+    sets = [x for s in SMALL + ["train.steps=8", "train.ckpt_every=2", "train.sample_every=100", "train.val_every=100"]
+            for x in ("--set", s)]
     assert main(args + ["--out", str(tmp_path / "straight")] + sets) == 0
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_4, *args, "--out", str(tmp_path / "killed"), *sets],
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_STEP_4, *args, "--out", str(tmp_path / "killed"),
+                             *sets],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("*.json"))
@@ -94,10 +97,12 @@ def test_killed_run_resumes_exactly(store, tmp_path):
 
 def test_outputs_and_seeded_sampling(store, tmp_path):
     run = tmp_path / "run"
-    train(cfg("diffusion-tiny", "train.steps=2", "train.sample_every=2", "train.val_every=2", "train.ckpt_every=2"), [store], run, show_progress=False)
+    train(cfg("diffusion-tiny", "train.steps=2", "train.sample_every=2", "train.val_every=2", "train.ckpt_every=2"),
+          [store], run, show_progress=False)
     assert (run / "samples" / "step-00000002.png").is_file()
     split = json.loads((run / "split.json").read_text())
-    assert len(split["val"]) == 2 and len(split["train"]) == 1  # 3 slides, val_fraction 0.5 (the tiny preset): round(1.5)
+    # 3 slides, val_fraction 0.5 (the tiny preset): round(1.5)
+    assert len(split["val"]) == 2 and len(split["train"]) == 1
     scalars = read_scalars(next((run / "tb").glob("events.out.tfevents.*")))
     assert {"train/loss", "val/loss", "train/images_per_s"} <= set(scalars)
     assert [s for s, _ in scalars["train/loss"]] == [1, 2] and all(np.isfinite(v) for _, v in scalars["train/loss"])
@@ -115,8 +120,9 @@ def test_progress_lines_in_a_log_file(store, tmp_path):
     sets = [x for s in SMALL + ["train.steps=3", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
     log = tmp_path / "train.log"
     with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "histogen", "train", "--model", "diffusion", "--data", str(store), "--out", str(tmp_path / "run"),
-                            "--preset", "diffusion-tiny", *sets], cwd=ROOT, env={**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"},
+        r = subprocess.run([sys.executable, "-m", "histogen", "train", "--model", "diffusion", "--data", str(store),
+                            "--out", str(tmp_path / "run"), "--preset", "diffusion-tiny", *sets], cwd=ROOT,
+                           env={**os.environ, "HISTOGEN_PROGRESS_SECONDS": "0"},
                            stdout=f, stderr=subprocess.STDOUT, timeout=600)
     text = log.read_text()
     assert r.returncode == 0, text[-3000:]
@@ -127,9 +133,12 @@ def test_progress_lines_in_a_log_file(store, tmp_path):
 def test_bad_settings_write_nothing(store, tmp_path, caplog):
     """A typo in --set is refused before the run folder is written, so the corrected command runs."""
     run = tmp_path / "run"
-    args = ["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny", "--quiet"]
-    args += [x for s in SMALL + ["train.steps=1", "train.sample_every=100", "train.val_every=100"] for x in ("--set", s)]
-    for bad, message in [("model.chanels=16", "unknown diffusion model key(s) chanels"), ("model.channels=sixteen", "expected int"),
+    args = ["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny",
+            "--quiet"]
+    args += [x for s in SMALL + ["train.steps=1", "train.sample_every=100", "train.val_every=100"]
+             for x in ("--set", s)]
+    for bad, message in [("model.chanels=16", "unknown diffusion model key(s) chanels"),
+                         ("model.channels=sixteen", "expected int"),
                          ("resolution=15", "multiple of 2")]:
         caplog.clear()
         assert main(args + ["--set", bad]) == 2
@@ -156,8 +165,10 @@ def read_scalars(path: Path) -> dict[str, list]:
 @pytest.mark.parametrize("preset", ["ae-tiny", "gan-tiny"])
 def test_other_kinds_train_and_sample(store, tmp_path, preset):
     run = tmp_path / preset
-    extra = ["model.disc_channels=8", "model.disc_layers=2", "model.channel_mult=[1, 2]"] if preset == "ae-tiny" else ["model.channel_base=256", "model.channel_max=16"]
-    c = config.resolve(preset, [s for s in SMALL if not s.startswith("model.")] + extra + ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"])
+    extra = (["model.disc_channels=8", "model.disc_layers=2", "model.channel_mult=[1, 2]"] if preset == "ae-tiny"
+             else ["model.channel_base=256", "model.channel_max=16"])
+    steps = ["train.steps=2", "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"]
+    c = config.resolve(preset, [s for s in SMALL if not s.startswith("model.")] + extra + steps)
     result = train(c, [store], run, show_progress=False)
     assert result.step == 2 and all(np.isfinite(v) for v in result.metrics.values())
     pixels = sample_run(run, 3, tmp_path / "samples")
@@ -166,11 +177,12 @@ def test_other_kinds_train_and_sample(store, tmp_path, preset):
 
 def test_latent_diffusion_on_a_trained_autoencoder(store, tmp_path):
     ae = tmp_path / "ae"
-    train(config.resolve("ae-tiny", ["resolution=16", "train.batch_size=4", "train.steps=2", "train.ckpt_every=2", "train.sample_every=2",
-                                     "train.val_every=2", "model.channel_mult=[1, 2, 2, 2]", "model.disc_channels=8", "model.disc_layers=2"]), [store], ae, show_progress=False)
+    train(config.resolve("ae-tiny", ["resolution=16", "train.batch_size=4", "train.steps=2", "train.ckpt_every=2",
+                                     "train.sample_every=2", "train.val_every=2", "model.channel_mult=[1, 2, 2, 2]",
+                                     "model.disc_channels=8", "model.disc_layers=2"]), [store], ae, show_progress=False)
     run = tmp_path / "ldm"
-    c = config.resolve("ldm-tiny", SMALL + [f"autoencoder={ae}", "model.attention_resolutions=[2]", "train.steps=2", "train.ckpt_every=2",
-                                           "train.sample_every=2", "train.val_every=2"])
+    c = config.resolve("ldm-tiny", SMALL + [f"autoencoder={ae}", "model.attention_resolutions=[2]", "train.steps=2",
+                                            "train.ckpt_every=2", "train.sample_every=2", "train.val_every=2"])
     train(c, [store], run, show_progress=False)
     with pytest.raises(TrainError, match="--cond-from"):
         sample_run(run, 2, tmp_path / "s")
@@ -198,11 +210,13 @@ def test_ddp_two_processes_match_one(store, tmp_path):
     """torchrun with 2 CPU processes (gloo, loopback) on a global batch of 4 ends with the weights
     of one process on the same global batch."""
     # fp32: bf16 autocast rounds differently when the batch is split over processes.
-    sets = [x for s in SMALL + ["train.bf16=false", "train.steps=3", "train.ckpt_every=3", "train.sample_every=100", "train.val_every=100", "data.flip=false", "data.rot90=false"] for x in ("--set", s)]
+    sets = [x for s in SMALL + ["train.bf16=false", "train.steps=3", "train.ckpt_every=3", "train.sample_every=100",
+                                "train.val_every=100", "data.flip=false", "data.rot90=false"] for x in ("--set", s)]
     args = ["train", "--model", "diffusion", "--data", str(store), "--preset", "diffusion-tiny", "--quiet"] + sets
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                        "-m", "histogen"] + args + ["--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), "-m", "histogen"] + args + ["--out", str(tmp_path / "ddp")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
     a, b = final(tmp_path / "ddp"), final(tmp_path / "one")
@@ -213,8 +227,10 @@ def test_ddp_two_processes_match_one(store, tmp_path):
 
 def test_nan_guard_keeps_the_last_good_checkpoint(store, tmp_path, caplog):
     run = tmp_path / "run"
-    code = main(["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny", "--quiet"]
-                + [x for s in SMALL + ["train.steps=20", "train.ckpt_every=1", "train.grad_clip=0", "model.lr=1e30"] for x in ("--set", s)])
+    code = main(["train", "--model", "diffusion", "--data", str(store), "--out", str(run), "--preset", "diffusion-tiny",
+                 "--quiet"]
+                + [x for s in SMALL + ["train.steps=20", "train.ckpt_every=1", "train.grad_clip=0", "model.lr=1e30"]
+                   for x in ("--set", s)])
     assert code == 2
     assert "not finite" in caplog.text and "is intact" in caplog.text
     saved = sorted((run / "checkpoints").glob("step-*.json"))
@@ -233,11 +249,15 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
     PatchStore.create_or_resume(empty, 32, {})
     plain = make_store(tmp_path / "plain.zarr", {"a": 4}, patch=32, embeddings=False)
     cases = [
-        (["train", "--model", "diffusion", "--data", str(empty), "--out", str(tmp_path / "r1"), "--preset", "diffusion-tiny"], "no complete slide"),
-        (["train", "--model", "diffusion", "--data", str(plain), "--out", str(tmp_path / "r2"), "--preset", "ldm-tiny"], "no embeddings but the preset is conditional"),
+        (["train", "--model", "diffusion", "--data", str(empty), "--out", str(tmp_path / "r1"), "--preset",
+          "diffusion-tiny"], "no complete slide"),
+        (["train", "--model", "diffusion", "--data", str(plain), "--out", str(tmp_path / "r2"), "--preset", "ldm-tiny"],
+         "no embeddings but the preset is conditional"),
         (base + ["--model", "diffusion", "--out", str(tmp_path / "r3"), "--preset", "nope"], "unknown preset"),
-        (base + ["--model", "diffusion", "--out", str(tmp_path / "r4"), "--preset", "diffusion-tiny", "--set", "model.chanels=3"], "unknown diffusion model key"),
-        (base + ["--model", "diffusion", "--out", str(tmp_path / "r5"), "--preset", "diffusion-tiny", "--set", "resolution=64"], "larger than its 32 px patches"),
+        (base + ["--model", "diffusion", "--out", str(tmp_path / "r4"), "--preset", "diffusion-tiny", "--set",
+                 "model.chanels=3"], "unknown diffusion model key"),
+        (base + ["--model", "diffusion", "--out", str(tmp_path / "r5"), "--preset", "diffusion-tiny", "--set",
+                 "resolution=64"], "larger than its 32 px patches"),
         (base + ["--model", "gan", "--out", str(tmp_path / "r6"), "--preset", "diffusion-tiny"], "not a gan"),
         (["sample", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "s")], "not a training run"),
     ]
@@ -247,9 +267,11 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
         assert message in caplog.text, (argv, caplog.text)
     # a run whose only checkpoint is damaged, and a resume with other settings
     run = tmp_path / "run"
-    train(cfg("diffusion-tiny", "train.steps=1", "train.sample_every=100", "train.val_every=100"), [store], run, show_progress=False)
+    train(cfg("diffusion-tiny", "train.steps=1", "train.sample_every=100", "train.val_every=100"), [store], run,
+          show_progress=False)
     with pytest.raises(TrainError, match="other settings.*model.channels"):
-        train(config.resolve("diffusion-tiny", SMALL + ["model.channels=8", "train.steps=2"]), [store], run, show_progress=False)
+        train(config.resolve("diffusion-tiny", SMALL + ["model.channels=8", "train.steps=2"]), [store], run,
+              show_progress=False)
     blob = next((run / "checkpoints").glob("*.safetensors"))
     blob.write_bytes(blob.read_bytes()[:-100])
     caplog.clear()

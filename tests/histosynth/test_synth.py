@@ -152,7 +152,8 @@ def test_svs_layout_tifffile(svs):
         assert p0.is_tiled and p0.tile == (240, 240)
         assert p0.compression == 7 and p0.photometric == 2 and p0.jpegtables  # Aperio JPEG/RGB
         assert not thumb.is_tiled  # 2nd IFD: stripped thumbnail
-        assert p0.description.startswith(f"Aperio Image Library v12.0.15 \r\n{W}x{H} [0,0 {W}x{H}] (240x240) JPEG/RGB Q=95|")
+        assert p0.description.startswith(f"Aperio Image Library v12.0.15 \r\n{W}x{H} [0,0 {W}x{H}] (240x240) JPEG/RGB "
+                                         "Q=95|")
         assert "|AppMag = 40|MPP = 0.2500" in p0.description
         assert 282 not in p0.tags  # like Aperio: no resolution tags
         levels = t.series[0].levels

@@ -77,14 +77,16 @@ def write_dicom_series(rgb: np.ndarray, folder: Path, mpp: float = 0.5, tile: in
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = "1", 1, k + 1, ""
         ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE" if k == 0 else "RESAMPLED"]
-        ds.BurnedInAnnotation, ds.SpecimenLabelInImage, ds.FocusMethod, ds.ExtendedDepthOfField = "NO", "NO", "AUTO", "NO"
+        ds.BurnedInAnnotation, ds.SpecimenLabelInImage = "NO", "NO"
+        ds.FocusMethod, ds.ExtendedDepthOfField = "AUTO", "NO"
         ds.VolumetricProperties, ds.LossyImageCompression = "VOLUME", "01" if codec == "jpeg" else "00"
         if codec == "jpeg":
             ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = "10", "ISO_10918_1"
         ds.ContainerIdentifier, ds.IssuerOfTheContainerIdentifierSequence = container, []
         ds.ContainerTypeCodeSequence = [_code("433466003", "SCT", "Microscope slide")]
         spec = Dataset()
-        spec.SpecimenIdentifier, spec.SpecimenUID, spec.IssuerOfTheSpecimenIdentifierSequence = container, generate_uid(), []
+        spec.SpecimenIdentifier, spec.SpecimenUID = container, generate_uid()
+        spec.IssuerOfTheSpecimenIdentifierSequence = []
         spec.SpecimenPreparationSequence = []
         ds.SpecimenDescriptionSequence = [spec]
         ds.AcquisitionContextSequence = []

@@ -39,7 +39,8 @@ def measure(parity: int = 1) -> dict:
         h, w = img.shape[:2]
         thumb = np.asarray(Image.fromarray(img).reduce(THUMB))
         clean_mask = tissue_mask(thumb, mp)
-        crop = np.ascontiguousarray(img[h // 2 - CROP // 2 : h // 2 + CROP // 2, w // 2 - CROP // 2 : w // 2 + CROP // 2])
+        crop = np.ascontiguousarray(img[h // 2 - CROP // 2 : h // 2 + CROP // 2,
+                                        w // 2 - CROP // 2 : w // 2 + CROP // 2])
         clean = patch_maps_reference(crop, clean_mask.threshold, mp, cp)
         row = dict(tissue=path.parent.name, mask_tissue=int((clean_mask.mask != 0).sum()),
                    mask_lost=int((clean_mask.mask == INK).sum()),

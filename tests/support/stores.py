@@ -51,8 +51,10 @@ def make_store(path: Path, slides: dict[str, int], patch=64, embeddings=True, se
     for k, (sid, n) in enumerate(slides.items()):
         if he:
             side = patch * int(np.ceil(np.sqrt(n)))
-            region = render_region(SynthSpec(width=4 * side, height=4 * side, seed=seed * 100 + k), side, side, side, side)
-            tiles = region.reshape(side // patch, patch, side // patch, patch, 3).swapaxes(1, 2).reshape(-1, patch, patch, 3)
+            region = render_region(SynthSpec(width=4 * side, height=4 * side, seed=seed * 100 + k), side, side, side,
+                                   side)
+            tiles = region.reshape(side // patch, patch, side // patch, patch,
+                                   3).swapaxes(1, 2).reshape(-1, patch, patch, 3)
             images = tiles[:n]
         else:
             images = rng.integers(0, 256, (n, patch, patch, 3), dtype=np.uint8)

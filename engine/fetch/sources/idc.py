@@ -28,7 +28,8 @@ def parse_location(location: str) -> tuple[str, str]:
     """(collection, slide name) of idc://COLLECTION/NAME."""
     collection, _, name = location.removeprefix("idc://").partition("/")
     if not collection or not name:
-        raise IdcError(f"{location}: not an IDC slide location", "write it as idc://COLLECTION/SLIDE, e.g. idc://cptac_ccrcc/C3L-00004-21")
+        raise IdcError(f"{location}: not an IDC slide location",
+                       "write it as idc://COLLECTION/SLIDE, e.g. idc://cptac_ccrcc/C3L-00004-21")
     return collection, name
 
 
@@ -53,7 +54,8 @@ def index_candidates(location: str) -> list[str]:
         import idc_index_data
     except ImportError:
         raise IdcError(f"{location}: finding an IDC slide that the manifest gives no series for needs IDC's index",
-                       f"pip install {INDEX_PACKAGE} (about 80 MB), or list the slide's series folders in the manifest") from None
+                       f"pip install {INDEX_PACKAGE} (about 80 MB), "
+                       "or list the slide's series folders in the manifest") from None
     rows = _collection_series(str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH), collection)
     return sorted(url for patient, url in rows if name.startswith(patient))
 

@@ -44,18 +44,19 @@ def sample_run(run: Path, n: int, out: Path, cond_from: Path | None = None, guid
         refs = folder.split["val"] or folder.split["train"]
         if not refs:
             raise DataError(f"{run}: no slides recorded to reconstruct")
-        batches = Batches(refs, cfg, device, train=False, steps=math.ceil(n / cfg.train.batch_size))
-        images = torch.cat([b["images"] for b in batches])[:n]
+        real = Batches(refs, cfg, device, train=False, steps=math.ceil(n / cfg.train.batch_size))
+        images = torch.cat([b["images"] for b in real])[:n]
         n = len(images)
     gen = torch.Generator(device).manual_seed(seed)
     writer = SamplesFolder(out).writer(n, cfg.resolution, pictures=True)
     part = lambda v, i: None if v is None else v[i : i + batch_size]  # noqa: E731
-    batches = []
+    pixels = []
     for i in range(0, n, batch_size):
-        batches.append(sampler(min(n, i + batch_size) - i, gen, steps=steps, guidance=guidance, cond=part(cond, i),
-                               images=part(images, i), label=part(labels, i)))
-        writer.add(batches[-1], None if cond is None else part(cond, i).numpy(),
-                   None if labels is None else [vocab.classes[c] for c in part(labels, i).tolist()])
+        cond_b, labels_b = part(cond, i), part(labels, i)
+        pixels.append(sampler(min(n, i + batch_size) - i, gen, steps=steps, guidance=guidance, cond=cond_b,
+                              images=part(images, i), label=labels_b))
+        writer.add(pixels[-1], None if cond_b is None else cond_b.numpy(),
+                   None if labels_b is None else [vocab.classes[c] for c in labels_b.tolist()])
     writer.close({"run": str(run), "step": sampler.step, "seed": seed, "guidance": guidance, "steps": steps,
                   "cond_from": str(cond_from) if cond_from else None, "label": label})
-    return np.concatenate(batches)
+    return np.concatenate(pixels)

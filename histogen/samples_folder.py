@@ -35,6 +35,8 @@ class Samples:
 
 
 class SamplesFolder:
+    """DIR of samples: its one reader, and its one writer (`writer`)."""
+
     def __init__(self, path: Path | str):
         self.path = Path(path)
 

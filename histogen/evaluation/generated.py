@@ -55,6 +55,7 @@ def sampled(sampler: RunSampler, real: Patches, resolution: int, encoder: Encode
     classes = None if real_classes is None else real_classes[np.arange(n) % len(real_classes)]
     names = None if classes is None else sampler.folder.vocabulary.classes
     psnrs, ssims = [], []
+    as_tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
 
     def stream():
         done = 0
@@ -64,7 +65,6 @@ def sampled(sampler: RunSampler, real: Patches, resolution: int, encoder: Encode
                 real_b, cond_b = next(source) if source is not None else (None, None)
                 images = torch.from_numpy(real_b).permute(0, 3, 1, 2).float() / 127.5 - 1 if recon else None
                 label = None if classes is None else classes[done : done + m]
-                as_tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
                 y = sampler(m, gen, steps=cfg.steps, guidance=cfg.guidance, cond=as_tensor(cond_b), images=images,
                             label=as_tensor(label))
                 if recon:

@@ -65,7 +65,8 @@ def steps(cfg_items, comp: compute.Compute, n: int, images: torch.Tensor) -> tup
     comp.nets(task.nets)
     losses = []
     for s in range(n):
-        batch = {"images": comp.images(images[(s % 2) :: 2]), "cond": None, "label": None, "seeds": torch.arange(4) + 4 * s}
+        batch = {"images": comp.images(images[(s % 2) :: 2]), "cond": None, "label": None,
+                 "seeds": torch.arange(4) + 4 * s}
         with comp.autocast():
             losses.append(task.train_step(batch, s, dict(task.nets), opts, 1.0)["loss"])
     return losses, {k: v.detach().clone() for k, v in task.nets.state_dict().items()}

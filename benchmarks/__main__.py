@@ -10,7 +10,8 @@ from pathlib import Path
 # machine lacks (histosynth needs imagecodecs), and `gpu` must start there.
 SUITES = {name: f"benchmarks.{module}" for name, module in (
     ("cluster", "cluster"), ("decode", "decode"), ("embed", "embed"), ("gpu", "gpu"), ("gpu-bundle", "bundle"),
-    ("kernels", "kernels"), ("quality", "quality"), ("realism", "realism"), ("tiling", "tiling"), ("train", "train"))}
+    ("kernels", "kernels"), ("nuclear-scale", "nuclear_scale"), ("quality", "quality"), ("realism", "realism"),
+    ("scaling", "scaling"), ("tiling", "tiling"), ("train", "train"))}
 
 
 # The options every suite takes: flag, default, help.

@@ -168,8 +168,8 @@ def test_label_dropout_shares_the_condition_draw():
     seeds = torch.arange(2000)
     task = build_task("diffusion", config.resolve("diffusion-tiny", TINY).model, 8, None, n_labels=2)
     seen = {}
-    task._loss = lambda unet, x, t, cond, drop, seeds, label: (seen.update(drop=drop, label=label)
-                                                               or (x.sum() * 0).requires_grad_())
+    task._loss = lambda unet, x, t, cond, drop, seeds, label, weighted: (seen.update(drop=drop, label=label)
+                                                                         or (x.sum() * 0).requires_grad_())
     task.backward_step = lambda *a: 0.0
     batch = {"images": torch.zeros(2000, 3, 8, 8), "label": torch.ones(2000, dtype=torch.long), "seeds": seeds}
     task.train_step(batch, 0, dict(task.nets), {"unet": None}, 0.0)

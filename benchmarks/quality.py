@@ -24,8 +24,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 from benchmarks import report
 from engine.embed import DEFAULT_MODEL, EmbedConfig, EmbedError, embed_store
@@ -35,7 +33,7 @@ from engine.plan import PlanParams
 from engine.tile import TileConfig, tile_slides
 from histogen import config
 from histogen.evaluate import EvalConfig, evaluate
-from histogen.images import grid
+from histogen.images import beside, grid
 from histogen.train import train
 
 log = logging.getLogger("benchmarks.quality")
@@ -221,14 +219,6 @@ def table(evals: dict) -> list[dict]:
     return rows
 
 
-def side_by_side(real: np.ndarray, generated: np.ndarray, path: Path) -> None:
-    """real grid | generated grid in one picture, 16 px apart."""
-    a, b = np.asarray(grid(real)), np.asarray(grid(generated))
-    h = max(len(a), len(b))
-    canvas = np.full((h, a.shape[1] + 16 + b.shape[1], 3), 255, np.uint8)
-    canvas[: len(a), : a.shape[1]] = a
-    canvas[: len(b), a.shape[1] + 16 :] = b
-    Image.fromarray(canvas).save(path)
 
 
 def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list[str], extra: list[str],
@@ -254,7 +244,7 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
         ev = evals[kind]
         for k, why in ev.skipped.items():
             log.info("%s: %s skipped (%s)", kind, k, why)
-        side_by_side(ev.pictures["real"], ev.pictures["generated"], pictures / f"{kind}-real-vs-generated.png")
+        beside(grid(ev.pictures["real"]), grid(ev.pictures["generated"])).save(pictures / f"{kind}-real-vs-generated.png")
     info = {"data": str(data), "budget": budget_name, "stores": ", ".join(s.name for s in stores),
             "tiling seconds": tile_s, "target mpp": TARGET_MPP, "patch px": PATCH}
     for kind, ev in evals.items():

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.quality import side_by_side, table
+from benchmarks.quality import table
 
 QUIET = ["train.log_every=1000000", "train.val_every=1000000", "train.sample_every=1000000", "train.ckpt_every=1000000"]
 
@@ -54,6 +54,7 @@ def main(argv, work: Path, out: Path) -> int:
     p.add_argument("--dry-run", action="store_true", help="the tiny preset for a few steps on the CPU")
     a = p.parse_args(argv)
     from histogen.evaluate import EvalConfig, evaluate
+    from histogen.images import beside, grid
 
     pictures = a.pictures or out
     preset, overrides, leg, n_eval, steps, batch = a.preset, list(QUIET), 20, a.n_eval, a.sample_steps, 256
@@ -67,7 +68,7 @@ def main(argv, work: Path, out: Path) -> int:
     trained = time.perf_counter() - t0
     ev = evaluate([a.patches], work / "realism-eval", run=run, cfg=EvalConfig(n=n_eval, batch_size=batch, steps=steps))
     pictures.mkdir(parents=True, exist_ok=True)
-    side_by_side(ev.pictures["real"], ev.pictures["generated"], pictures / "real-vs-generated.png")
+    beside(grid(ev.pictures["real"]), grid(ev.pictures["generated"])).save(pictures / "real-vs-generated.png")
     extra = {"run": f"{preset} on {a.patches.name}", "steps": done, "images/s": images_per_s,
              "training minutes": trained / 60,
              **{f"last {k}": v for k, v in losses.items()}, "skipped": ev.skipped, "notes": ev.notes,

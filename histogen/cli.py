@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (1 = none)")
     s.add_argument("--steps", type=int, default=Sampling().steps, help="DDIM steps")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--beside", type=Path,
+                   help="a picture (e.g. a run's grid of real patches) to put beside the samples' grid "
+                        "in OUT/beside.png")
     d = EvalConfig()
     e = sub.add_parser("eval", help="measure how real a run's samples are; writes metrics.json and report.html")
     e.add_argument("--run", type=Path, help="run folder of histogen train (samples are drawn from it)")
@@ -83,6 +86,8 @@ def run_sample(a) -> int:
     pixels = sample_run(a.run, a.n, a.out, a.cond_from, a.guidance, a.steps, a.seed, label=a.label)
     folder = SamplesFolder(a.out)
     print(f"{len(pixels)} samples in {a.out} (grid: {folder.grid}, array: {folder.array})")
+    if a.beside:
+        print(f"{a.beside} beside the samples: {folder.write_beside(a.beside)}")
     return 0
 
 

@@ -27,6 +27,14 @@ def grid(images: np.ndarray) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def beside(left: Image.Image, right: Image.Image, gap: int = 16) -> Image.Image:
+    """left | right on white, `gap` px apart, tops aligned (a real grid beside a generated one)."""
+    canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), (255, 255, 255))
+    canvas.paste(left.convert("RGB"), (0, 0))
+    canvas.paste(right.convert("RGB"), (left.width + gap, 0))
+    return canvas
+
+
 def save_grid(images: torch.Tensor, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(to_uint8(images)).save(path)

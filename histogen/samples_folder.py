@@ -4,6 +4,7 @@
     DIR/sample-00000.png ...  each sample as a PNG, and DIR/grid.png of them all (histogen sample)
     DIR/conditions.npy        (n, D): the embedding each sample was conditioned on (conditional runs)
     DIR/sample_labels.json    each sample's class name (runs conditioned on labels)
+    DIR/beside.png            a given picture (a grid of real patches) | grid.png (histogen sample --beside)
 
 `histogen sample` and `histogen eval --run` write one with SamplesWriter; `histogen eval --samples`
 reads one with SamplesFolder.read, which also takes a folder of PNG files made elsewhere (with a
@@ -20,7 +21,7 @@ import zarr
 from PIL import Image
 
 from engine.errors import UserError
-from histogen.images import grid
+from histogen.images import beside, grid
 
 
 class SamplesError(UserError):
@@ -47,6 +48,16 @@ class SamplesFolder:
     @property
     def grid(self) -> Path:
         return self.path / "grid.png"
+
+    def write_beside(self, picture: Path) -> Path:
+        """`picture` | the samples' grid, in one PNG (the real grid of a model card beside samples)."""
+        try:
+            left = Image.open(picture)
+        except OSError as e:
+            raise SamplesError(f"{picture}: not a picture ({e}); give a PNG or JPEG to --beside") from e
+        out = self.path / "beside.png"
+        beside(left, Image.open(self.grid)).save(out)
+        return out
 
     def read(self, n: int) -> Samples:
         """The first n samples: from samples.zarr, else from the folder's PNG files (in name order)."""

@@ -55,3 +55,21 @@ def test_bad_folders_say_what_to_do(tmp_path):
     (tmp_path / "s" / "sample_labels.json").write_text('["lung"]')
     with pytest.raises(SamplesError, match="1 labels for 5 samples"):
         SamplesFolder(tmp_path / "s").read(5)
+
+
+def test_a_picture_beside_the_samples_grid(tmp_path):
+    from PIL import Image
+
+    written(tmp_path / "s")
+    folder = SamplesFolder(tmp_path / "s")
+    real = np.zeros((30, 20, 3), np.uint8)
+    real[..., 0] = 200
+    Image.fromarray(real).save(tmp_path / "real.png")
+    out = np.asarray(Image.open(folder.write_beside(tmp_path / "real.png")).convert("RGB"))
+    grid = np.asarray(Image.open(folder.grid).convert("RGB"))
+    np.testing.assert_array_equal(out[:30, :20], real)
+    np.testing.assert_array_equal(out[: grid.shape[0], 36 : 36 + grid.shape[1]], grid)  # 16 px of white between
+    assert (out[:, 20:36] == 255).all()
+    (tmp_path / "bad.png").write_text("not a picture")
+    with pytest.raises(SamplesError, match="--beside"):
+        folder.write_beside(tmp_path / "bad.png")

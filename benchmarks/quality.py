@@ -93,7 +93,8 @@ BUDGETS = {
     # The shipped model pretrained/he64 (its MODEL_CARD.md): diffusion on the folders whose licences
     # allow a derived model to be redistributed (CAMELYON16 CC0, osteosarcoma CC BY 3.0), trained in
     # sittings of the same command, about 4 hours of a 2-core CPU in all.
-    "he64": Budget({"diffusion": "diffusion-64-he"}, n_eval=1000, sample_steps=50, folders=("camelyon", "osteosarcoma")),
+    "he64": Budget({"diffusion": "diffusion-64-he"}, n_eval=1000, sample_steps=50,
+                   folders=("camelyon", "osteosarcoma")),
     # The full-size 64 px models for a GPU.
     "gpu": Budget({"diffusion": "diffusion-64", "gan": "gan-64"}, ("train.steps=20000",), n_eval=5000, sample_steps=50),
 }
@@ -139,7 +140,8 @@ def tile(data: Path, work: Path, budget: Budget, assume_mpp: float | None, show:
     for folder in chosen:
         src = subset(folder, budget.images_per_folder, work)
         suffix = "" if budget.images_per_folder is None else f"-first{budget.images_per_folder}"
-        cfg = TileConfig(plan=PlanParams(PATCH), mpp=TARGET_MPP, assume_mpp=ASSUMED_MPP.get(folder.name, assume_mpp), qa=False)
+        cfg = TileConfig(plan=PlanParams(PATCH), mpp=TARGET_MPP, assume_mpp=ASSUMED_MPP.get(folder.name, assume_mpp),
+                         qa=False)
         # Named by the tiler's parameters: a tiler with other defaults writes a store of its own.
         out = work / "stores" / f"{folder.name}{suffix}-{PATCH}px-{TARGET_MPP}mpp-{digest(cfg.store_params())}.zarr"
         summary = tile_slides(src, out, cfg, show_progress=show)
@@ -161,7 +163,8 @@ def embed(stores: list[Path], encoder: str, show: bool | None) -> None:
                                "pass {model} DIR, a SavedModel with Path Foundation's interface "
                                "(python -m histosynth.standin_model DIR makes a stand-in with random weights)") from e
         if summary.count("failed"):
-            raise QualityError(f"{store}: {summary.count('failed')} slide(s) failed to embed:\n{summary.text()}", "see the lines above")
+            raise QualityError(f"{store}: {summary.count('failed')} slide(s) failed to embed:\n{summary.text()}",
+                               "see the lines above")
 
 
 def digest(value) -> str:
@@ -229,7 +232,8 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
     stores = tile(data, work, budget, assume_mpp, show)
     tile_s = time.perf_counter() - t0
     # Runs of other models or settings do not overwrite the plain table.
-    name = "-".join([f"quality-{budget_name}", *(kinds if set(kinds) != set(KINDS_TRAINED) else []), *([digest(extra)] if extra else [])])
+    name = "-".join([f"quality-{budget_name}", *(kinds if set(kinds) != set(KINDS_TRAINED) else []),
+                     *([digest(extra)] if extra else [])])
     pictures = out / name
     pictures.mkdir(parents=True, exist_ok=True)
     if "diffusion-pf" in kinds:
@@ -244,13 +248,15 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
         ev = evals[kind]
         for k, why in ev.skipped.items():
             log.info("%s: %s skipped (%s)", kind, k, why)
-        beside(grid(ev.pictures["real"]), grid(ev.pictures["generated"])).save(pictures / f"{kind}-real-vs-generated.png")
+        beside(grid(ev.pictures["real"]),
+               grid(ev.pictures["generated"])).save(pictures / f"{kind}-real-vs-generated.png")
     info = {"data": str(data), "budget": budget_name, "stores": ", ".join(s.name for s in stores),
             "tiling seconds": tile_s, "target mpp": TARGET_MPP, "patch px": PATCH}
     for kind, ev in evals.items():
         info.update({f"{kind} {k}": v for k, v in runs[kind].items()})
-        info.update({f"{kind} n real (held out)": ev.info.get("n_real"), f"{kind} n generated": ev.info.get("n_generated"),
-                     f"{kind} encoder": ev.info.get("encoder"), f"{kind} pictures": str(pictures / f"{kind}-real-vs-generated.png"),
+        info.update({f"{kind} n real (held out)": ev.info.get("n_real"),
+                     f"{kind} n generated": ev.info.get("n_generated"), f"{kind} encoder": ev.info.get("encoder"),
+                     f"{kind} pictures": str(pictures / f"{kind}-real-vs-generated.png"),
                      f"{kind} report": str(pictures / f"eval-{kind}" / "report.html")})
         info.update({f"{kind} skipped {k}": why for k, why in ev.skipped.items()})
     info["overrides"] = " ".join(extra) or "none"
@@ -261,16 +267,18 @@ def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of slides or images, or of such folders "
                                                                      "(default: ../shared/data/he beside the checkout)")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="smoke: a minute, every stage; short: a first "
-                   "look, minutes per model; cpu: about 30 min per model on 2 cores; gpu: the full-size models")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu",
+                   help="smoke: a minute, every stage; short: a first look, minutes per model; cpu: about 30 min per "
+                        "model on 2 cores; gpu: the full-size models")
     p.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS_TRAINED),
-                   help="diffusion-pf: diffusion conditioned on --encoder's embedding of each patch (the stores are embedded first)")
+                   help="diffusion-pf: diffusion conditioned on --encoder's embedding of each patch "
+                        "(the stores are embedded first)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of both presets, e.g. --set model.lr=3e-4 (a run folder of its own)")
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px of folders without an entry in the built-in "
                                                                    "table whose files carry no MPP")
     p.add_argument("--encoder", default=DEFAULT_MODEL, help="for evaluation's learned-space metrics (skipped when it "
-                                                              "cannot load) and diffusion-pf's conditions; default %(default)s")
+                   "cannot load) and diffusion-pf's conditions; default %(default)s")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     setup_logging()

@@ -185,11 +185,14 @@ def write_profile(path: Path, title: str, device: torch.device, fn) -> None:
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks train")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    p.add_argument("--profile", type=Path, default=None, help="file for the profiler tables (default: OUT/train-profile.txt)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="file for the profiler tables (default: OUT/train-profile.txt)")
     p.add_argument("--only", choices=[c.label for c in REAL], action="append", help="only this model kind (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="tiny presets on the CPU, Triton interpreted: checks the code, measures nothing")
-    p.add_argument("--cpu", action="store_true", help="the CPU path: fp32 / channels_last / bf16 autocast / torch.compile "
-                                                      "on diffusion-64-cpu, against the bf16 matmul ceiling")
+    p.add_argument("--dry-run", action="store_true",
+                   help="tiny presets on the CPU, Triton interpreted: checks the code, measures nothing")
+    p.add_argument("--cpu", action="store_true",
+                   help="the CPU path: fp32 / channels_last / bf16 autocast / torch.compile "
+                        "on diffusion-64-cpu, against the bf16 matmul ceiling")
     a = p.parse_args(argv)
     if a.cpu:
         return main_cpu(a.steps, out)
@@ -197,9 +200,11 @@ def main(argv, work: Path, out: Path) -> int:
         return 2
     if a.dry_run:
         # The eager steps are profiled: a fused step in Triton's interpreter costs ten of them.
-        plan, cases = Plan("cpu", warmup=0, steps=1, compile_backend="aot_eager", profile_steps=1, profiled="eager"), DRY
+        plan, cases = Plan("cpu", warmup=0, steps=1, compile_backend="aot_eager", profile_steps=1,
+                           profiled="eager"), DRY
     else:
-        plan, cases = Plan("cuda", warmup=3, steps=a.steps, compile_backend="inductor", profile_steps=3, profiled="fused"), REAL
+        plan, cases = Plan("cuda", warmup=3, steps=a.steps, compile_backend="inductor", profile_steps=3,
+                           profiled="fused"), REAL
         torch.backends.cudnn.benchmark = True
     cases = [c for c in cases if not a.only or c.label in a.only]
     device = torch.device(plan.device)
@@ -208,9 +213,11 @@ def main(argv, work: Path, out: Path) -> int:
     rows, extra = [], {"device": report.device_name(device.type),
                        "profile": str(profile)}
     for case in cases:
-        got = {v: measure(case, v, VARIANTS[v], device, plan, profile if v == plan.profiled else None) for v in VARIANTS}
+        got = {v: measure(case, v, VARIANTS[v], device, plan, profile if v == plan.profiled else None)
+               for v in VARIANTS}
         for v, row in got.items():
-            rows.append({**row, "x eager": got["eager"]["ms"] / row["ms"], "x compile": got["compile"]["ms"] / row["ms"]})
+            rows.append({**row, "x eager": got["eager"]["ms"] / row["ms"],
+                         "x compile": got["compile"]["ms"] / row["ms"]})
         extra[f"{case.label} fused x eager"] = got["eager"]["ms"] / got["fused"]["ms"]
         extra[f"{case.label} fused x compile"] = got["compile"]["ms"] / got["fused"]["ms"]
         torch._dynamo.reset()  # the next kind's graphs start from a clean cache
@@ -225,8 +232,8 @@ def main_cpu(steps: int, out: Path) -> int:
 
     comp = decide(torch.device("cpu"), True, True)  # sets the threads as training does
     bf16 = cpu_has_bf16()
-    plan = Plan("cpu", warmup=2, steps=steps, compile_backend="inductor", profile_steps=0, profiled="", device_bf16=bf16,
-                flops=True)
+    plan = Plan("cpu", warmup=2, steps=steps, compile_backend="inductor", profile_steps=0, profiled="",
+                device_bf16=bf16, flops=True)
     device = torch.device("cpu")
     peak = {"bf16": matmul_rate(torch.bfloat16), "fp32": matmul_rate(torch.float32)}
     rows = []

@@ -108,12 +108,14 @@ class DataConfig:
 
     def __post_init__(self):
         require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
-        require(self.label is None or self.label.strip() != "", "data.label must be a slide attribute key or a CSV path, or null")
+        require(self.label is None or self.label.strip() != "",
+                "data.label must be a slide attribute key or a CSV path, or null")
         known = qc_thresholds()
         unknown = sorted(set(self.qc) - set(known))
         require(not unknown, f"unknown data.qc key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(known)}")
         for k, v in self.qc.items():
-            require(isinstance(v, (int, float)) and not isinstance(v, bool), f"data.qc.{k}: expected a number, got {v!r}")
+            require(isinstance(v, (int, float)) and not isinstance(v, bool),
+                    f"data.qc.{k}: expected a number, got {v!r}")
 
 
 def qc_thresholds() -> list[str]:
@@ -147,7 +149,8 @@ class TrainConfig:
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
         require(self.ema_warmup >= 0, f"train.ema_warmup must be at least 0, not {self.ema_warmup}")
         require(self.threads >= 0, f"train.threads must be at least 0 (0: from the cores), not {self.threads}")
-        for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples", "sample_steps"):
+        for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples",
+                    "sample_steps"):
             require(getattr(self, key) >= 1, f"train.{key} must be at least 1, not {getattr(self, key)}")
 
 

@@ -95,7 +95,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         class_ids = lambda rs: [ids[(r.store, r.slide)] for r in rs]  # noqa: E731
     train_refs, val_refs = split_slides(refs, cfg.data.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
-    task, opts = build(cfg, device, cond_dim, len(vocab.classes) if vocab else 0)  # settings it cannot use are refused before anything is written
+    # settings it cannot use are refused before anything is written
+    task, opts = build(cfg, device, cond_dim, len(vocab.classes) if vocab else 0)
     comp.nets(task.nets)
     if d.main:
         folder.write(cfg, train_refs, val_refs, vocab)
@@ -114,14 +115,16 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     if cfg.train.compile:
         nets = {n: torch.compile(m) for n, m in nets.items()}
     if d.world > 1:
-        nets = {n: DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if any(p.requires_grad for p in m.parameters()) else m
+        nets = {n: DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+                   if any(p.requires_grad for p in m.parameters()) else m
                 for n, m in nets.items()}
     batches = Batches(train_refs, cfg, device, start, d.rank, d.world, steps=cfg.train.steps - start,
                       labels=class_ids(train_refs) if class_ids else None)
     writer = ScalarWriter(folder.tb) if d.main else None
     t = cfg.train
     metrics, t0, seen = {}, time.perf_counter(), 0
-    progress = Progress(total=t.steps, initial=start, desc=out.name, unit="step", show=show_progress if d.main else False)
+    progress = Progress(total=t.steps, initial=start, desc=out.name, unit="step",
+                        show=show_progress if d.main else False)
     step = start
     try:
         for step in range(start, t.steps):
@@ -139,12 +142,14 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
                 writer.scalars(done, {**{f"train/{k}": v for k, v in metrics.items()}, "train/images_per_s": rate})
             if done % t.val_every == 0 and val_refs and d.main:
                 val_labels = class_ids(val_refs) if class_ids else None
-                writer.scalars(done, {f"val/{k}": v for k, v in validate(task, val_refs, cfg, device, val_labels).items()})
+                writer.scalars(done,
+                               {f"val/{k}": v for k, v in validate(task, val_refs, cfg, device, val_labels).items()})
             if done % t.sample_every == 0 and d.main:
                 sample_grid(task, opts, cfg, device, folder.grid(done), batch)
             if done % t.ckpt_every == 0 or done == t.steps:
                 if d.main:
-                    checkpoint.save(folder.checkpoints, done, dict(task.nets), opts, extra={"cond_dim": cond_dim}, keep=t.keep)
+                    checkpoint.save(folder.checkpoints, done, dict(task.nets), opts, extra={"cond_dim": cond_dim},
+                                    keep=t.keep)
                 d.barrier()
     except NonFiniteLoss as e:
         found = sorted(folder.checkpoints.glob("step-*.json"))
@@ -159,7 +164,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     return Result(t.steps, metrics, seconds, seen / seconds if seconds else 0.0)
 
 
-def validate(task: Task, refs, cfg: RunConfig, device: torch.device, labels: list[int] | None = None) -> dict[str, float]:
+def validate(task: Task, refs, cfg: RunConfig, device: torch.device,
+             labels: list[int] | None = None) -> dict[str, float]:
     task.nets.eval()
     batches = Batches(refs, cfg, device, train=False, steps=cfg.train.val_batches, labels=labels)
     fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
@@ -176,6 +182,6 @@ def sample_grid(task: Task, opts, cfg: RunConfig, device: torch.device, path: Pa
     cycled = lambda v: None if v is None else v[torch.arange(n) % len(v)]  # noqa: E731
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
     nets = {**dict(task.nets), task.sample_net: net}
-    images = task.sample(nets, n, gen, cond=cycled(batch["cond"]), images=batch["images"][:n], steps=cfg.train.sample_steps,
-                         guidance=cfg.train.guidance, label=cycled(batch.get("label")))
+    images = task.sample(nets, n, gen, cond=cycled(batch["cond"]), images=batch["images"][:n],
+                         steps=cfg.train.sample_steps, guidance=cfg.train.guidance, label=cycled(batch.get("label")))
     save_grid(images, path)

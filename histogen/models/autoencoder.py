@@ -46,7 +46,8 @@ class AutoencoderConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        require(len(self.channel_mult) >= 1 and self.num_res_blocks >= 1, "ae: channel_mult and num_res_blocks must be non-empty/>= 1")
+        require(len(self.channel_mult) >= 1 and self.num_res_blocks >= 1,
+                "ae: channel_mult and num_res_blocks must be non-empty/>= 1")
         require(self.disc_weight >= 0 and self.disc_start >= 0, "ae: disc_weight and disc_start must be >= 0")
 
     @property
@@ -151,11 +152,12 @@ class AutoencoderTask(Task):
     sample_net = "ae"
     reconstructs = True
 
-    def __init__(self, cfg: AutoencoderConfig, resolution: int, cond_dim: int | None = None, autoencoder: nn.Module | None = None,
-                 n_labels: int = 0):
+    def __init__(self, cfg: AutoencoderConfig, resolution: int, cond_dim: int | None = None,
+                 autoencoder: nn.Module | None = None, n_labels: int = 0):
         """cond_dim and autoencoder are ignored: an autoencoder is unconditional and its own latent space."""
         if n_labels:
-            raise ValueError("an autoencoder is not conditioned on labels; leave data.label unset (condition the diffusion on them)")
+            raise ValueError("an autoencoder is not conditioned on labels; leave data.label unset "
+                             "(condition the diffusion on them)")
         check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
         nets = {"ae": Autoencoder(cfg)}
         if cfg.disc_weight > 0:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from histogen.models.task import Task, check_labels, check_resolution, device_of, draw, eval_mode, noise, require, unwrap
+from histogen.models.task import (Task, check_labels, check_resolution, device_of, draw, eval_mode, noise, require,
+                                  unwrap)
 from histogen.models.unet import UNet
 
 
@@ -165,7 +166,8 @@ class DiffusionTask(Task):
         unet = UNet(channels, resolution // ae_factor, cfg, cond_dim,
                     latent_scale=(cfg.latent_scale or 0.0) if cfg.latent else None, n_labels=n_labels)
         super().__init__({"unet": unet}, cfg.optimizers())
-        self.cfg, self.cond_dim, self.shape = cfg, cond_dim, (channels, resolution // ae_factor, resolution // ae_factor)
+        self.cfg, self.cond_dim, self.shape = cfg, cond_dim, (channels, resolution // ae_factor,
+                                                              resolution // ae_factor)
         self.n_labels = n_labels
         self.schedule = CosineSchedule(cfg.logsnr_min, cfg.logsnr_max)
 
@@ -213,7 +215,8 @@ class DiffusionTask(Task):
         cond, label = self._cond(batch.get("cond"), n), self._label(batch.get("label"), n)
         seeds = batch.get("seeds")
         # One draw drops the embedding and the label together: guidance is against the null of both.
-        drop = None if cond is None and label is None else draw(seeds, n, (), x.device, normal=False, salt=1) < self.cfg.cond_drop
+        drop = (None if cond is None and label is None
+                else draw(seeds, n, (), x.device, normal=False, salt=1) < self.cfg.cond_drop)
         t = draw(seeds, n, (), x.device, normal=False, salt=2)
         loss = self._loss(nets["unet"], x, t, cond, drop, seeds, label, weighted=True)
         return {"loss": loss.item(), "grad_norm_unet": self.backward_step("unet", loss, opts["unet"], clip)}
@@ -228,7 +231,8 @@ class DiffusionTask(Task):
             if self.cfg.latent:
                 x = self._latents(x, unet)
             t = (torch.arange(n, device=x.device) + 0.5) / n
-            return {"loss": float(self._loss(unet, x, t, self._cond(batch.get("cond"), n), label=self._label(batch.get("label"), n)))}
+            return {"loss": float(self._loss(unet, x, t, self._cond(batch.get("cond"), n),
+                                             label=self._label(batch.get("label"), n)))}
 
     @torch.no_grad()
     def sample(self, nets, n, generator, cond=None, images=None, steps=50, guidance=1.0, label=None):

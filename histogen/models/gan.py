@@ -44,11 +44,13 @@ class GANConfig:
 
     def __post_init__(self):
         ops = [op for op in self.diffaug.split(",") if op]
-        require(all(op in DIFFAUG_OPS for op in ops), f"gan: diffaug {self.diffaug!r}: ops are {', '.join(DIFFAUG_OPS)}")
+        require(all(op in DIFFAUG_OPS for op in ops),
+                f"gan: diffaug {self.diffaug!r}: ops are {', '.join(DIFFAUG_OPS)}")
         require(self.r1_every >= 1 and self.r1_gamma >= 0, "gan: r1_every must be >= 1 and r1_gamma >= 0")
         require(self.d_steps >= 1, f"gan: d_steps must be >= 1, not {self.d_steps}")
         require(self.mbstd_group >= 0, f"gan: mbstd_group must be >= 0, not {self.mbstd_group}")
-        require(self.upsample in ("nearest", "bilinear"), f"gan: upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
+        require(self.upsample in ("nearest", "bilinear"),
+                f"gan: upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
         require(self.base_res >= 2, "gan: base_res must be >= 2")
 
     def channels_at(self, side: int) -> int:
@@ -79,14 +81,18 @@ class Generator(nn.Module):
         self.stem = nn.Linear(cfg.z_dim, ch(self.base) * self.base**2)
         blocks, side = [], self.base
         while side < resolution:
-            blocks += [ResBlock(ch(side), ch(2 * side), cfg.groups, emb_dim=cfg.z_dim), Upsample(ch(2 * side), cfg.upsample)]
+            blocks += [ResBlock(ch(side), ch(2 * side), cfg.groups, emb_dim=cfg.z_dim),
+                       Upsample(ch(2 * side), cfg.upsample)]
             side *= 2
         blocks.append(ResBlock(ch(side), ch(side), cfg.groups, emb_dim=cfg.z_dim))
         self.blocks = Sequence(blocks)
-        self.to_rgb = nn.Sequential(GroupNormSiLU(cfg.groups, ch(side)), nn.Conv2d(ch(side), 3, 3, padding=1), nn.Tanh())
+        self.to_rgb = nn.Sequential(GroupNormSiLU(cfg.groups, ch(side)), nn.Conv2d(ch(side), 3, 3, padding=1),
+                                    nn.Tanh())
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [z] + ([self.cond(cond)] if self.cond is not None else []) + ([self.label(label)] if self.label is not None else [])
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None,
+                label: torch.Tensor | None = None) -> torch.Tensor:
+        parts = ([z] + ([self.cond(cond)] if self.cond is not None else [])
+                 + ([self.label(label)] if self.label is not None else []))
         style = self.mapping(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
         h = self.stem(z).view(z.shape[0], -1, self.base, self.base)
         return self.to_rgb(self.blocks(h, style))
@@ -180,4 +186,5 @@ class GANTask(Task):
         z = noise((n, gen.z_dim), generator, device_of(gen))
         cond, label = self._cond(cond, n), self._label(label, n)
         with eval_mode(gen):
-            return gen(z, None if cond is None else cond.to(z.device), label=None if label is None else label.to(z.device)).clamp(-1, 1)
+            return gen(z, None if cond is None else cond.to(z.device),
+                       label=None if label is None else label.to(z.device)).clamp(-1, 1)

@@ -19,7 +19,8 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM per image (N,) of x, y (N, C, H, W); data_range = max - min of the value range
     (2 for [-1, 1]). Computed in float32."""
     if x.shape != y.shape or x.dim() != 4:

@@ -50,7 +50,8 @@ def draw(seeds: torch.Tensor | None, n: int, shape: tuple, device, normal: bool,
     fn = torch.randn if normal else torch.rand
     if seeds is None:
         return fn((n, *shape), device=device)
-    return torch.stack([fn(shape, generator=torch.Generator().manual_seed(int(s) * 8 + salt)) for s in seeds.tolist()]).to(device)
+    return torch.stack([fn(shape, generator=torch.Generator().manual_seed(int(s) * 8 + salt))
+                        for s in seeds.tolist()]).to(device)
 
 
 def require(ok: bool, message: str) -> None:
@@ -113,7 +114,8 @@ class Task:
         norm = nn.utils.get_total_norm([p.grad for p in params])
         if not (math.isfinite(float(norm)) and math.isfinite(loss.item())):
             opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"{name} loss {loss.item():.4g}, gradient norm {float(norm):.4g}: not finite; no step taken")
+            raise NonFiniteLoss(f"{name} loss {loss.item():.4g}, gradient norm {float(norm):.4g}: "
+                                "not finite; no step taken")
         if clip > 0:
             nn.utils.clip_grads_with_norm_(params, clip, norm)
         opt.step()
@@ -132,7 +134,8 @@ class Task:
             for p, flag in zip(net.parameters(), flags):
                 p.requires_grad_(flag)
 
-    def train_step(self, batch: dict, step: int, nets: dict[str, nn.Module], opts: dict, clip: float) -> dict[str, float]:
+    def train_step(self, batch: dict, step: int, nets: dict[str, nn.Module], opts: dict,
+                   clip: float) -> dict[str, float]:
         raise NotImplementedError
 
     def validation_losses(self, batch: dict, nets: dict[str, nn.Module]) -> dict[str, float]:

@@ -37,7 +37,8 @@ class UNet(nn.Module):
             self.register_buffer("latent_scale", torch.tensor(float(latent_scale)))
 
         def block(cin, cout, attend):
-            return [ResBlock(cin, cout, groups, emb_dim, cfg.dropout)] + ([Attention(cout, groups, cfg.head_channels)] if attend else [])
+            return ([ResBlock(cin, cout, groups, emb_dim, cfg.dropout)]
+                    + ([Attention(cout, groups, cfg.head_channels)] if attend else []))
 
         widths = [ch * m for m in cfg.channel_mult]
         self.conv_in = nn.Conv2d(channels_in, ch, 3, padding=1)

@@ -237,7 +237,7 @@ def main_cpu(steps: int, out: Path) -> int:
     device = torch.device("cpu")
     peak = {"bf16": matmul_rate(torch.bfloat16), "fp32": matmul_rate(torch.float32)}
     rows = []
-    extra = {"device": report.device_name("cpu"), "threads": comp.threads, "native bf16": bf16,
+    extra = {"device": "cpu", "threads": comp.threads, "native bf16": bf16,
              "bf16 matmul GFLOP/s": peak["bf16"] / 1e9, "fp32 matmul GFLOP/s": peak["fp32"] / 1e9}
     for case in CPU:
         got = {}

@@ -159,10 +159,11 @@ def describe(client, s: Scheduler) -> str:
 
 
 def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callable[[str, str], R],
-        show_progress: bool | None = None) -> dict[str, R]:
+        show_progress: bool | None = None, halt: Callable[[R], bool] = lambda r: False) -> dict[str, R]:
     """tasks[key]() for every key, one Dask task each, collected as they finish. A task whose
     worker died is sent again to another worker, at most `s.retries` times, and then gives
-    failed(key, why).
+    failed(key, why). After a result for which `halt` is true (a full disk), no task is sent
+    any more: the keys never sent have no result.
 
     Each task is pinned to a worker with a thread free for it (of this run's tasks). Left to
     itself, Dask queues a few tasks on each worker, and moves a dead worker's slide at once onto a
@@ -183,6 +184,8 @@ def run(client, s: Scheduler, tasks: dict[str, Callable[[], R]], failed: Callabl
     def done(key: str, result: R) -> None:
         results[key] = result
         bar.update(1)
+        if halt(result):
+            todo.clear()
 
     def lost(key: str, how: str) -> None:  # its worker died while running it
         deaths[key] += 1

@@ -237,7 +237,7 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
     t0 = time.perf_counter()
 
     def job(sid: str, work) -> jobs.SlideJob:
-        return jobs.SlideJob(sid, f"{store.path}: slide {sid}", work)
+        return jobs.SlideJob(sid, f"{store.path}: slide {sid}", work, functools.partial(store.remove_embeddings, sid))
 
     if scheduler is None:
         resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
@@ -255,8 +255,8 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
                      len(todo), len(skipped))
         todo_jobs = [job(s, functools.partial(_embed_on_worker, store, s, cfg)) for s in todo]
         results, ran_on = jobs.run(todo_jobs, "embedding", scheduler, show_progress)
-    return jobs.Summary(skipped + results, time.perf_counter() - t0, ran_on=ran_on, done_as="embedded",
-                        skipped_as="already embedded")
+    return jobs.Summary(skipped + results, time.perf_counter() - t0, store.path, ran_on=ran_on, done_as="embedded",
+                        skipped_as="already embedded", disk_hint="free space on that disk")
 
 
 def _default_local() -> int:

@@ -6,6 +6,7 @@ evaluator's is `--encoder`. `str(error)` spells every setting as `--name`, as mo
 """
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
 
@@ -30,19 +31,40 @@ class UserError(Exception):
         return self.message()
 
 
+def disk_full(e: BaseException | None) -> OSError | None:
+    """The full disk (or exhausted quota) behind `e`, itself or an error that led to it; None where
+    it is something else. Every file after it would fail the same way, so a command stops there."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def run_command(job, log: logging.Logger, interrupted: str, flags: dict[str, str] | None = None,
                 errors: tuple[type[BaseException], ...] = ()) -> int:
-    """`job()`'s exit status; a UserError (or one of `errors`) becomes one line and exit 2, Ctrl-C
-    one line saying what was kept (`interrupted`) and exit 130. Anything else is a bug: it raises."""
+    """`job()`'s exit status. A UserError (or one of `errors`) becomes one line and exit 2; a full
+    disk one line and exit 1, and Ctrl-C one line and exit 130, both saying what was kept
+    (`interrupted`). Anything else is a bug: it raises."""
     try:
         return job()
     except (UserError, *errors) as e:
         log.error("%s", e.message(flags) if isinstance(e, UserError) else e)
         log.debug("%s", traceback.format_exc())  # shown with --debug
-        return 2
+        return 1 if disk_full(e) else 2
     except KeyboardInterrupt:
         log.error("interrupted: %s", interrupted)
         return 130
+    except Exception as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        log.error("no space left on the disk%s; free space there, or write elsewhere; %s",
+                  f" writing {full.filename}" if full.filename else "", interrupted)
+        log.debug("%s", traceback.format_exc())
+        return 1
 
 
 def setup_logging(debug: bool = False) -> None:

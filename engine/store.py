@@ -283,8 +283,7 @@ class PatchStore:
             raise StoreError(f"{self.path}: slide {slide_id!r} has {n} patches but got embeddings of shape {emb.shape}")
         if not np.isfinite(emb).all():
             raise StoreError(f"{self.path}: slide {slide_id!r}: embeddings contain NaN or inf; not written")
-        if "embeddings" in g:
-            del g["embeddings"]
+        self.remove_embeddings(slide_id)
         rows = max(1, min(n, 65536 // max(1, emb.shape[1]) * 16))  # about 4 MiB a chunk
         a = g.create_array("embeddings", shape=emb.shape, chunks=(rows, emb.shape[1]), dtype="float32", fill_value=0.0)
         a.attrs.update(_jsonable({**attrs, "status": WRITING}))
@@ -292,17 +291,27 @@ class PatchStore:
             a[:] = emb.astype(np.float32, copy=False)
         a.attrs["status"] = COMPLETE
 
+    def remove_embeddings(self, slide_id: str) -> None:
+        """Delete the slide's embeddings, finished or not; its patches stay."""
+        g = self._slides()[slide_id]
+        if "embeddings" in g:
+            del g["embeddings"]
+
     # -- writing ----------------------------------------------------------------------------
+
+    def remove_slide(self, slide_id: str) -> None:
+        """Delete the slide's group, whatever state it is in."""
+        slides = self._slides()
+        if slide_id in slides:
+            del slides[slide_id]
 
     def begin_slide(self, slide_id: str, attrs: dict, capacity: int, codec: Codec, shard: int = 16,
                     check: dict | None = None) -> "SlideWriter":
         """Start (or restart) a slide group; whatever an earlier, unfinished run left is dropped.
         `check`: the CheckParams (as a dict) the patches are checked with; its PatchQC then comes
         with each append and is stored in qc/. None: tissue fractions only (no qc group)."""
-        slides = self._slides()
-        if slide_id in slides:
-            del slides[slide_id]
-        group = slides.create_group(slide_id)
+        self.remove_slide(slide_id)
+        group = self._slides().create_group(slide_id)
         group.attrs.update(_jsonable({**attrs, "status": WRITING}))
         p = self.patch_size
         images = group.create_array(

@@ -212,8 +212,9 @@ def tile_slides(slides_dir, out, cfg: TileConfig = TileConfig(), overwrite: bool
     qa_dir = qa_folder(out, cfg, qa_dir)
     bars = jobs.slide_bars(show_progress, scheduler)
     ids, organs = slide_ids(paths, slides_dir), slide_organs(paths, slides_dir)
-    todo = [jobs.SlideJob(ids[p], str(p), functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars,
-                                                            organs.get(p)))
+    todo = [jobs.SlideJob(ids[p], str(p),
+                          functools.partial(_tile_one, p, ids[p], store, cfg, qa_dir, bars, organs.get(p)),
+                          functools.partial(store.remove_slide, ids[p]))
             for p in paths]
     t0 = time.perf_counter()
     results, ran_on = jobs.run(todo, "tiling", scheduler, show_progress)

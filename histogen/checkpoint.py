@@ -5,10 +5,12 @@
                                                        tensors file's SHA-256; written last
 
 Both are written to temporary names and renamed, the JSON last, so a checkpoint exists only when
-whole; a file that does not match its recorded hash is reported and passed over.
+whole; one that fails (a full disk) leaves nothing behind. A file that does not match its recorded
+hash is reported and passed over.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import UserError
@@ -64,15 +67,30 @@ def save(folder: Path, step: int, nets: dict[str, torch.nn.Module], opts: dict[s
             "extra": extra or {}}
     tensors.update(_rng_state())
     stem = folder / f"step-{step:08d}"
-    tmp = stem.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, stem.with_suffix(".safetensors"))
-    meta["sha256"] = _sha256(stem.with_suffix(".safetensors"))
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, stem.with_suffix(".json"))  # last: the checkpoint exists from here on
+    written = [stem.with_suffix(".safetensors.tmp"), stem.with_suffix(".safetensors"), stem.with_suffix(".json.tmp")]
+    try:
+        _save_tensors(tensors, written[0])
+        os.replace(written[0], written[1])
+        meta["sha256"] = _sha256(written[1])
+        written[2].write_text(json.dumps(meta, indent=1))
+        os.replace(written[2], stem.with_suffix(".json"))  # last: the checkpoint exists from here on
+    except BaseException:
+        # A full disk or Ctrl-C: what this checkpoint wrote goes, the space with it; earlier ones stay whole.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     prune(folder, keep)
     return stem.with_suffix(".json")
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    """safetensors' save_file, with its I/O error of a full disk raised as the OSError it is."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        if "os error 28" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
 
 
 def prune(folder: Path, keep: int) -> None:

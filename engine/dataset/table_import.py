@@ -67,7 +67,7 @@ def import_parquet(table_paths, slides_dir, out_store, cfg: TileConfig = TileCon
         sid = name.replace("/", "__")
         where = found[name][0] if len(found[name]) == 1 else Path(name)
         work = functools.partial(_import_one, table.slide(name), found[name], sid, store, cfg, slides_dir, qa_dir, bars)
-        todo.append(jobs.SlideJob(sid, str(where), work))
+        todo.append(jobs.SlideJob(sid, str(where), work, functools.partial(store.remove_slide, sid)))
     t0 = time.perf_counter()
     results, ran_on = jobs.run(todo, "importing", scheduler, show_progress)
     return jobs.Summary(results, time.perf_counter() - t0, out, qa_dir if cfg.qa else None, ran_on)

@@ -21,6 +21,7 @@ from engine.cluster import ClusterError, Scheduler  # noqa: E402
 from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import PatchStore  # noqa: E402
 from engine.tile import main, tile_slides  # noqa: E402
+from tests.support.filesystems import du, grow, small_filesystem  # noqa: E402
 from tests.support.stores import assert_same_store  # noqa: E402
 from tests.support.tiling import ARGS, CFG  # noqa: E402
 
@@ -114,6 +115,24 @@ def test_slide_that_always_kills_its_worker_fails_alone(tmp_path, slides, refere
     again = tile_slides(slides, out, CFG, scheduler=scheduler, show_progress=False)
     assert [r.slide_id for r in again.results if r.status == "done"] == ["s0"] and again.count("skipped") == 2
     assert_same_store(out, reference)
+
+
+def test_full_disk_on_a_cluster_sends_no_more_slides_and_keeps_the_store_valid(tmp_path, slides, reference,
+                                                                                scheduler):
+    """Two workers writing onto a tmpfs with room for one slide: whichever slides the disk fills
+    up on are removed, none is sent after, every group left is whole; with space, the run resumes."""
+    with small_filesystem(tmp_path / "fs", du(reference / "slides" / "s0") * 3 // 2) as fs:
+        summary = tile_slides(slides, fs / "p.zarr", CFG, scheduler=scheduler, show_progress=False)
+        full = [r.slide_id for r in summary.results if r.disk_full]
+        assert full and summary.count("done") + len(full) + summary.count("not started") == 3
+        said = [line for line in summary.text().splitlines() if "no space left" in line]
+        assert said == [f"failed: {summary.failed[-1]}"] and f"{', '.join(full)} removed unfinished" in said[0]
+        store = PatchStore.open(fs / "p.zarr")
+        assert store.slide_ids(complete_only=False) == store.slide_ids() == summary.done
+        grow(fs, 4 * du(reference))
+        summary = tile_slides(slides, fs / "p.zarr", CFG, scheduler=scheduler, show_progress=False)
+        assert summary.count("done") + summary.count("skipped") == 3
+        assert_same_store(fs / "p.zarr", reference)
 
 
 def test_scheduler_with_dask_defaults_charges_only_the_killer(tmp_path, slides, reference):

@@ -25,6 +25,7 @@ from engine.tile import TileConfig, tile_slides  # noqa: E402
 from tests.support.references import resize_reference  # noqa: E402
 
 from tests.support.data import ROOT  # noqa: E402
+from tests.support.filesystems import du, leave_free, small_filesystem  # noqa: E402
 FAST = dict(workers=2, batch_size=8, qa=False)
 
 
@@ -100,6 +101,36 @@ def test_rerun_is_idempotent_and_a_new_model_replaces(store_path, models):
     for sid, old in first.items():
         assert store.embeddings_attrs(sid)["model"] == str(models["other"].resolve())
         assert not np.allclose(store.embeddings(sid), old)  # the other model's weights
+
+
+def test_full_disk_keeps_finished_embeddings_and_removes_the_unfinished(store_path, base_store, models, tmp_path,
+                                                                          capsys):
+    """A tmpfs the store fills but for room for the first slide's embeddings: those stay, the
+    slide the disk fills up on has none (not half), the rest are not started, one line says so;
+    with space, the same command finishes with the embeddings a run with room writes."""
+    cfg = ["--model", str(models["tiny"]), "--quiet", "--batch-size", "16"]
+    assert main(["--store", str(store_path), *cfg]) == 0
+    done = PatchStore.open(store_path)
+    first, *rest = done.slide_ids()
+    room = du(store_path / "slides" / first / "embeddings")
+    assert all(du(store_path / "slides" / sid / "embeddings") > room // 2 for sid in rest)
+    with small_filesystem(tmp_path / "fs", 2 * du(base_store)) as fs:
+        shutil.copytree(base_store, fs / "p.zarr")
+        leave_free(fs, room + room // 4)
+        assert main(["--store", str(fs / "p.zarr"), *cfg]) == 1
+        out = capsys.readouterr().out
+        assert "slides: 1 embedded, 1 failed, 0 skipped (already embedded), 1 not started" in out
+        assert [line for line in out.splitlines() if "failed:" in line] == [
+            f"failed: {fs / 'p.zarr'}: no space left on the disk: {rest[0]} removed unfinished, 1 slide(s) not "
+            "started, 1 complete kept; free space on that disk, then run the same command again to resume"]
+        store = PatchStore.open(fs / "p.zarr")
+        np.testing.assert_array_equal(store.embeddings(first), done.embeddings(first))
+        assert all("embeddings" not in store.slide(sid) for sid in rest)
+        (fs / "ballast").unlink()
+        assert main(["--store", str(fs / "p.zarr"), *cfg]) == 0
+        assert "2 embedded, 0 failed, 1 skipped" in capsys.readouterr().out
+        for sid in done.slide_ids():
+            np.testing.assert_array_equal(store.embeddings(sid), done.embeddings(sid))
 
 
 def test_store_without_complete_slides(tmp_path, models, capsys):

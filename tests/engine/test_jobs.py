@@ -2,6 +2,7 @@
 a run that goes on past a bad slide, the resume rule for a complete slide, and the summary's text."""
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -58,6 +59,37 @@ def test_run_keeps_job_order_and_goes_on_past_a_bad_slide():
     assert [(r.slide_id, r.status, r.n_patches) for r in results] == [("a", "done", 1), ("b", "failed", 0),
                                                                        ("c", "skipped", 0), ("d", "done", 4)]
     assert run([], "tiling", show_progress=False) == ([], "")
+
+
+def test_a_full_disk_undoes_the_slide_in_flight_and_starts_no_other(caplog):
+    undone = []
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "p.zarr/slides/b/images/c/0/0/0/0")
+
+    jobs = [job(lambda: 3, "a"), SlideJob("b", "slides/b.svs", full, lambda: undone.append("b")),
+            job(lambda: 5, "c"), job(lambda: 6, "d")]
+    with caplog.at_level(logging.DEBUG, "engine.jobs"):
+        results, _ = run(jobs, "tiling", show_progress=False)
+    assert [(r.slide_id, r.status, r.disk_full) for r in results] == [
+        ("a", "done", False), ("b", "failed", True), ("c", "not started", False), ("d", "not started", False)]
+    assert undone == ["b"] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    text = Summary(results, 1.0, Path("p.zarr")).text().splitlines()
+    assert text[0] == "slides: 1 done, 1 failed, 0 skipped (already complete), 2 not started"
+    assert text[-1] == ("failed: p.zarr: no space left on the disk: b removed unfinished, 2 slide(s) not started, "
+                        "1 complete kept; free space there or choose another --out, then run the same command "
+                        "again to resume")
+
+
+def test_a_quota_error_wrapped_in_another_is_a_full_disk_too():
+    def wrapped():
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as e:
+            raise RuntimeError("the codec could not write its chunk") from e
+
+    r = guarded(SlideJob("a", "slides/a.svs", wrapped))
+    assert r.status == "failed" and r.disk_full
 
 
 def test_slide_bars_only_where_the_slides_run_here():

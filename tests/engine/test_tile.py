@@ -24,6 +24,8 @@ from engine.store import PatchStore
 from engine.tile import TileConfig, main, tile_slides
 
 from tests.support.data import ROOT  # noqa: E402
+from tests.support.filesystems import du, grow, small_filesystem
+from tests.support.tiling import ARGS
 FAST = dict(workers=2, batch_size=8)
 
 
@@ -306,6 +308,33 @@ def test_killed_run_resumes_redoing_only_unfinished_slides(tmp_path, svs_slide, 
     for sid in a:
         for x, y in zip(a[sid][:3], b[sid][:3]):
             np.testing.assert_array_equal(x, y)
+
+
+def test_full_disk_stops_the_run_once_and_keeps_the_store_valid(tmp_path, slides, reference, capsys, caplog):
+    """A tmpfs with room for one slide: the first is kept whole, the one the disk fills up on is
+    removed, the rest are not started, and one line says so; with space, the same command resumes
+    and gives the store a run with room gives."""
+    one_slide = du(reference / "slides" / "s0")
+    with small_filesystem(tmp_path / "fs", one_slide * 3 // 2) as fs:
+        cmd = ["--slides", str(slides), "--out", str(fs / "p.zarr"), *ARGS]
+        assert main(cmd) == 1
+        out = capsys.readouterr().out
+        assert "slides: 1 done, 2 failed, 0 skipped (already complete), 1 not started" in out
+        full = [line for line in out.splitlines() if "no space left" in line]
+        assert full == [f"failed: {fs / 'p.zarr'}: no space left on the disk: s1 removed unfinished, 1 slide(s) not "
+                        "started, 1 complete kept; free space there or choose another --out, then run the same "
+                        "command again to resume"]
+        assert "Errno 28" not in out + caplog.text
+        store = PatchStore.open(fs / "p.zarr")
+        assert store.slide_ids() == ["s0"] and store.status("s1") is None  # nothing half written is left
+        grow(fs, 4 * du(reference))
+        assert main(cmd) == 1  # fake.svs still fails
+        assert "2 done, 1 failed, 1 skipped" in capsys.readouterr().out
+        a, b = _store_content(fs / "p.zarr"), _store_content(reference)
+        assert a.keys() == b.keys() == {"s0", "s1", "s2"}
+        for sid in a:
+            for x, y in zip(a[sid][:3], b[sid][:3]):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_progress_in_a_log_file_is_status_lines(tmp_path, slides):

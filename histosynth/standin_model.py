@@ -6,11 +6,15 @@ let the demo, the tests and the benchmarks run the real loading and inference pa
 [0, 1], output `{"output_0": (N, 384)}`. `vit-s16` costs what the real model (a ViT-S/16) costs
 per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
 
-Every stand-in carries the untrained marker, assets.extra/untrained.json (the name is
-histogen.encoders.UNTRAINED_MARKER; histosynth imports nothing of histogen), so `histogen eval`
-says that Fréchet distance and precision/recall in its space mean nothing.
+`torch-vit` is the registry's `standin-vit` instead (engine.encoder_registry): a ViT-Ti/16 with
+random weights in a folder laid out as a timm repo on the hub (config.json, model.safetensors),
+for `--encoder standin-vit --weights OUT_DIR`.
 
-    python -m histosynth.standin_model OUT_DIR [--arch vit-s16|tiny]
+Every stand-in carries the untrained marker, untrained.json (in assets.extra/ of a SavedModel; the
+name is histogen.encoders.UNTRAINED_MARKER; histosynth imports nothing of histogen), so
+`histogen eval` says that Fréchet distance and precision/recall in its space mean nothing.
+
+    python -m histosynth.standin_model OUT_DIR [--arch vit-s16|tiny|torch-vit]
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ARCHS = ("tiny", "vit-s16")
+TORCH_ARCH = "torch-vit"
 
 
 def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: int = 224, output_key: str = "output_0",
@@ -78,17 +83,43 @@ def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: in
     tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve.get_concrete_function()})
     extra = out / "assets.extra"  # TensorFlow's place for files it does not read
     extra.mkdir(exist_ok=True)
-    (extra / "untrained.json").write_text(json.dumps({"what": "a stand-in with random weights "
-                                                              f"(histosynth.standin_model, {arch}, seed {seed})"}))
+    _mark_untrained(extra, arch, seed)
+    return out
+
+
+def _mark_untrained(folder: Path, arch: str, seed: int) -> None:
+    (folder / "untrained.json").write_text(json.dumps({"what": "a stand-in with random weights "
+                                                               f"(histosynth.standin_model, {arch}, seed {seed})"}))
+
+
+def save_torch_standin(out: Path, name: str = "standin-vit", seed: int = 0) -> Path:
+    """The registry encoder `name`'s architecture with random weights, as its hub repo would hold it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.encoder_registry import spec
+    from engine.torch_encoder import build
+
+    torch.manual_seed(seed)
+    net = build(spec(name))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"encoder": name, "architecture": "vit", "seed": seed}))
+    _mark_untrained(out, TORCH_ARCH, seed)
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m histosynth.standin_model", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--arch", choices=ARCHS, default="vit-s16")
+    p.add_argument("--arch", choices=ARCHS + (TORCH_ARCH,), default="vit-s16")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.arch == TORCH_ARCH:
+        save_torch_standin(a.out, seed=a.seed)
+        print(f"stand-in encoder standin-vit (random weights): {a.out}; use --encoder standin-vit --weights {a.out}")
+        return 0
     save_standin(a.out, a.arch, seed=a.seed)
     print(f"stand-in model with Path Foundation's interface (random weights, {a.arch}): {a.out}")
     return 0

@@ -1,0 +1,117 @@
+"""Every patch encoder histogen can embed with, condition on and evaluate in: the one place each
+encoder's facts live (source, architecture, input, output, licence). engine.embed, the store's
+`embeddings/<name>`, the dataset export, `histogen train --set data.embedding=NAME`,
+`histogen eval --encoder NAME` and `benchmarks quality --encoder NAME` all read them from here.
+
+Published figures (`params`, `width`) are what the model cards and papers state; the tests build
+each architecture on the meta device and hold it to them. `revision` pins a hub commit where one is
+known to this file; where it is None the hub's `main` is used and the commit it resolved to is
+recorded beside the embeddings (pin one with --revision).
+
+CONCH's image tower is not here: its code comes from GitHub (MahmoodLab/CONCH) or an unofficial
+PyPI fork, both built on timm, which does not import beside the pinned torch (README, "Encoders").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import UserError
+from engine.pipeline import Transform
+from engine.vit import ViTConfig
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+BIOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] as resized: Path Foundation's contract
+
+# How a checkpoint names its tensors: timm's names load as they are; transformers' are renamed
+# (engine.encoder_weights); a TensorFlow SavedModel is a folder TensorFlow loads.
+LAYOUTS = ("timm", "hf-vit", "hf-dinov2", "savedmodel")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    repo: str | None  # Hugging Face repo id; None: local weights only (the stand-ins)
+    layout: str  # one of LAYOUTS
+    input_size: int
+    norm: tuple[tuple[float, float, float], tuple[float, float, float]]  # mean, std on [0, 1]
+    width: int  # output width, published
+    params: str | None  # parameter count as published ("303M", "1.1B"); None: a TensorFlow graph, not built here
+    vit: ViTConfig | None = None  # the torch architecture; None for SavedModels
+    pooling: str = "cls"  # engine.vit.POOLINGS
+    precision: str = "bf16"  # what the authors run it in: bf16/fp16-safe, or fp32
+    licence: str = ""
+    gated: bool = False  # the hub asks for accepted terms (and a token) before download
+    revision: str | None = None  # pinned hub commit
+    trained: bool = True  # False: random weights (a stand-in); its space means nothing
+
+    @property
+    def framework(self) -> str:
+        return "tensorflow" if self.layout == "savedmodel" else "torch"
+
+    @property
+    def transform(self) -> Transform:
+        """The model input engine.pipeline makes from uint8 patches."""
+        mean, std = self.norm
+        return Transform(self.input_size, mean, std, "NHWC" if self.framework == "tensorflow" else "NCHW")
+
+    @property
+    def page(self) -> str:
+        return f"https://huggingface.co/{self.repo}" if self.repo else ""
+
+
+def _vit_l16() -> ViTConfig:
+    return ViTConfig(1024, 24, 16, 4096, patch=16, layer_scale=True)
+
+
+def _vit_g14(**kw) -> ViTConfig:  # DINOv2's giant with SwiGLU: 1536 wide, 40 blocks, 24 heads
+    return ViTConfig(**{"dim": 1536, "depth": 40, "heads": 24, "mlp_hidden": 8192, "patch": 14, "mlp": "swiglu",
+                        "layer_scale": True, **kw})
+
+
+ENCODERS: dict[str, EncoderSpec] = {e.name: e for e in (
+    EncoderSpec("path-foundation", "google/path-foundation", "savedmodel", 224, UNIT, 384, None,
+                precision="fp32", licence="Health AI Developer Foundations terms", gated=True),
+    EncoderSpec("uni", "MahmoodLab/UNI", "timm", 224, IMAGENET, 1024, "303M", _vit_l16(),
+                licence="CC-BY-NC-ND-4.0", gated=True),
+    EncoderSpec("uni2-h", "MahmoodLab/UNI2-h", "timm", 224, IMAGENET, 1536, "681M",
+                _vit_g14(depth=24, registers=8, pos_on_prefix=False), licence="CC-BY-NC-ND-4.0", gated=True),
+    EncoderSpec("virchow2", "paige-ai/Virchow2", "timm", 224, IMAGENET, 2560, "632M",
+                ViTConfig(1280, 32, 16, 6832, patch=14, mlp="swiglu", registers=4, layer_scale=True),
+                pooling="cls+mean", licence="CC-BY-NC-ND-4.0", gated=True),
+    EncoderSpec("h-optimus-0", "bioptimus/H-optimus-0", "timm", 224, BIOPTIMUS, 1536, "1.1B",
+                _vit_g14(registers=4, pos_on_prefix=False), licence="Apache-2.0"),
+    EncoderSpec("h-optimus-1", "bioptimus/H-optimus-1", "timm", 224, BIOPTIMUS, 1536, "1.1B",
+                _vit_g14(registers=4, pos_on_prefix=False), licence="Bioptimus non-commercial (model card)",
+                gated=True),
+    EncoderSpec("h0-mini", "bioptimus/H0-mini", "timm", 224, BIOPTIMUS, 1536, "86M",
+                ViTConfig(768, 12, 12, 4096, patch=14, mlp="swiglu", registers=4, pos_on_prefix=False,
+                          layer_scale=True),
+                pooling="cls+mean", licence="CC-BY-NC-ND-4.0", gated=True),
+    EncoderSpec("phikon", "owkin/phikon", "hf-vit", 224, IMAGENET, 768, "86M",
+                ViTConfig(768, 12, 12, 3072, patch=16, norm_eps=1e-12), licence="Owkin non-commercial"),
+    EncoderSpec("phikon-v2", "owkin/phikon-v2", "hf-dinov2", 224, IMAGENET, 1024, "0.3B", _vit_l16(),
+                licence="Owkin non-commercial"),
+    EncoderSpec("prov-gigapath", "prov-gigapath/prov-gigapath", "timm", 224, IMAGENET, 1536, "1.13B",
+                _vit_g14(patch=16), licence="Apache-2.0", gated=True),
+    EncoderSpec("midnight-12k", "kaiko-ai/midnight", "hf-dinov2", 224, HALF, 3072, "1.1B", _vit_g14(),
+                pooling="cls+mean", licence="MIT"),
+    # A ViT-Ti/16 with random weights (histosynth.standin_model --arch torch-vit writes one) for tests and
+    # benchmarks of the torch path; Path Foundation's stand-ins are SavedModels given as its --weights.
+    EncoderSpec("standin-vit", None, "timm", 224, IMAGENET, 192, "5.5M",
+                ViTConfig(192, 12, 3, 768, patch=16), trained=False),
+)}
+DEFAULT = "path-foundation"
+
+
+class EncoderError(UserError):
+    """An encoder that is unknown or cannot be loaded; the message says what to do."""
+
+
+def spec(name: str) -> EncoderSpec:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise EncoderError(f"unknown encoder {name!r}", f"choose one of {', '.join(ENCODERS)}") from None
+

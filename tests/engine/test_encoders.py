@@ -1,0 +1,221 @@
+"""The encoder registry: every entry built at full size on the meta device against its published
+parameter count and width; the small ones run for real on two patches with random weights;
+weights load from a --weights folder, from the hub's local cache laid out as the hub lays it out,
+from transformers' names, and from a pickle only when asked; offline without weights is one line."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from engine.encoder_registry import ENCODERS, EncoderError, spec
+from engine.encoder_weights import weight_file
+from engine.pipeline import make_resizer
+from engine.torch_encoder import TorchModel, build, load
+from engine.vit import pool
+from histosynth.standin_model import save_torch_standin
+
+TORCH = [name for name, e in ENCODERS.items() if e.vit is not None]
+SMALL = ["standin-vit", "phikon", "h0-mini"]  # under 100M parameters: a real forward costs seconds
+
+
+def published(text: str) -> tuple[float, float]:
+    """'1.1B' -> (1100e6, 50e6): the figure and half a unit of its last digit (its rounding), at least 0.5 %."""
+    number, unit = text[:-1], {"M": 1e6, "B": 1e9}[text[-1]]
+    decimals = len(number.partition(".")[2])
+    value = float(number) * unit
+    return value, max(0.5 * 10 ** -decimals * unit, 0.005 * value)
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_full_size_architecture_matches_published_figures(name):
+    e = spec(name)
+    net = build(e, "meta")
+    count = sum(p.numel() for p in net.parameters())
+    value, tolerance = published(e.params)
+    assert abs(count - value) <= tolerance, f"{name}: {count / 1e6:.1f}M parameters, published {e.params}"
+    with torch.device("meta"):
+        tokens = net(torch.zeros(2, 3, e.input_size, e.input_size))
+    assert tokens.shape == (2, e.vit.prefix + e.vit.grid ** 2, e.vit.dim)
+    assert pool(tokens, e.vit.prefix, e.pooling).shape == (2, e.width)
+    assert e.transform.size == e.vit.image and e.transform.layout == "NCHW"
+
+
+def test_published_widths_and_poolings():
+    widths = {n: (e.width, e.pooling) for n, e in ENCODERS.items()}
+    assert widths["virchow2"] == (2560, "cls+mean") and widths["midnight-12k"] == (3072, "cls+mean")
+    assert widths["h0-mini"] == (1536, "cls+mean") and widths["uni2-h"] == (1536, "cls")
+    assert widths["path-foundation"] == (384, "cls") and ENCODERS["path-foundation"].framework == "tensorflow"
+
+
+def patches(n=2, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_encoders_run_on_two_patches(name):
+    e = spec(name)
+    torch.manual_seed(0)
+    model = TorchModel(e, build(e).eval(), name, "random", "", bf16=False)
+    x = make_resizer(e.transform, "torch")(patches())
+    assert x.shape == (2, 3, 224, 224)
+    y = model(x)
+    assert y.shape == (2, e.width) and y.dtype == np.float32 and np.isfinite(y).all()
+    assert np.abs(y[0] - y[1]).max() > 1e-3  # two different patches, two different embeddings
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    e = spec("standin-vit")
+    torch.manual_seed(0)
+    net = build(e).eval()
+    x = make_resizer(e.transform, "torch")(patches(4))
+    full, half = (TorchModel(e, net, "t", "r", "", bf16=b)(x) for b in (False, True))
+    cos = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cos.min() > 0.99
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    return save_torch_standin(tmp_path_factory.mktemp("standin-vit"), seed=3)
+
+
+def reference_output(x, seed=3, name="standin-vit") -> np.ndarray:
+    torch.manual_seed(seed)
+    net = build(spec(name)).eval()
+    with torch.no_grad():
+        return pool(net(x), net.config.prefix, spec(name).pooling).numpy()
+
+
+def test_weights_folder_loads_the_same_network(standin):
+    model = load(spec("standin-vit"), weights=standin, device="cpu", bf16=False)
+    x = make_resizer(model.spec.transform, "torch")(patches())
+    np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)
+    assert model.marker and "random weights" in model.marker
+    attrs = model.attrs()
+    assert attrs["encoder"] == "standin-vit" and attrs["revision"] == "local" and attrs["width"] == 192
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", attrs["weights_hash"])
+    assert attrs["mean"] == [0.485, 0.456, 0.406] and attrs["input_size"] == 224
+    same_file = load(spec("standin-vit"), weights=standin / "model.safetensors", device="cpu", bf16=False)
+    assert same_file.weights_hash == model.weights_hash
+
+
+def hub_cache(root, repo: str, files: dict, commit: str = "0" * 39 + "1"):
+    """A repo in huggingface_hub's cache layout: refs/main -> snapshots/<commit>/<files>."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        (snapshot / name).write_bytes(source.read_bytes())
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return commit
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_loads_from_the_hub_cache_with_its_commit(standin, offline):
+    e = dataclasses.replace(spec("standin-vit"), repo="histogen-test/tiny-vit")
+    commit = hub_cache(offline, e.repo, {"model.safetensors": standin / "model.safetensors",
+                                         "config.json": standin / "config.json"})
+    model = load(e, device="cpu", bf16=False)
+    assert model.id == "histogen-test/tiny-vit" and model.revision == commit
+    x = make_resizer(e.transform, "torch")(patches())
+    np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)
+    assert model.attrs()["weights_hash"] == load(e, weights=standin, device="cpu", bf16=False).weights_hash
+
+
+@pytest.mark.parametrize("name", ["uni2-h", "virchow2"])
+def test_offline_without_weights_is_one_line(name, offline):
+    with pytest.raises(EncoderError) as err:
+        load(spec(name))
+    line = err.value.message({"weights": "--weights"})
+    e = spec(name)
+    assert "\n" not in line
+    assert f"{name} ({e.repo})" in line and "cannot reach the Hugging Face Hub" in line
+    assert f"https://huggingface.co/{e.repo}" in line and "--weights PATH" in line
+
+
+def test_a_stand_in_without_weights_says_how_to_make_them():
+    with pytest.raises(EncoderError, match="standin_model --arch torch-vit"):
+        load(spec("standin-vit"))
+
+
+def test_pickles_only_when_asked(standin, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    torch.save(load_file(str(standin / "model.safetensors")), folder / "pytorch_model.bin")
+    with pytest.raises(EncoderError) as err:
+        weight_file(folder)
+    assert "only pickled weights (pytorch_model.bin)" in err.value.message({"allow_pickle": "--allow-pickle"})
+    assert "--allow-pickle" in err.value.message({"allow_pickle": "--allow-pickle"})
+    with pytest.raises(EncoderError, match="pickles are loaded only when asked"):
+        load(spec("standin-vit"), weights=folder / "pytorch_model.bin")
+    model = load(spec("standin-vit"), weights=folder, allow_pickle=True, device="cpu", bf16=False)
+    assert model.weights_hash != load(spec("standin-vit"), weights=standin, device="cpu", bf16=False).weights_hash
+    x = make_resizer(model.spec.transform, "torch")(patches())
+    np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)
+
+
+def to_transformers_dinov2(state: dict) -> dict:
+    """timm names -> transformers' Dinov2Model names (the inverse of what loading does), by hand."""
+    out = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
+           "embeddings.mask_token": torch.zeros(1, state["cls_token"].shape[-1]),
+           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"],
+           "pooler.dense.weight": torch.zeros(1)}
+    for key in ("weight", "bias"):
+        out[f"embeddings.patch_embeddings.projection.{key}"] = state[f"patch_embed.proj.{key}"]
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    for i in blocks:
+        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
+        for key in ("weight", "bias"):
+            q, k, v = state[b + f"attn.qkv.{key}"].chunk(3)
+            out.update({h + f"attention.attention.query.{key}": q, h + f"attention.attention.key.{key}": k,
+                        h + f"attention.attention.value.{key}": v,
+                        h + f"attention.output.dense.{key}": state[b + f"attn.proj.{key}"],
+                        h + f"norm1.{key}": state[b + f"norm1.{key}"], h + f"norm2.{key}": state[b + f"norm2.{key}"],
+                        h + f"mlp.fc1.{key}": state[b + f"mlp.fc1.{key}"],
+                        h + f"mlp.fc2.{key}": state[b + f"mlp.fc2.{key}"]})
+        out[h + "layer_scale1.lambda1"] = state[b + "ls1.gamma"]
+        out[h + "layer_scale2.lambda1"] = state[b + "ls2.gamma"]
+    return out
+
+
+def test_transformers_dinov2_checkpoints_load_under_timm_names(tmp_path):
+    from safetensors.torch import save_file
+
+    base = spec("standin-vit")
+    e = dataclasses.replace(base, layout="hf-dinov2", vit=dataclasses.replace(base.vit, layer_scale=True))
+    torch.manual_seed(5)
+    net = build(e).eval()
+    for block in net.blocks:  # LayerScale weights that matter, so a swapped name would show
+        block.ls1.gamma.data.uniform_(0.5, 1.5)
+        block.ls2.gamma.data.uniform_(0.5, 1.5)
+    hf = to_transformers_dinov2(net.state_dict())
+    save_file({"dinov2." + k: v.contiguous() for k, v in hf.items()}, str(tmp_path / "model.safetensors"))
+    model = load(e, weights=tmp_path, device="cpu", bf16=False)
+    x = make_resizer(e.transform, "torch")(patches())
+    with torch.no_grad():
+        want = pool(net(x), e.vit.prefix, e.pooling).numpy()
+    np.testing.assert_allclose(model(x), want, atol=1e-5)
+
+
+def test_weights_of_another_encoder_are_refused(standin):
+    with pytest.raises(EncoderError, match="not h0-mini's weights.*missing: reg_token.*shapes"):
+        load(spec("h0-mini"), weights=standin)
+    with pytest.raises(EncoderError, match="no embeddings.cls_token.*not phikon's weights"):
+        load(spec("phikon"), weights=standin)

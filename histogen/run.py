@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import torch
 
-from histogen import checkpoint, config
+from histogen import checkpoint, compute, config
 from histogen.batches import embedding_width
 from histogen.checkpoint import CheckpointError
 from histogen.config import ConfigError, RunConfig
@@ -95,8 +95,13 @@ class RunSampler:
     def __init__(self, folder: RunFolder, device: torch.device | None = None):
         self.folder = folder
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        t = folder.cfg.train
+        # As the run trained: bf16 autocast where the device has it (3-4x faster sampling on such a CPU).
+        self.compute = compute.decide(self.device, t.bf16, t.channels_last, t.threads)
         self.task, opts, self.step = load_run(folder, self.device)
         self.nets = {**dict(self.task.nets), self.task.sample_net: ema_net(self.task, opts).to(self.device)}
+        for net in self.nets.values():
+            self.compute.nets(net)
 
     @property
     def conditional(self) -> bool:
@@ -122,5 +127,7 @@ class RunSampler:
         (class_ids) for runs conditioned on labels; reconstructing runs take `images` (n, 3, R, R)
         in [-1, 1]."""
         to = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        return to_uint8(self.task.sample(self.nets, n, gen, cond=to(cond), images=to(images), steps=steps,
-                                         guidance=guidance, label=to(label)))
+        images = None if images is None else self.compute.images(to(images))
+        with self.compute.autocast():
+            return to_uint8(self.task.sample(self.nets, n, gen, cond=to(cond), images=images, steps=steps,
+                                             guidance=guidance, label=to(label)))

@@ -1,15 +1,18 @@
-"""Path Foundation embeddings for every complete slide of a patch store.
+"""Embeddings of every complete slide of a patch store by one encoder of engine.encoder_registry.
 
-    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR] [--scheduler ADDRESS]
+    python -m engine.embed --store patches.zarr [--encoder NAME] [--weights PATH] [--scheduler ADDRESS]
+    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR]
 
-Each slide group gets `embeddings` float32 (N, 384), row i for patch i, computed on 224 px inputs
-resized from the stored patches (engine.pipeline, antialiased bilinear, [0, 1]). Per slide: the
-data path (store reads, resize) runs on a background thread while TensorFlow runs the model, and
+Each slide group gets `embeddings/<encoder>` float32 (N, width), row i for patch i, computed on the
+encoder's input made from the stored patches (engine.pipeline: antialiased bilinear resize to its
+input size, its normalisation). Path Foundation (the default) is a TensorFlow SavedModel; the
+others are torch ViTs (engine.torch_encoder). Per slide: the
+data path (store reads, resize) runs on a background thread while the model runs, and
 the slide's embeddings are written at once and marked complete last, so a killed run redoes only
 the slide it was in. A slide that already has embeddings from the same model is skipped. With
 --scheduler, each slide is a Dask task (engine.cluster); each worker loads the model once.
 
-TensorFlow is imported here only, when a model is loaded.
+TensorFlow is imported here only, when Path Foundation is loaded.
 """
 from __future__ import annotations
 
@@ -27,32 +30,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import cluster, jobs
-from engine.errors import UserError, run_command, setup_logging
+from engine import cluster, jobs, torch_encoder
+from engine.encoder_registry import DEFAULT, ENCODERS, EncoderError, EncoderSpec, spec
+from engine.errors import run_command, setup_logging
+from engine.hub_download import download
 from engine.location import location
-from engine.pipeline import EMBED, RESIZE_BACKENDS, make_resizer, store_batches
+from engine.pipeline import RESIZE_BACKENDS, make_resizer, store_batches
 from engine.prefetch import ordered_map
 from engine.progress import Progress
 from engine.store import PatchStore, StoreError
 
 log = logging.getLogger("engine.embed")
 
-DEFAULT_MODEL = "google/path-foundation"
-WIDTH = 384
-
-
-class EmbedError(UserError):
-    """A model or an input that cannot be used; the message says what to do."""
+PATH_FOUNDATION = ENCODERS[DEFAULT]
+DEFAULT_MODEL = PATH_FOUNDATION.repo
+EmbedError = EncoderError  # a model or an input that cannot be used; the message says what to do
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    model: str = DEFAULT_MODEL  # a SavedModel directory or a Hugging Face repo id
-    revision: str | None = None  # hub revision (branch, tag or commit); None = main
+    model: str = DEFAULT_MODEL  # Path Foundation: a SavedModel directory or a Hugging Face repo id
+    revision: str | None = None  # hub revision (branch, tag or commit); None = the registry's pin, else main
     batch_size: int = 64
     pipeline: str = "auto"  # auto | dali-gpu | dali-cpu | torch
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # store-read threads
     overwrite: bool = False  # recompute slides that already have this model's embeddings
+    encoder: str = DEFAULT  # a name in engine.encoder_registry
+    weights: str | None = None  # local weights (a file or folder) instead of the hub; Path Foundation: a SavedModel
+    allow_pickle: bool = False  # load pickled checkpoints (tensors only)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -66,11 +71,18 @@ class Model:
     input_name: str
     id: str  # what the user asked for: a repo id or the directory
     revision: str  # the hub commit, or a content hash of a local directory
-    input_size: int = 224
-    width: int = WIDTH
+    spec: EncoderSpec = PATH_FOUNDATION
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def width(self) -> int:
+        return self.spec.width
 
     def __call__(self, x) -> np.ndarray:
-        """float32 (n, 224, 224, 3) in [0, 1] -> float32 (n, 384); refuses non-finite in or out."""
+        """float32 (n, size, size, 3) in [0, 1] -> float32 (n, width); refuses non-finite in or out."""
         import tensorflow as tf
 
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
@@ -85,8 +97,8 @@ class Model:
         return y.astype(np.float32, copy=False)
 
     def attrs(self) -> dict:
-        return {"model": self.id, "revision": self.revision, "input_size": self.input_size,
-                "resize": EMBED.method, "value_range": [0.0, 1.0], "width": self.width}
+        return {"encoder": self.spec.name, "model": self.id, "revision": self.revision, "input_size": self.input_size,
+                "resize": self.spec.transform.method, "value_range": [0.0, 1.0], "width": self.width}
 
 
 def _dir_hash(path: Path) -> str:
@@ -101,47 +113,17 @@ def _dir_hash(path: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def download(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
-    """The model's snapshot folder, downloaded once into the Hugging Face cache with the user's
-    token (HF_TOKEN or the cached login)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    page = f"https://huggingface.co/{repo_id}"
-    try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, token=token))
-    except GatedRepoError as e:
-        raise EmbedError(f"{repo_id} is gated: accept its terms on {page} while logged in, then set HF_TOKEN "
-                         "(or run `hf auth login`)", "or pass {model} DIR with a downloaded copy") from e
-    except RepositoryNotFoundError as e:
-        raise EmbedError(f"{repo_id}: not found on the Hugging Face Hub, or not visible without a token",
-                         f"check the id, set HF_TOKEN after accepting the terms on {page}, "
-                         "or pass {model} DIR") from e
-    except RevisionNotFoundError as e:
-        raise EmbedError(f"{repo_id}: no revision {revision!r}", "leave out {revision} or name an existing one") from e
-    except LocalEntryNotFoundError as e:
-        raise EmbedError(f"{repo_id}: cannot reach the Hugging Face Hub and the model is not in the local cache",
-                         f"download it where there is network (accept the terms on {page}, set HF_TOKEN) "
-                         "and pass {model} DIR, or run this online once") from e
-    except OSError as e:  # connection errors and other I/O failures the hub client surfaces
-        raise EmbedError(f"{repo_id}: download failed ({e})", "pass {model} DIR with a downloaded copy") from e
-
-
 def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str | None = None) -> Model:
     """A local SavedModel directory or a hub repo id; the serving signature must be Path
-    Foundation's: one float32 (N, 224, 224, 3) input, `output_0` of width 384."""
+    Foundation's (as the registry states it): one float32 (N, size, size, 3) input, `output_0` of its width."""
+    size, width = PATH_FOUNDATION.input_size, PATH_FOUNDATION.width
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
             raise EmbedError(f"{path}: --model must be a SavedModel directory (with saved_model.pb), not a file")
         model_id, rev = str(path.resolve()), None
     elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.parent.is_dir():
-        model_id, path = ref, download(ref, revision, token)
+        model_id, path = ref, download(ref, revision or PATH_FOUNDATION.revision, token, name=DEFAULT)
         rev = path.name  # snapshots/<commit>
     else:
         raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name)",
@@ -166,30 +148,39 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
     fn = sigs["serving_default"]
     _, kwargs = fn.structured_input_signature
     specs = list(kwargs.items())
-    want = f"one float32 input of shape [N, {EMBED.size}, {EMBED.size}, 3]"
+    want = f"one float32 input of shape [N, {size}, {size}, 3]"
     if len(specs) != 1:
         raise EmbedError(f"{path}: serving_default takes {len(specs)} inputs; Path Foundation takes {want}")
     name, spec = specs[0]
     shape = spec.shape.as_list() if spec.shape.rank is not None else None
-    if spec.dtype != tf.float32 or shape is None or len(shape) != 4 or shape[1:] != [EMBED.size, EMBED.size, 3]:
+    if spec.dtype != tf.float32 or shape is None or len(shape) != 4 or shape[1:] != [size, size, 3]:
         raise EmbedError(f"{path}: serving_default takes {spec.dtype.name} {shape}; Path Foundation takes {want}")
     outputs = fn.structured_outputs
     if "output_0" not in outputs:
         raise EmbedError(f"{path}: serving_default returns {', '.join(outputs)}, not output_0; "
                          "not a Path Foundation export")
     model = Model(fn, name, model_id, rev or _dir_hash(path))
-    probe = fn(**{name: tf.zeros((2, EMBED.size, EMBED.size, 3), tf.float32)})["output_0"]
-    if tuple(probe.shape) != (2, WIDTH):
-        raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {WIDTH}; "
+    probe = fn(**{name: tf.zeros((2, size, size, 3), tf.float32)})["output_0"]
+    if tuple(probe.shape) != (2, width):
+        raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {width}; "
                          "not Path Foundation")
     return model
+
+
+def load_encoder(cfg: EmbedConfig) -> Model | torch_encoder.TorchModel:
+    """The encoder cfg names, with its weights: Path Foundation's SavedModel (--weights DIR or --model),
+    or a torch encoder from --weights or the hub."""
+    e = spec(cfg.encoder)
+    if e.framework == "tensorflow":  # Path Foundation, the one SavedModel of the registry
+        return load_model(cfg.weights or cfg.model, cfg.revision)
+    return torch_encoder.load(e, cfg.weights, cfg.revision, allow_pickle=cfg.allow_pickle)
 
 
 # -- the run ------------------------------------------------------------------------------------
 
 
 def _up_to_date(store: PatchStore, sid: str, model: Model) -> bool:
-    have = store.embeddings_attrs(sid)
+    have = store.embeddings_attrs(sid, model.spec.name)
     want = model.attrs()
     return have is not None and all(have.get(k) == v for k, v in want.items())
 
@@ -204,14 +195,15 @@ def embed_slide(store: PatchStore, sid: str, model: Model, resize, cfg: EmbedCon
         out[start : start + len(x)] = model(x)
         if bar is not None:
             bar.update(len(x))
-    store.write_embeddings(sid, out, model.attrs())
+    store.write_embeddings(sid, out, model.attrs(), model.spec.name)
     return len(out)
 
 
 @functools.lru_cache(maxsize=1)
 def _worker_tools(cfg: EmbedConfig) -> tuple[Model, object]:
     """The model and the resizer, made once per Dask worker process."""
-    return load_model(cfg.model, cfg.revision), make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
+    model = load_encoder(cfg)
+    return model, make_resizer(model.spec.transform, cfg.pipeline, max_batch=cfg.batch_size)
 
 
 def _embed_on_worker(store: PatchStore, sid: str, cfg: EmbedConfig) -> int:
@@ -224,35 +216,36 @@ def embed_store(store_path, cfg: EmbedConfig = EmbedConfig(), model: Model | Non
                 show_progress: bool | None = None, scheduler: cluster.Scheduler | None = None) -> jobs.Summary:
     """Embed every complete slide of the store (a path or a URL) that lacks this model's
     embeddings, here or with one Dask task per slide on `scheduler` (whose workers load
-    `cfg.model` themselves; `model`, if given, is that model loaded). Raises a UserError
+    the encoder themselves; `model`, if given, is cfg's encoder loaded). Raises a UserError
     (StoreError, EmbedError, ClusterError, ...) only for problems that stop the whole run."""
     store = PatchStore.open(store_path)
     ids = store.slide_ids()
     if not ids:
         raise StoreError(f"{store.path}: no complete slides to embed",
                          "tile slides into it first (python -m engine.tile)")
-    model = model or load_model(cfg.model, cfg.revision)  # here too: a bad model stops the run before any task
+    model = model or load_encoder(cfg)  # here too: a bad model stops the run before any task
     todo = [s for s in ids if cfg.overwrite or not _up_to_date(store, s, model)]
     skipped = [jobs.SlideResult(s, "skipped") for s in ids if s not in todo]
     t0 = time.perf_counter()
 
     def job(sid: str, work) -> jobs.SlideJob:
-        return jobs.SlideJob(sid, f"{store.path}: slide {sid}", work, functools.partial(store.remove_embeddings, sid))
+        return jobs.SlideJob(sid, f"{store.path}: slide {sid}", work,
+                            functools.partial(store.remove_embeddings, sid, model.spec.name))
 
     if scheduler is None:
-        resize = make_resizer(EMBED, cfg.pipeline, max_batch=cfg.batch_size)
-        log.info("model %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.id, model.revision,
-                 resize.backend, len(todo), len(skipped))
+        resize = make_resizer(model.spec.transform, cfg.pipeline, max_batch=cfg.batch_size)
+        log.info("encoder %s: %s (%s); pipeline %s; %d slide(s) to embed, %d already done", model.spec.name,
+                 model.id, model.revision, resize.backend, len(todo), len(skipped))
         # One patch bar over the run, no slides bar. The resize runs on its own thread, a batch or
-        # two ahead, while TensorFlow runs the model here.
+        # two ahead, while the model runs here.
         with Progress(sum(store.n_patches(s) for s in todo), "embed", "patch", show=show_progress) as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="resize") as pool:
             todo_jobs = [job(s, functools.partial(embed_slide, store, s, model, resize, cfg, pool, bar)) for s in todo]
             results, ran_on = jobs.run(todo_jobs, "embedding", show_progress=False)
     else:
         if todo:
-            log.info("model %s (%s); %d slide(s) to embed on Dask, %d already done", model.id, model.revision,
-                     len(todo), len(skipped))
+            log.info("encoder %s: %s (%s); %d slide(s) to embed on Dask, %d already done", model.spec.name,
+                     model.id, model.revision, len(todo), len(skipped))
         todo_jobs = [job(s, functools.partial(_embed_on_worker, store, s, cfg)) for s in todo]
         results, ran_on = jobs.run(todo_jobs, "embedding", scheduler, show_progress)
     return jobs.Summary(skipped + results, time.perf_counter() - t0, store.path, ran_on=ran_on, done_as="embedded",
@@ -269,8 +262,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", required=True, type=location,
                    help="patch store made by python -m engine.tile (a path or a URL)")
+    p.add_argument("--encoder", default=d.encoder, choices=ENCODERS, metavar="NAME",
+                   help=f"encoder, one of {', '.join(ENCODERS)} (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="local weights, a file or a folder (safetensors), instead of the Hugging Face Hub")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load pickled checkpoints (.bin, .pth; tensors only, never code)")
     p.add_argument("--model", default=d.model,
-                   help="SavedModel directory or Hugging Face repo id (default: %(default)s)")
+                   help="Path Foundation: SavedModel directory or Hugging Face repo id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--pipeline", choices=RESIZE_BACKENDS, default=d.pipeline,
@@ -291,7 +290,8 @@ def main(argv=None) -> int:
         if a.batch_size < 1:
             raise EmbedError("--batch-size must be at least 1")
         scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, _default_local)
-        cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite)
+        cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite, a.encoder,
+                          a.weights, a.allow_pickle)
         summary = embed_store(a.store, cfg, show_progress=False if a.quiet else None, scheduler=scheduler)
         print(summary.text())
         return 1 if summary.failed else 0

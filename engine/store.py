@@ -10,11 +10,14 @@
           <score> float32 (N,)       one per engine.qc.SCORES name (tissue, ink, focus, ...)
           reasons uint8 (N,)         the reason bits a patch fails (0 = passes; others only with --keep-rejected)
         mask    uint8 (h, w)         tissue mask at thumbnail scale; attrs: downsample
-        embeddings float32 (N, D)    added later by engine.embed; attrs: model, revision, ..., status
+        embeddings/<name> float32 (N, D)  by engine.embed, one per encoder of engine.encoder_registry;
+                                     attrs: encoder, model, revision, weights_hash, input_size, resize, ..., status
 
 A slide group becomes "complete" only after all of it is flushed; readers see complete groups only,
 and a resumed run deletes and redoes the rest. Stores written before the patch check had scores
-have no qc/ group: `qc` and `qc_attrs` return None for them, and all their patches pass.
+have no qc/ group: `qc` and `qc_attrs` return None for them, and all their patches pass. Stores
+embedded before they kept several encoders have one `embeddings` array: it reads as Path
+Foundation's (LEGACY_EMBEDDINGS), and moves to embeddings/path-foundation when another is written.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ from engine import location
 from engine.qc import REASONS, SCORES, PatchQC
 from engine.errors import UserError
 from engine.location import Location
+
+LEGACY_EMBEDDINGS = "path-foundation"  # the encoder of a store's single `embeddings` array (the only one there was)
 
 FORMAT = "histogen-patches"
 VERSION = 1
@@ -249,33 +254,51 @@ class PatchStore:
         m = self.slide(slide_id)["mask"]
         return m[:], dict(m.attrs)
 
-    def embeddings_attrs(self, slide_id: str) -> dict | None:
-        """The attributes of the slide's finished embeddings, or None where there are none (or an
-        interrupted write left them unfinished)."""
+    def _embeddings(self, slide_id: str, name: str) -> zarr.Array | None:
+        """The slide's `name` embeddings array, finished or not; None where there is none."""
         g = self.slide(slide_id)
         if "embeddings" not in g:
             return None
-        attrs = dict(g["embeddings"].attrs)
-        return attrs if attrs.get("status") == COMPLETE else None
+        node = g["embeddings"]
+        if isinstance(node, zarr.Array):  # a store embedded before it kept several encoders
+            return node if name == LEGACY_EMBEDDINGS else None
+        return node[name] if name in node else None
 
-    def embeddings(self, slide_id: str, rows=None) -> np.ndarray:
+    def embeddings_attrs(self, slide_id: str, name: str = LEGACY_EMBEDDINGS) -> dict | None:
+        """The attributes of the slide's finished `name` embeddings, or None where there are none (or an
+        interrupted write left them unfinished)."""
+        a = self._embeddings(slide_id, name)
+        attrs = dict(a.attrs) if a is not None else {}
+        return {"encoder": name, **attrs} if attrs.get("status") == COMPLETE else None
+
+    def embedding_names(self, slide_id: str) -> list[str]:
+        """The encoders whose embeddings of the slide are finished."""
+        g = self.slide(slide_id)
+        if "embeddings" not in g:
+            return []
+        node = g["embeddings"]
+        names = [LEGACY_EMBEDDINGS] if isinstance(node, zarr.Array) else sorted(n for n, _ in node.arrays())
+        return [n for n in names if self.embeddings_attrs(slide_id, n) is not None]
+
+    def embeddings(self, slide_id: str, rows=None, name: str = LEGACY_EMBEDDINGS) -> np.ndarray:
         """(N, D) float32, row i for patch i of the slide (only `rows` where given)."""
-        if self.embeddings_attrs(slide_id) is None:
-            raise StoreError(f"{self.path}: slide {slide_id!r} has no embeddings; "
-                             f"run python -m engine.embed --store {self.path}")
-        a = self.slide(slide_id)["embeddings"]
+        if self.embeddings_attrs(slide_id, name) is None:
+            raise StoreError(f"{self.path}: slide {slide_id!r} has no {name} embeddings; "
+                             f"run python -m engine.embed --store {self.path} --encoder {name}")
+        a = self._embeddings(slide_id, name)
         return a[:] if rows is None else a.oindex[np.asarray(rows, np.int64)]
 
-    def embedding_width(self) -> int | None:
-        """The width D of the store's embeddings (384 for Path Foundation), None where none is complete."""
+    def embedding_width(self, name: str = LEGACY_EMBEDDINGS) -> int | None:
+        """The width D of the store's `name` embeddings (384 for Path Foundation), None where none is complete."""
         for sid in self.slide_ids():
-            if self.embeddings_attrs(sid) is not None:
-                return int(self.slide(sid)["embeddings"].shape[1])
+            if self.embeddings_attrs(sid, name) is not None:
+                return int(self._embeddings(sid, name).shape[1])
         return None
 
-    def write_embeddings(self, slide_id: str, embeddings: np.ndarray, attrs: dict) -> None:
-        """Replace the slide's embeddings: one row per patch, finite. Marked complete last, so an
-        interrupted write is redone, and the slide's patches are never touched."""
+    def write_embeddings(self, slide_id: str, embeddings: np.ndarray, attrs: dict,
+                         name: str = LEGACY_EMBEDDINGS) -> None:
+        """Replace the slide's `name` embeddings: one row per patch, finite. Marked complete last, so an
+        interrupted write is redone, and the slide's patches and other encoders' embeddings are never touched."""
         g = self.slide(slide_id)
         emb = np.asarray(embeddings)
         n = int(g.attrs["n_patches"])
@@ -283,19 +306,36 @@ class PatchStore:
             raise StoreError(f"{self.path}: slide {slide_id!r} has {n} patches but got embeddings of shape {emb.shape}")
         if not np.isfinite(emb).all():
             raise StoreError(f"{self.path}: slide {slide_id!r}: embeddings contain NaN or inf; not written")
-        self.remove_embeddings(slide_id)
+        self.remove_embeddings(slide_id, name)
+        legacy = g["embeddings"] if "embeddings" in g and isinstance(g["embeddings"], zarr.Array) else None
+        if legacy is not None:  # make room for the group, keeping the older encoder's embeddings under its name
+            kept, kept_attrs = legacy[:], dict(legacy.attrs)
+            del g["embeddings"]
+            self._write_embeddings_array(g.create_group("embeddings"), LEGACY_EMBEDDINGS, kept, kept_attrs)
+        group = g["embeddings"] if "embeddings" in g else g.create_group("embeddings")
+        self._write_embeddings_array(group, name, emb, {"encoder": name, **attrs})
+
+    @staticmethod
+    def _write_embeddings_array(group: zarr.Group, name: str, emb: np.ndarray, attrs: dict) -> None:
+        n = emb.shape[0]
         rows = max(1, min(n, 65536 // max(1, emb.shape[1]) * 16))  # about 4 MiB a chunk
-        a = g.create_array("embeddings", shape=emb.shape, chunks=(rows, emb.shape[1]), dtype="float32", fill_value=0.0)
+        a = group.create_array(name, shape=emb.shape, chunks=(rows, emb.shape[1]), dtype="float32", fill_value=0.0)
         a.attrs.update(_jsonable({**attrs, "status": WRITING}))
         if n:
             a[:] = emb.astype(np.float32, copy=False)
         a.attrs["status"] = COMPLETE
 
-    def remove_embeddings(self, slide_id: str) -> None:
-        """Delete the slide's embeddings, finished or not; its patches stay."""
+    def remove_embeddings(self, slide_id: str, name: str = LEGACY_EMBEDDINGS) -> None:
+        """Delete the slide's `name` embeddings, finished or not; its patches and other embeddings stay."""
         g = self._slides()[slide_id]
-        if "embeddings" in g:
-            del g["embeddings"]
+        if "embeddings" not in g:
+            return
+        node = g["embeddings"]
+        if isinstance(node, zarr.Array):
+            if name == LEGACY_EMBEDDINGS:
+                del g["embeddings"]
+        elif name in node:
+            del node[name]
 
     # -- writing ----------------------------------------------------------------------------
 

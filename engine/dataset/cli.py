@@ -10,6 +10,7 @@ from engine.dataset import __doc__ as DOC
 from engine.dataset.export import export_parquet
 from engine.dataset.hub import push_to_hub
 from engine.dataset.table_import import import_parquet
+from engine.encoder_registry import DEFAULT
 from engine.errors import run_command, setup_logging
 from engine.plan import PlanParams
 from engine.tile import INTERRUPTED, TileConfig, add_run_options, run_setup
@@ -27,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     e.add_argument("--organ", default=None,
                    help="organ of every row (default: each slide's own, recorded by engine.fetch or an import, "
                         "else 'unknown')")
+    e.add_argument("--encoder", default=DEFAULT, metavar="NAME",
+                   help="whose embeddings, a name of engine.encoder_registry (default: %(default)s)")
     e.add_argument("--with-images", action="store_true",
                    help="add an image column: each patch at the model's input size, PNG")
     e.add_argument("--rows-per-file", type=int, default=None,
@@ -48,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def export(a: argparse.Namespace) -> int:
-    files = export_parquet(a.store, a.out, a.organ, a.with_images, a.rows_per_file)
+    files = export_parquet(a.store, a.out, a.organ, a.with_images, a.rows_per_file, a.encoder)
     print(f"{len(files)} parquet file(s) in {a.out / 'data'}, dataset card {a.out / 'README.md'}")
     if a.push:
         print(f"pushed to {push_to_hub(a.out, a.push, a.token)}")

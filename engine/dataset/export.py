@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from engine import location
 from engine.dataset.schema import INPUT_SIZE, MODEL, DatasetError, card_type, features, schema
+from engine.encoder_registry import DEFAULT
 from engine.store import PatchStore
 
 log = logging.getLogger("engine.dataset")
@@ -42,12 +43,12 @@ def _png(patch: np.ndarray, size: int) -> dict:
     return {"bytes": buf.getvalue(), "path": None}
 
 
-def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schema, chunk: int, pool):
+def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schema, chunk: int, pool, encoder: str):
     """The slide's rows as record batches of at most `chunk` rows: one slide's embeddings and
     `chunk` patches in memory at a time."""
     attrs = store.attrs(sid)
-    emb, coords, images = store.embeddings(sid), store.coords(sid), store.images(sid)
-    size = int(store.embeddings_attrs(sid).get("input_size", INPUT_SIZE))
+    emb, coords, images = store.embeddings(sid, name=encoder), store.coords(sid), store.images(sid)
+    size = int(store.embeddings_attrs(sid, encoder).get("input_size", INPUT_SIZE))
     organ = organ or attrs.get("organ") or "unknown"
     n, d = emb.shape
     for i in range(0, n, chunk):
@@ -62,6 +63,7 @@ def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schem
             "patch_size": _lists(np.full((m, 2), attrs["read_size"], np.int64)),
             "resize": _lists(np.full((m, 2), size, np.int64)),
             "image_embedding_vector": _lists(emb[i:j].astype(np.float32, copy=False).reshape(m, 1, d)),
+            "encoder": pa.array([encoder] * m, pa.string()),
         }
         if "image" in sch.names:
             pngs = list(pool.map(functools.partial(_png, size=size), images[i:j]))
@@ -90,26 +92,27 @@ def _card(store_path: location.Location, slides: list[str], n_rows: int, n_bytes
         "(`python -m engine.dataset export`) in the format of the Path Foundation study's dataset. One row per "
         "patch: `organ`, `slide_name`, `x` and `y` (level-0 top-left corner), `level` and `patch_size` "
         "(pixels read at that pyramid level), `resize` (the model's input size), `image_embedding_vector` "
-        f"(1 x D float32){image}.\n\n"
+        f"(1 x D float32), `encoder` (whose embeddings: a name of histogen's encoder registry){image}.\n\n"
         "```python\nfrom datasets import load_dataset\n"
         'ds = load_dataset("parquet", data_dir="data", split="train")\n```\n'
     )
 
 
 def export_parquet(store_path, out_dir, organ: str | None = None, with_images: bool = False,
-                   rows_per_file: int | None = None) -> list[Path]:
+                   rows_per_file: int | None = None, encoder: str = DEFAULT) -> list[Path]:
     """Write the store's slides that have complete embeddings to `out_dir/data/train-*.parquet`
     (one row per patch, slide after slide, in patch order) and a dataset card `out_dir/README.md`.
     `organ`: every row's organ (default: each slide's own in its group's attributes, recorded by the
     tiler from engine.fetch's manifest or by an import, else "unknown").
+    `encoder`: whose embeddings (engine.encoder_registry's name, in every row's `encoder`).
     Returns the parquet files. The files replace an earlier export's only once all are written."""
     store_path, out_dir = location.location(store_path), Path(out_dir)
     store = PatchStore.open(store_path)
     slides = store.slide_ids()
-    ready = [s for s in slides if store.embeddings_attrs(s) is not None]
+    ready = [s for s in slides if store.embeddings_attrs(s, encoder) is not None]
     if not ready:
-        raise DatasetError(f"{store_path}: no slide has embeddings; "
-                           f"run python -m engine.embed --store {store_path} first")
+        raise DatasetError(f"{store_path}: no slide has {encoder} embeddings; "
+                           f"run python -m engine.embed --store {store_path} --encoder {encoder} first")
     if len(ready) < len(slides):
         left = [s for s in slides if s not in ready]
         log.warning("%s: %d slide(s) without embeddings left out (%s); "
@@ -129,7 +132,7 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
     try:
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for sid in ready:
-                for batch in _slide_batches(store, sid, organ, sch, 64 if with_images else 8192, pool):
+                for batch in _slide_batches(store, sid, organ, sch, 64 if with_images else 8192, pool, encoder):
                     while batch.num_rows:
                         if room == 0:  # the next file
                             if writer is not None:
@@ -152,7 +155,7 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
     for name in names:
         (partial / name).replace(data / name)
     partial.rmdir()
-    models = sorted({str(store.embeddings_attrs(s).get("model", MODEL)) for s in ready})
+    models = sorted({f"{encoder} ({store.embeddings_attrs(s, encoder).get('model', MODEL)})" for s in ready})
     paths = [data / name for name in names]
     (out_dir / "README.md").write_text(_card(store_path, ready, total, n_bytes, paths, with_images, models))
     log.info("%s: %d rows of %d slide(s) in %d file(s) under %s", store_path, total, len(ready), n_files, data)

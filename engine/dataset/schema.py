@@ -6,10 +6,11 @@ import json
 
 import pyarrow as pa
 
+from engine.encoder_registry import DEFAULT, ENCODERS
 from engine.errors import UserError
 
-MODEL = "google/path-foundation"
-INPUT_SIZE = 224  # Path Foundation's input, where neither the embeddings nor a table say
+MODEL = ENCODERS[DEFAULT].repo  # the study's encoder, where a table does not name one
+INPUT_SIZE = ENCODERS[DEFAULT].input_size  # its input, where neither the embeddings nor a table say
 REQUIRED = ("slide_name", "x", "y", "level", "patch_size")
 EMBEDDING_COLUMNS = ("image_embedding_vector", "embedding_vector")  # the study's name, then some re-uploads'
 
@@ -35,6 +36,7 @@ FEATURES = {
     "patch_size": _list(_value("int64")),
     "resize": _list(_value("int64")),
     "image_embedding_vector": _list(_list(_value("float32"))),
+    "encoder": _value("string"),  # engine.encoder_registry's name; tables without it are Path Foundation's
 }
 IMAGE = {"_type": "Image"}  # {"bytes": PNG, "path": None}; datasets decodes it to a PIL image
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float32": pa.float32()}

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.dataset.schema import EMBEDDING_COLUMNS, INPUT_SIZE, REQUIRED, DatasetError
+from engine.encoder_registry import DEFAULT
 
 
 def _array(col, what: str) -> np.ndarray:
@@ -80,12 +81,14 @@ class SlideRows:
     input_size: int
     organ: str | None
     embeddings: np.ndarray  # (n, D) float32
+    encoder: str  # whose embeddings (engine.encoder_registry's name)
 
     @property
     def digest(self) -> str:
         """What the store records to recognise these rows again when a run is resumed."""
         h = hashlib.sha256(self.coords.tobytes())
         h.update(np.array([self.level, self.read_size, self.input_size], np.int64).tobytes())
+        h.update(self.encoder.encode())
         h.update(self.embeddings.tobytes())
         return h.hexdigest()[:32]
 
@@ -104,7 +107,7 @@ class TableSlide:
     def read(self) -> SlideRows:
         """The slide's rows with their embeddings; one level, patch size and input size per slide."""
         c, name = self.cols, self.name
-        kinds = {k: np.unique(c[k], axis=0) for k in ("level", "patch_size", "resize")}
+        kinds = {k: np.unique(c[k], axis=0) for k in ("level", "patch_size", "resize", "encoder")}
         mixed = [f"{k} {v.tolist()}" for k, v in kinds.items() if len(v) > 1]
         if mixed:
             raise DatasetError(f"{self.label}: slide {name!r} has rows with several {', '.join(mixed)}; "
@@ -117,7 +120,8 @@ class TableSlide:
         if not np.isfinite(emb).all():
             raise DatasetError(f"{self.label}: slide {name!r} has embeddings with NaN or inf; fix the table")
         coords = np.stack([c["x"], c["y"]], axis=1)
-        return SlideRows(coords, int(kinds["level"][0]), int(w), int(iw), str(c["organ"][0]) or None, emb)
+        return SlideRows(coords, int(kinds["level"][0]), int(w), int(iw), str(c["organ"][0]) or None, emb,
+                         str(kinds["encoder"][0]))
 
     def _embeddings(self) -> np.ndarray:
         """The slide's embeddings in table order, one row group read at a time."""
@@ -177,7 +181,7 @@ class Table:
             raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; a table of the Path Foundation "
                                "study's format has slide_name, x, y, level, patch_size and image_embedding_vector")
         self.embedding_column.append(emb)
-        columns = [c for c in (*REQUIRED, "resize", "organ") if c in names]
+        columns = [c for c in (*REQUIRED, "resize", "organ", "encoder") if c in names]
         what = functools.partial("{}: column {}".format, path)
         parts = []
         for gi in range(pf.num_row_groups):
@@ -195,6 +199,8 @@ class Table:
                 "resize": _numbers(t["resize"], what("resize"), 2) if "resize" in has
                           else np.full((n, 2), INPUT_SIZE, np.int64),
                 "organ": _array(t["organ"], what("organ")).astype(str) if "organ" in has else np.full(n, ""),
+                "encoder": _array(t["encoder"], what("encoder")).astype(str) if "encoder" in has
+                           else np.full(n, DEFAULT),
                 "file": np.full(n, fi),
                 "group": np.full(n, gi),
                 "row": np.arange(n),

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from engine import cluster, jobs, location
-from engine.dataset.schema import MODEL
 from engine.dataset.table import Table, TableSlide
+from engine.encoder_registry import spec
 from engine.discover import fingerprint, match_names, slide_files
 from engine.patch_plan import GivenPlan
 from engine.slide import SlideError
@@ -28,18 +28,20 @@ def _import_one(entry: TableSlide, matches: list[Path], sid: str, store: PatchSt
                          "point {slides} at a folder holding only one of them")
     path = matches[0]
     rows = entry.read()
+    encoder = spec(rows.encoder)  # an unknown name stops the slide here, before it is read
     identity = {"fingerprint": fingerprint(path), "table_rows": rows.digest}
     # Patches and embeddings are written one after the other: a group left without its embeddings
     # by an interrupted run is redone.
-    if jobs.up_to_date(store, sid, path, identity) and store.embeddings_attrs(sid) is not None:
+    if jobs.up_to_date(store, sid, path, identity) and store.embeddings_attrs(sid, rows.encoder) is not None:
         return None
     provenance = {**identity, "table": label, **({"organ": rows.organ} if rows.organ else {})}
     plan = GivenPlan(rows.coords, rows.level, rows.read_size, cfg.plan.patch_size)
     kept, written = tile_file(path, sid, store, cfg, plan, provenance, qa_dir, progress)
     # An unreadable patch is left out with its embedding (and recorded in failed_patches, as the
     # tiler does): the store's patches and embeddings stay row for row.
-    store.write_embeddings(sid, rows.embeddings[kept], {"model": MODEL, "source": f"imported from {label}",
-                                                        "input_size": rows.input_size})
+    store.write_embeddings(sid, rows.embeddings[kept], {"model": encoder.repo or encoder.name,
+                                                        "source": f"imported from {label}",
+                                                        "input_size": rows.input_size}, encoder.name)
     return written
 
 

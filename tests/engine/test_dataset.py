@@ -37,7 +37,7 @@ def hf_features(with_images: bool):
         "organ": hf.Value("string"), "slide_name": hf.Value("string"),
         "x": hf.Value("int64"), "y": hf.Value("int64"), "level": hf.Value("int64"),
         "patch_size": hf.List(hf.Value("int64")), "resize": hf.List(hf.Value("int64")),
-        "image_embedding_vector": hf.List(hf.List(hf.Value("float32"))),
+        "image_embedding_vector": hf.List(hf.List(hf.Value("float32"))), "encoder": hf.Value("string"),
     }
     return hf.Features({**f, **({"image": hf.Image()} if with_images else {})})
 
@@ -98,6 +98,7 @@ def test_export_loads_with_datasets_equal_to_the_store(tmp_path, store):
         vec = np.array(row["image_embedding_vector"], np.float32)
         assert vec.shape == (1, 384)
         np.testing.assert_array_equal(vec[0], emb)
+        assert row["encoder"] == "path-foundation"
         assert row["image"].size == (224, 224)
         np.testing.assert_array_equal(np.asarray(row["image"]),
                                       np.asarray(Image.fromarray(img).resize((224, 224), Image.Resampling.BILINEAR)))
@@ -116,7 +117,7 @@ def test_export_loads_with_datasets_equal_to_the_store(tmp_path, store):
 def test_export_organ_and_store_without_embeddings(tmp_path, slides, caplog):
     bare = tmp_path / "bare.zarr"
     tile_slides(slides, bare, LEVEL0, show_progress=False)
-    with pytest.raises(DatasetError, match="no slide has embeddings.*python -m engine.embed --store"):
+    with pytest.raises(DatasetError, match="no slide has path-foundation embeddings.*python -m engine.embed --store"):
         export_parquet(bare, tmp_path / "out")
     assert main(["export", "--store", str(bare), "--out", str(tmp_path / "out")]) == 2
     assert "engine.embed" in caplog.text
@@ -160,6 +161,23 @@ def test_round_trip_gives_the_same_store(tmp_path, slides, which, request):
     assert {r.slide_id: r.status for r in again.results} == {"aperio": "skipped", "camelyon": "done"}
     np.testing.assert_array_equal(PatchStore.open(tmp_path / "back.zarr").embeddings("camelyon"),
                                   a.embeddings("camelyon"))
+
+
+def test_another_encoders_embeddings_travel_with_their_name(tmp_path, slides, store):
+    src = tmp_path / "two.zarr"
+    shutil.copytree(store, src)
+    s = PatchStore.open(src)
+    for sid in s.slide_ids():
+        s.write_embeddings(sid, np.full((s.n_patches(sid), 8), 0.5, np.float32), {"model": "x"}, name="uni2-h")
+    files = export_parquet(src, tmp_path / "out", encoder="uni2-h")
+    t = pq.read_table(files)
+    assert set(t["encoder"].to_pylist()) == {"uni2-h"} and len(t["image_embedding_vector"][0].as_py()[0]) == 8
+    assert "uni2-h (x)" in (tmp_path / "out" / "README.md").read_text()
+    import_parquet(tmp_path / "out", slides, tmp_path / "back.zarr", TileConfig(plan=PlanParams(512), **FAST))
+    back = PatchStore.open(tmp_path / "back.zarr")
+    assert back.embedding_names("aperio") == ["uni2-h"]
+    assert back.embeddings_attrs("aperio", "uni2-h")["model"] == "MahmoodLab/UNI2-h"
+    np.testing.assert_array_equal(back.embeddings("aperio", name="uni2-h"), s.embeddings("aperio", name="uni2-h"))
 
 
 def test_flat_embeddings_other_column_name_and_low_tissue_rows_kept(tmp_path, slides, store):

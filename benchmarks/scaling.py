@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks import plot, report
 from benchmarks.quality import flat
+from engine.embed import DEFAULT_MODEL
 from histogen.evaluate import EvalConfig, evaluate
 from histogen.run_folder import RunFolder
 
@@ -119,7 +120,8 @@ def main(argv, work: Path, out: Path) -> int:
     p.add_argument("--n", type=int, default=500, help="generated and real patches per point")
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--predict", type=float, default=GPU_IMAGES, help="images seen to extrapolate to")
-    p.add_argument("--encoder", default="none", help="encoder for the learned-space metrics (default: none, skipped)")
+    p.add_argument("--encoder", default=DEFAULT_MODEL, help="encoder for the learned-space metrics (skipped when it "
+                                                              "cannot load); default %(default)s")
     a = p.parse_args(argv)
     kept = kept_steps(a.run)
     steps = a.at or sorted({min(kept, key=lambda s: abs(s - kept[-1] / 2**i)) for i in range(5)})

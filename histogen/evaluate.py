@@ -74,7 +74,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     ev.pictures.update(real=r.grid, generated=g.side.grid)
     ev.hists.update(real=r.hist, generated=g.side.hist, **({"real_b": b.hist} if b else {}))
 
-    train = folder.split["train"] if folder else []
+    train = folder.split["train"] if folder and folder.stores_here else []
     c = Comparison(r, g, b, draws.b, features, cfg, resolution, conditional, train, vocab, draws.classes)
     for metric in METRICS:
         metric.measure(ev, c)

@@ -75,9 +75,24 @@ class RunFolder:
     def split(self) -> dict[str, list[SlideRef]]:
         """{"train": [SlideRef], "val": [SlideRef]}, each standing for the patches of its slide that
         pass the check under the run's data.qc (as in training)."""
-        split = json.loads((self.path / "split.json").read_text())
         qc = self.cfg.data.qc
-        return {k: [select(open_store(r["store"]), SlideRef(**r), qc) for r in v] for k, v in split.items()}
+        return {k: [select(open_store(r["store"]), SlideRef(**r), qc) for r in v] for k, v in self._split.items()}
+
+    @cached_property
+    def _split(self) -> dict[str, list[dict]]:
+        return json.loads((self.path / "split.json").read_text())
+
+    @cached_property
+    def slide_ids(self) -> dict[str, set[str]]:
+        """{"train": ids, "val": ids}: the split's slides by id, read without opening a store (a
+        shipped run's stores stay on the machine that trained it)."""
+        return {k: {r["slide"] for r in v} for k, v in self._split.items()}
+
+    @property
+    def stores_here(self) -> bool:
+        """Whether the stores the run trained on can be reached (local ones where split.json says; URLs
+        are taken as reachable)."""
+        return all("://" in r["store"] or Path(r["store"]).exists() for v in self._split.values() for r in v)
 
     def check_resume(self, cfg: RunConfig) -> None:
         """Refuse to go on with a folder that was started with other settings (writes nothing)."""
@@ -108,4 +123,4 @@ class RunFolder:
                  for k, refs in (("train", train), ("val", val))}
         (self.path / "split.json").write_text(json.dumps(split, indent=1))
         # What was just written is what a read would give: no file is read back.
-        self.__dict__.update(cfg=cfg, vocabulary=vocab, split={"train": list(train), "val": list(val)})
+        self.__dict__.update(cfg=cfg, vocabulary=vocab, split={"train": list(train), "val": list(val)}, _split=split)

@@ -33,7 +33,7 @@ def real_draws(stores: list[Path], folder: RunFolder | None, cfg: EvalConfig, ev
     if vocab is not None:  # a run conditioned on labels: real slides of its classes, samples of their classes
         refs, class_of = known_classes(refs, vocab, ev)
     # By id: the same slide in another store is not held out.
-    trained = {r.slide for r in folder.split["train"]} if folder else set()
+    trained = folder.slide_ids["train"] if folder else set()
     held = [r for r in refs if r.slide not in trained]
     ev.info["real_is_training"] = not held
     if not held:

@@ -306,3 +306,26 @@ def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store,
                  str(model)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "has no embeddings to condition on" in errors[0]
+
+
+def test_a_run_evaluates_where_its_training_stores_are_not(store, run, encoder_file, tmp_path):
+    """A shipped run (its split.json naming stores on the machine that trained it) against a copy of
+    the data elsewhere: held out by slide id as before, memorisation skipped with the reason."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "p.zarr"
+    shutil.copytree(store, moved)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(run, shipped)
+    split = json.loads((shipped / "split.json").read_text())
+    for refs in split.values():
+        for r in refs:
+            r["store"] = "/machine/that/trained/p.zarr"
+    (shipped / "split.json").write_text(json.dumps(split))
+    args = ("--real", moved, "--n", 12, "--encoder", encoder_file, "--steps", 2)
+    rc, m = evaluate_cli(tmp_path / "a", "--run", shipped, *args)
+    rc0, m0 = evaluate_cli(tmp_path / "b", "--run", run, *args)
+    assert rc == rc0 == 0
+    assert "training stores" in m["skipped"]["memorisation"] and "memorisation" in m0["metrics"]
+    assert m["info"]["n_real"] == m0["info"]["n_real"] and not m["info"]["real_is_training"]
+    assert m["metrics"]["stain"] == m0["metrics"]["stain"]  # the same held-out draw and the same samples

@@ -15,7 +15,8 @@ from histogen.evaluation.record import Evaluation
 def measure(ev: Evaluation, c: Comparison) -> None:
     cfg, real, g, floor = c.cfg, c.real, c.generated, c.floor
     if not c.train:
-        ev.skipped["memorisation"] = "no training patches known (pass --run to compare with the run's training slides)"
+        ev.skipped["memorisation"] = ("no training patches here (pass --run RUN, whose training stores are on this "
+                                      "machine where its split.json says)")
         return
     train = Patches.draw(c.train, cfg.n, cfg.seed + 1)
     t = cached_side(train, c.resolution, c.encoder, cfg)

@@ -42,8 +42,7 @@ from engine.store import PatchStore, StoreError
 
 log = logging.getLogger("engine.embed")
 
-PATH_FOUNDATION = ENCODERS[DEFAULT]
-DEFAULT_MODEL = PATH_FOUNDATION.repo
+DEFAULT_MODEL = ENCODERS[DEFAULT].repo
 EmbedError = EncoderError  # a model or an input that cannot be used; the message says what to do
 
 
@@ -71,7 +70,7 @@ class Model:
     input_name: str
     id: str  # what the user asked for: a repo id or the directory
     revision: str  # the hub commit, or a content hash of a local directory
-    spec: EncoderSpec = PATH_FOUNDATION
+    spec: EncoderSpec  # the registry's entry, as it was when the model was loaded
 
     @property
     def input_size(self) -> int:
@@ -116,14 +115,15 @@ def _dir_hash(path: Path) -> str:
 def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str | None = None) -> Model:
     """A local SavedModel directory or a hub repo id; the serving signature must be Path
     Foundation's (as the registry states it): one float32 (N, size, size, 3) input, `output_0` of its width."""
-    size, width = PATH_FOUNDATION.input_size, PATH_FOUNDATION.width
+    pf = spec(DEFAULT)  # read now, not at import: the registry is the one place its contract lives
+    size, width = pf.input_size, pf.width
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
             raise EmbedError(f"{path}: --model must be a SavedModel directory (with saved_model.pb), not a file")
         model_id, rev = str(path.resolve()), None
     elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.parent.is_dir():
-        model_id, path = ref, download(ref, revision or PATH_FOUNDATION.revision, token, name=DEFAULT)
+        model_id, path = ref, download(ref, revision or pf.revision, token, name=DEFAULT)
         rev = path.name  # snapshots/<commit>
     else:
         raise EmbedError(f"{ref}: no such directory, and not a Hugging Face repo id (owner/name)",
@@ -151,15 +151,15 @@ def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str
     want = f"one float32 input of shape [N, {size}, {size}, 3]"
     if len(specs) != 1:
         raise EmbedError(f"{path}: serving_default takes {len(specs)} inputs; Path Foundation takes {want}")
-    name, spec = specs[0]
-    shape = spec.shape.as_list() if spec.shape.rank is not None else None
-    if spec.dtype != tf.float32 or shape is None or len(shape) != 4 or shape[1:] != [size, size, 3]:
-        raise EmbedError(f"{path}: serving_default takes {spec.dtype.name} {shape}; Path Foundation takes {want}")
+    name, tensor = specs[0]
+    shape = tensor.shape.as_list() if tensor.shape.rank is not None else None
+    if tensor.dtype != tf.float32 or shape is None or len(shape) != 4 or shape[1:] != [size, size, 3]:
+        raise EmbedError(f"{path}: serving_default takes {tensor.dtype.name} {shape}; Path Foundation takes {want}")
     outputs = fn.structured_outputs
     if "output_0" not in outputs:
         raise EmbedError(f"{path}: serving_default returns {', '.join(outputs)}, not output_0; "
                          "not a Path Foundation export")
-    model = Model(fn, name, model_id, rev or _dir_hash(path))
+    model = Model(fn, name, model_id, rev or _dir_hash(path), pf)
     probe = fn(**{name: tf.zeros((2, size, size, 3), tf.float32)})["output_0"]
     if tuple(probe.shape) != (2, width):
         raise EmbedError(f"{path}: the model returns {tuple(probe.shape)[1:]}-wide outputs, not {width}; "
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
 
     # ValueError: a malformed --scheduler
     return run_command(job, log, "slides already embedded are kept; run the same command again to resume",
-                       errors=(ValueError,))
+                       flags={"weights": "--weights PATH"}, errors=(ValueError,))
 
 
 if __name__ == "__main__":

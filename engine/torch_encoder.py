@@ -45,7 +45,7 @@ class TorchModel:
     spec: EncoderSpec
     net: VisionTransformer
     id: str  # the hub repo, or the weights' path
-    revision: str  # the hub commit, or "local"
+    revision: str  # the hub commit, or the local weights' hash
     weights_hash: str
     bf16: bool
     marker: str | None = None  # the content of an untrained marker beside the weights; None: none there
@@ -88,13 +88,13 @@ def load(spec: EncoderSpec, weights: str | Path | None = None, revision: str | N
     """`spec`'s model with its weights from `weights` (a file or folder) or else from the hub. `bf16`:
     autocast the forward; None: where the authors run it so and the device has native bf16."""
     if weights is None and spec.repo is None:
-        raise EncoderError(f"{spec.name} has no hub source (random weights for tests)",
-                           "pass {weights} DIR written by python -m histosynth.standin_model --arch torch-vit")
+        raise EncoderError(f"{spec.name} has no hub source (random weights for tests)", "pass {weights} with "
+                           "a folder written by python -m histosynth.standin_model --arch torch-vit")
     if weights is not None:
-        where, model_id, rev = Path(weights).expanduser(), str(Path(weights).expanduser().resolve()), "local"
+        where, model_id, rev = Path(weights).expanduser(), str(Path(weights).expanduser().resolve()), None
     else:
         patterns = encoder_weights.HUB_FILES + (list(encoder_weights.PICKLED) if allow_pickle else [])
-        where = download(spec.repo, revision or spec.revision, token, "{weights} PATH", patterns, spec.name)
+        where = download(spec.repo, revision or spec.revision, token, "{weights}", patterns, spec.name)
         model_id, rev = spec.repo, where.name  # snapshots/<commit>
     file = encoder_weights.weight_file(where, allow_pickle)
     state = encoder_weights.to_vit(encoder_weights.read_checkpoint(file), spec)
@@ -109,7 +109,8 @@ def load(spec: EncoderSpec, weights: str | Path | None = None, revision: str | N
     marker = (where if where.is_dir() else where.parent) / UNTRAINED_MARKER
     if bf16 is None:
         bf16 = spec.precision == "bf16" and native_bf16(dev)
-    return TorchModel(spec, net, model_id, rev, encoder_weights.file_hash(file), bf16,
+    digest = encoder_weights.file_hash(file)
+    return TorchModel(spec, net, model_id, rev or digest, digest, bf16,
                       marker.read_text() if marker.is_file() else None)
 
 

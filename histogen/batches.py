@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from engine.encoder_registry import DEFAULT
 from engine.errors import UserError
 from engine.pipeline import Transform, make_resizer
 from engine.runtime import cuda_available
@@ -40,11 +41,11 @@ def open_store(path) -> PatchStore:
 
 
 def list_slides(stores: list[Path], resolution: int | None = None, conditional: bool = False, qc: dict | None = None,
-                strict: bool = True) -> list[SlideRef]:
+                strict: bool = True, embedding: str = DEFAULT) -> list[SlideRef]:
     """The complete slides of `stores` with patches that pass the check (tightened by `qc`, a
     run's data.qc; `strict`: a looser threshold is refused, else ignored), each ref holding the
     rows of those patches, for training and evaluation. `resolution`: refuse stores whose patches
-    are smaller; `conditional`: refuse slides without embeddings."""
+    are smaller; `conditional`: refuse slides without `embedding`'s embeddings."""
     refs = []
     for path in stores:
         store = open_store(path)
@@ -52,9 +53,10 @@ def list_slides(stores: list[Path], resolution: int | None = None, conditional: 
             raise DataError(f"{path}: resolution {resolution} is larger than its {store.patch_size} px patches; "
                             f"choose --set resolution={store.patch_size} or less (patches are never upsampled)")
         for ref in store.slide_refs(with_patches=True):
-            if conditional and store.embeddings_attrs(ref.slide) is None:
-                raise DataError(f"{path}: slide {ref.slide} has no embeddings but the preset is conditional; "
-                                f"run python -m engine.embed --store {path}, or --set data.conditional=false")
+            if conditional and store.embeddings_attrs(ref.slide, embedding) is None:
+                raise DataError(f"{path}: slide {ref.slide} has no {embedding} embeddings but the preset is "
+                                f"conditional; run python -m engine.embed --store {path} --encoder {embedding}, "
+                                "or --set data.conditional=false")
             ref = select(store, ref, qc or {}, strict)
             if ref.n:
                 refs.append(ref)
@@ -64,10 +66,10 @@ def list_slides(stores: list[Path], resolution: int | None = None, conditional: 
     return refs
 
 
-def embedding_width(refs: list[SlideRef]) -> int:
-    """The width of the slides' embeddings (list_slides(..., conditional=True) checked they have them)."""
+def embedding_width(refs: list[SlideRef], embedding: str = DEFAULT) -> int:
+    """The width of the slides' `embedding` embeddings (list_slides(..., conditional=True) checked they have them)."""
     stores = sorted({r.store for r in refs})
-    widths = {open_store(s).embedding_width() for s in stores}
+    widths = {open_store(s).embedding_width(embedding) for s in stores}
     if len(widths) > 1:
         raise DataError(f"{', '.join(stores)}: embeddings of different widths ({', '.join(map(str, sorted(widths)))}); "
                         "embed every store with one model (python -m engine.embed)")
@@ -94,8 +96,9 @@ class SlidePatches(Dataset):
     float32 (D,) embedding or (0,), its slide's class id or -1). `labels`: a class id per ref, or
     None. Stores are opened lazily in each worker process."""
 
-    def __init__(self, refs: list[SlideRef], conditional: bool, labels: list[int] | None = None):
-        self.refs, self.conditional = refs, conditional
+    def __init__(self, refs: list[SlideRef], conditional: bool, labels: list[int] | None = None,
+                 embedding: str = DEFAULT):
+        self.refs, self.conditional, self.embedding = refs, conditional, embedding
         self.labels = labels if labels is not None else [-1] * len(refs)
         self.starts = np.cumsum([0] + [r.n for r in refs])
         self._images: dict = {}
@@ -109,8 +112,8 @@ class SlidePatches(Dataset):
             r = self.refs[k]
             store = PatchStore.open(r.store)
             self._images[k] = store.images(r.slide)
-            self._emb[k] = store.embeddings(r.slide) if self.conditional else np.zeros((store.n_patches(r.slide), 0),
-                                                                                       np.float32)
+            self._emb[k] = (store.embeddings(r.slide, name=self.embedding) if self.conditional
+                            else np.zeros((store.n_patches(r.slide), 0), np.float32))
         return self._images[k], self._emb[k]
 
     def __getitem__(self, i: int):
@@ -176,7 +179,7 @@ class Batches:
         d, t = cfg.data, cfg.train
         self.cfg, self.device, self.train, self.step, self.rank = cfg, device, train, start_step, rank
         self.labelled = labels is not None
-        self.dataset = SlidePatches(refs, d.conditional, labels)
+        self.dataset = SlidePatches(refs, d.conditional, labels, d.embedding)
         self.sampler = StepSampler(len(self.dataset), t.batch_size, t.seed, start_step, rank, world, steps,
                                    shuffle=train)
         backend = d.pipeline
@@ -211,12 +214,14 @@ class Batches:
                 "label": torch.from_numpy(labels).to(self.device) if self.labelled else None, "seeds": seeds}
 
 
-def embeddings_from(store_path: Path, n: int, seed: int) -> torch.Tensor:
-    """n embeddings drawn (seeded) from a store's patches: conditions for sampling."""
+def embeddings_from(store_path: Path, n: int, seed: int, embedding: str = DEFAULT) -> torch.Tensor:
+    """n `embedding` embeddings drawn (seeded) from a store's patches: conditions for sampling."""
     store = open_store(store_path)
-    embs = [store.embeddings(s) for s in store.slide_ids() if store.embeddings_attrs(s) is not None]
+    embs = [store.embeddings(s, name=embedding) for s in store.slide_ids()
+            if store.embeddings_attrs(s, embedding) is not None]
     if not embs or not sum(len(e) for e in embs):
-        raise DataError(f"{store_path}: no embeddings to condition on; run python -m engine.embed --store {store_path}")
+        raise DataError(f"{store_path}: no {embedding} embeddings to condition on; "
+                        f"run python -m engine.embed --store {store_path} --encoder {embedding}")
     allv = np.concatenate(embs)
     pick = np.random.default_rng(seed).choice(len(allv), n, replace=len(allv) < n)
     return torch.from_numpy(allv[pick])

@@ -11,6 +11,7 @@ from engine.errors import run_command, setup_logging
 from histogen import config
 from histogen.config import ConfigError
 from histogen.evaluate import EvalConfig, evaluate
+from histogen.evaluation.settings import encoder_flags
 from histogen.report import console_lines
 from histogen.models.registry import KINDS
 from histogen.sample import sample_run
@@ -60,9 +61,13 @@ def parser() -> argparse.ArgumentParser:
                         "the run's validation slides are used, never its training slides")
     e.add_argument("--out", required=True, type=Path, help="report folder")
     e.add_argument("--n", type=int, default=d.n, help="generated samples, and at most this many real patches")
-    e.add_argument("--encoder", default=d.encoder, help="Path Foundation (hub id or SavedModel folder) or a "
-                                                              "TorchScript file (.pt); default %(default)s")
+    e.add_argument("--encoder", action="append", metavar="NAME[=WEIGHTS]",
+                   help="encoder of the learned-space metrics: a name of engine.encoder_registry, with =PATH for "
+                        f"local weights (default {d.encoder}), a SavedModel folder or a TorchScript file (.pt); repeat "
+                        "it for Fréchet distance and precision/recall in each further encoder's space too")
     e.add_argument("--revision", help="hub revision of the encoder")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="an encoder's local weights may be a pickled checkpoint (tensors only, never code)")
     e.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
     e.add_argument("--guidance", type=float, default=d.guidance)
     e.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -94,8 +99,9 @@ def run_sample(a) -> int:
 def run_eval(a) -> int:
     if a.n < 2 or a.steps < 1 or a.batch_size < 1:
         raise ConfigError("--n must be at least 2, --steps and --batch-size at least 1")
-    cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=a.encoder,
-                     revision=a.revision)
+    first, *more = a.encoder or [EvalConfig().encoder]
+    cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=first,
+                     more_encoders=tuple(more), revision=a.revision, allow_pickle=a.allow_pickle)
     ev = evaluate(a.real, a.out, run=a.run, samples=a.samples, cfg=cfg)
     print("\n".join(console_lines(ev)))
     print(f"report: {a.out / 'report.html'}, numbers: {a.out / 'metrics.json'}")
@@ -106,7 +112,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     setup_logging()
     job = {"train": run_train, "sample": run_sample, "eval": run_eval}[a.command]
-    return run_command(lambda: job(a), log, INTERRUPTED, flags={"model": "--encoder"} if a.command == "eval" else None)
+    flags = encoder_flags((a.encoder or [EvalConfig().encoder])[0]) if a.command == "eval" else None
+    return run_command(lambda: job(a), log, INTERRUPTED, flags=flags)
 
 
 if __name__ == "__main__":

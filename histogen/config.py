@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.encoder_registry import DEFAULT, ENCODERS
 from engine.qc import CheckParams
 from engine.errors import UserError
 from histogen.models.registry import KINDS
@@ -96,7 +97,8 @@ class DataConfig:
     flip: bool = True
     rot90: bool = True
     stain_jitter: float = 0.0  # std of the H&E stain scale/shift jitter; 0 = off, ~0.05 is mild
-    conditional: bool = False  # condition on the slide's Path Foundation embedding of each patch
+    conditional: bool = False  # condition on each patch's stored embedding by `embedding`
+    embedding: str = DEFAULT  # the encoder whose embeddings condition (engine.encoder_registry; engine.embed --encoder)
     # Condition on a slide-level label (histogen.labels): a slide attribute key of the stores (e.g.
     # organ), or a CSV file (ends in .csv) with columns slide,label. Unlabelled slides are left out.
     label: str | None = None
@@ -108,6 +110,8 @@ class DataConfig:
 
     def __post_init__(self):
         require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), not {self.val_fraction}")
+        require(self.embedding in ENCODERS,
+                f"data.embedding must be one of {', '.join(ENCODERS)}, not {self.embedding!r}")
         require(self.label is None or self.label.strip() != "",
                 "data.label must be a slide attribute key or a CSV path, or null")
         known = qc_thresholds()

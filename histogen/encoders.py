@@ -1,9 +1,11 @@
 """Feature extractors for evaluation: uint8 patches -> float32 (n, width) features.
 
 Every encoder sees its input through the same engine.pipeline resize (antialiased bilinear to its
-input size, [0, 1]), so real and generated patches are preprocessed identically. Path Foundation
-(a TensorFlow SavedModel, loaded as engine.embed does) is the default; any torch module can be
-plugged in (`TorchEncoder`, or a TorchScript file on the command line). Without a learned model,
+input size, then its normalisation), so real and generated patches are preprocessed identically.
+The encoders of engine.encoder_registry load by name (`NAME`, or `NAME=WEIGHTS` for local
+weights), exactly as engine.embed loads them; Path Foundation is the default. A SavedModel with
+its interface, or any torch module (`TorchEncoder`, or a TorchScript file on the command line),
+can be plugged in too. Without a learned model,
 `PixelEncoder` gives downsampled pixels: enough for nearest-neighbour memorisation checks, not for
 Fréchet distance or precision/recall.
 
@@ -22,8 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine import torch_encoder
 from engine.embed import EmbedError, load_model
-from engine.pipeline import EMBED, Transform, make_resizer
+from engine.encoder_registry import ENCODERS, spec
+from engine.pipeline import Transform, make_resizer
 
 UNTRAINED_MARKER = "untrained.json"  # {"what": "a stand-in with random weights (...)"}; any content marks it
 
@@ -37,6 +41,7 @@ class Encoder:
     def __init__(self, id: str, revision: str, transform: Transform, forward: Callable, width: int,
                  pipeline: str = "auto", batch_size: int = 64):
         self.id, self.revision, self.transform, self.forward, self.width = id, revision, transform, forward, width
+        self.name = id  # what reports call it: the registry's name where it has one
         self.batch_size = batch_size
         self.resize = make_resizer(transform, pipeline, max_batch=batch_size)
 
@@ -55,7 +60,7 @@ class Encoder:
 def path_foundation(model: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
     """Path Foundation or a SavedModel with its interface (engine.embed.load_model; raises EmbedError)."""
     m = load_model(model, revision)
-    enc = Encoder(m.id, m.revision, EMBED, m, m.width, pipeline, batch_size)
+    enc = Encoder(m.id, m.revision, m.spec.transform, m, m.width, pipeline, batch_size)
     marker = Path(m.id) / "assets.extra" / UNTRAINED_MARKER  # a local folder's id is its path
     if marker.is_file():
         enc.untrained = _marker_says(marker.read_bytes())
@@ -109,8 +114,30 @@ class PixelEncoder(Encoder):
                          size * size * 3, pipeline, batch_size)
 
 
-def load_encoder(ref: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64) -> Encoder:
-    """A TorchScript file (.pt/.ts) or a SavedModel directory / Hugging Face repo id."""
+def registry_encoder(name: str, weights: str | None = None, revision: str | None = None, pipeline: str = "auto",
+                     batch_size: int = 64, allow_pickle: bool = False) -> Encoder:
+    """engine.encoder_registry's `name`, from local `weights` or the hub (raises EncoderError)."""
+    e = spec(name)
+    if e.framework == "tensorflow":
+        enc = path_foundation(weights or e.repo, revision, pipeline, batch_size)
+    else:
+        m = torch_encoder.load(e, weights, revision, allow_pickle=allow_pickle)
+        enc = Encoder(m.id, m.revision, e.transform, m, m.width, pipeline, batch_size)
+        if m.marker is not None:
+            enc.untrained = _marker_says(m.marker.encode())
+        elif not e.trained:
+            enc.untrained = f"{name}: random weights"
+    enc.name = name
+    return enc
+
+
+def load_encoder(ref: str, revision: str | None = None, pipeline: str = "auto", batch_size: int = 64,
+                 allow_pickle: bool = False) -> Encoder:
+    """A registry name (`NAME` or `NAME=WEIGHTS`), a TorchScript file (.pt/.ts), or a SavedModel
+    directory / Hugging Face repo id with Path Foundation's interface."""
+    name, _, weights = ref.partition("=")
+    if name in ENCODERS:
+        return registry_encoder(name, weights or None, revision, pipeline, batch_size, allow_pickle)
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix in (".pt", ".ts", ".pth"):
         try:

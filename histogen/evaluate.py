@@ -35,7 +35,7 @@ from histogen.evaluation.generated import given, sampled
 from histogen.evaluation.metrics import METRICS
 from histogen.evaluation.real import real_draws
 from histogen.evaluation.record import Evaluation
-from histogen.evaluation.settings import EvalConfig, EvalError
+from histogen.evaluation.settings import EvalConfig, EvalError, encoder_flags
 from histogen.report import write_report
 from histogen.run import RunSampler
 from histogen.run_folder import RunFolder
@@ -75,7 +75,7 @@ def evaluate(real: list[Path], out: Path, run: Path | None = None, samples: Path
     ev.hists.update(real=r.hist, generated=g.side.hist, **({"real_b": b.hist} if b else {}))
 
     train = folder.split["train"] if folder and folder.stores_here else []
-    c = Comparison(r, g, b, draws.b, features, cfg, resolution, conditional, train, vocab, draws.classes)
+    c = Comparison(r, draws.a, g, b, draws.b, features, cfg, resolution, conditional, train, vocab, draws.classes)
     for metric in METRICS:
         metric.measure(ev, c)
     if features.learned and features.untrained:
@@ -92,9 +92,9 @@ def feature_encoder(encoder: Encoder | None, cfg: EvalConfig, conditional: bool,
     metrics that need a learned one are skipped, with the reason)."""
     if encoder is None:
         try:
-            encoder = load_encoder(cfg.encoder, cfg.revision, cfg.pipeline)
+            encoder = load_encoder(cfg.encoder, cfg.revision, cfg.pipeline, allow_pickle=cfg.allow_pickle)
         except EmbedError as e:
-            reason = f"no encoder: {e.message({'model': '--encoder'})}"  # engine.embed's {model} is our --encoder
+            reason = f"no encoder: {e.message(encoder_flags(cfg.encoder))}"
             for m in LEARNED_SPACE + (("conditioning",) if conditional else ()):
                 ev.skipped[m] = reason
             log.warning("%s; the metrics that need it are skipped", reason)

@@ -70,7 +70,8 @@ def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, A
     meta, tensors = found
     cond_dim = None
     if cfg.data.conditional:  # the width the checkpoint records; older checkpoints lack it: the training stores'
-        cond_dim = meta["extra"]["cond_dim"] if "cond_dim" in meta["extra"] else embedding_width(folder.split["train"])
+        cond_dim = (meta["extra"]["cond_dim"] if "cond_dim" in meta["extra"]
+                    else embedding_width(folder.split["train"], cfg.data.embedding))
     if cfg.data.label and folder.vocabulary is None:
         raise TrainError(f"{folder.path}: conditioned on labels (data.label {cfg.data.label}) but labels.json is "
                          "missing; train it again or restore the file")

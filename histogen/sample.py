@@ -36,7 +36,7 @@ def sample_run(run: Path, n: int, out: Path, cond_from: Path | None = None, guid
         if cond_from is None:
             raise TrainError(f"{run} is conditioned on embeddings; "
                              "pass --cond-from STORE with embeddings to draw them from")
-        cond = embeddings_from(cond_from, n, seed)
+        cond = embeddings_from(cond_from, n, seed, cfg.data.embedding)
     elif cond_from is not None:
         raise TrainError(f"{run} is unconditional; leave out --cond-from")
     images = None

@@ -79,8 +79,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     folder = RunFolder(out)
     folder.check_resume(cfg)
     try:
-        refs = list_slides(stores, cfg.resolution, cfg.data.conditional, cfg.data.qc)
-        cond_dim = embedding_width(refs) if cfg.data.conditional else None
+        refs = list_slides(stores, cfg.resolution, cfg.data.conditional, cfg.data.qc, embedding=cfg.data.embedding)
+        cond_dim = embedding_width(refs, cfg.data.embedding) if cfg.data.conditional else None
     except DataError as e:
         raise TrainError(str(e)) from e
     vocab, class_ids = None, None

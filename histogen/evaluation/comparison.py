@@ -16,6 +16,7 @@ from histogen.labels import Vocabulary
 @dataclass
 class Comparison:
     real: Side  # the real draw A: the real side of every comparison
+    real_patches: Patches  # A's patches
     generated: Generated
     floor: Side | None  # the real draw B, of A's size, in the generated patches' place (None: too few patches)
     floor_patches: Patches  # B's patches

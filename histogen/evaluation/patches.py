@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from engine.encoder_registry import DEFAULT
 from engine.pipeline import Transform, make_resizer
 from engine.store import SlideRef
 from histogen.batches import open_store
@@ -17,30 +18,32 @@ from histogen.evaluation.settings import EvalError
 
 @dataclass
 class Patches:
-    """A seeded draw of patches from slides: rows of (slide index, store row), in read order."""
+    """A seeded draw of patches from slides: rows of (slide index, store row), in read order; their
+    stored embeddings are `embedding`'s (the run's data.embedding)."""
 
     refs: list[SlideRef]
     rows: np.ndarray
+    embedding: str = DEFAULT
 
     @classmethod
-    def draw(cls, refs: list[SlideRef], n: int, seed: int) -> "Patches":
+    def draw(cls, refs: list[SlideRef], n: int, seed: int, embedding: str = DEFAULT) -> "Patches":
         starts = np.cumsum([0] + [r.n for r in refs])
         flat = np.sort(np.random.default_rng(seed).choice(starts[-1], min(n, int(starts[-1])), replace=False))
         k = np.searchsorted(starts, flat, side="right") - 1  # then each ref's i-th patch in use to its store row
         rows = [(s, refs[s].store_rows(i)) for s, i in zip(k, flat - starts[k])]
-        return cls(refs, np.array(rows, np.int64).reshape(-1, 2))
+        return cls(refs, np.array(rows, np.int64).reshape(-1, 2), embedding)
 
     def split(self, seed: int) -> tuple["Patches", "Patches"]:
         """Two disjoint halves (the larger first when odd), each in read order, chosen by the seed."""
         perm = np.random.default_rng(seed).permutation(len(self.rows))
         half = (len(perm) + 1) // 2
-        a, b = (Patches(self.refs, self.rows[np.sort(p)]) for p in (perm[:half], perm[half:]))
+        a, b = (Patches(self.refs, self.rows[np.sort(p)], self.embedding) for p in (perm[:half], perm[half:]))
         if {tuple(r) for r in a.rows} & {tuple(r) for r in b.rows}:
             raise AssertionError("the floor's real draws overlap")  # cannot happen: the draw has no repeats
         return a, b
 
     def subset(self, idx: np.ndarray) -> "Patches":
-        return Patches(self.refs, self.rows[idx])
+        return Patches(self.refs, self.rows[idx], self.embedding)
 
     def classes(self, slide_classes: np.ndarray) -> np.ndarray:
         """Each drawn patch's class id, from its slide's (slide_classes[i]: the class of refs[i])."""
@@ -49,13 +52,13 @@ class Patches:
     def embeddings(self) -> np.ndarray:
         """The stored embeddings of the drawn patches, in read order."""
         slides = self.rows[:, 0]
-        return np.concatenate([open_store(self.refs[k].store).embeddings(self.refs[k].slide)[self.rows[slides == k, 1]]
-                               for k in np.unique(slides)])
+        return np.concatenate([open_store(self.refs[k].store).embeddings(self.refs[k].slide, self.rows[slides == k, 1],
+                                                                         self.embedding) for k in np.unique(slides)])
 
     def embedded_by(self) -> dict:
-        """How the slides' stored embeddings were made ({model, revision, ...}; the first slide's)."""
+        """How the slides' stored embeddings were made ({encoder, model, revision, ...}; the first slide's)."""
         ref = self.refs[0]
-        return open_store(ref.store).embeddings_attrs(ref.slide) or {}
+        return open_store(ref.store).embeddings_attrs(ref.slide, self.embedding) or {}
 
     def key(self) -> list:
         """What identifies the slides drawn from: a store re-tiled in place is another key."""
@@ -71,10 +74,10 @@ class Patches:
         store = open_store(ref.store)
         if not with_cond:
             return store, None
-        if store.embeddings_attrs(ref.slide) is None:
-            raise EvalError(f"{ref.store}: slide {ref.slide} has no embeddings to condition on; "
-                            f"run python -m engine.embed --store {ref.store}")
-        return store, store.embeddings(ref.slide)
+        if store.embeddings_attrs(ref.slide, self.embedding) is None:
+            raise EvalError(f"{ref.store}: slide {ref.slide} has no {self.embedding} embeddings to condition on; "
+                            f"run python -m engine.embed --store {ref.store} --encoder {self.embedding}")
+        return store, store.embeddings(ref.slide, name=self.embedding)
 
     def batches(self, resolution: int, batch_size: int, with_cond: bool = False, cycle_to: int | None = None,
                 pipeline: str = "auto") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.encoder_registry import DEFAULT
 from engine.store import SlideRef
 from histogen.batches import list_slides
 from histogen.evaluation.patches import Patches
@@ -40,7 +41,7 @@ def real_draws(stores: list[Path], folder: RunFolder | None, cfg: EvalConfig, ev
         held = refs
         ev.notes.append("every --real slide was used in training: the real set is not held out, and memorisation has "
                         "no baseline")
-    a, b = Patches.draw(held, 2 * cfg.n, cfg.seed).split(cfg.seed)
+    a, b = Patches.draw(held, 2 * cfg.n, cfg.seed, folder.cfg.data.embedding if folder else DEFAULT).split(cfg.seed)
     if len(a.rows) < cfg.n:
         ev.notes.append(f"the held-out real slides have {len(a.rows) + len(b.rows)} patches: "
                         f"{len(a.rows)} per real draw (two disjoint draws, for the floor), fewer than --n {cfg.n}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.embed import DEFAULT_MODEL
+from engine.encoder_registry import DEFAULT, ENCODERS
 from engine.errors import UserError
 from histogen.nuclei import NucleiParams
 from histogen.sampling import Sampling
@@ -23,8 +23,10 @@ class EvalConfig:
     seed: int = 0
     steps: int = Sampling().steps
     guidance: float = Sampling().guidance
-    encoder: str = DEFAULT_MODEL  # SavedModel dir / hub id, or a TorchScript file
+    encoder: str = DEFAULT  # a registry name (NAME or NAME=WEIGHTS), a SavedModel dir / hub id, or a TorchScript file
+    more_encoders: tuple[str, ...] = ()  # Fréchet distance and precision/recall in these spaces too
     revision: str | None = None
+    allow_pickle: bool = False  # NAME=WEIGHTS may be a pickled checkpoint (tensors only)
     pipeline: str = "auto"
     pairs: int = 8  # closest generated/training pairs shown
     grid: int = 64  # patches per picture grid
@@ -32,3 +34,10 @@ class EvalConfig:
     two_sample: TwoSampleConfig = TwoSampleConfig()  # its max_per_class is also how many patches nuclei are measured on
     nuclei: NucleiParams = NucleiParams()
     extremes: int = 16  # patches shown per side of the classifier's most confident calls
+
+
+def encoder_flags(ref: str) -> dict[str, str]:
+    """engine's settings as eval spells them: a model and its local weights are given with --encoder."""
+    name = ref.partition("=")[0]
+    return {"model": "--encoder", "weights": f"--encoder {name if name in ENCODERS else 'NAME'}=PATH",
+            "allow_pickle": "--allow-pickle"}

@@ -46,7 +46,7 @@ def test_two_encoders_side_by_side(store_path, tmp_path, monkeypatch):
         want = pool(net(torch.from_numpy(x).permute(0, 3, 1, 2)), e.vit.prefix, e.pooling).numpy()
     np.testing.assert_allclose(store.embeddings("a", name="standin-vit"), want, atol=2e-4)
     attrs = store.embeddings_attrs("a", "standin-vit")
-    assert attrs["encoder"] == "standin-vit" and attrs["revision"] == "local"
+    assert attrs["encoder"] == "standin-vit" and attrs["revision"] == attrs["weights_hash"]
     assert attrs["weights_hash"].startswith("sha256:")
     assert attrs["mean"] == list(e.norm[0]) and attrs["std"] == list(e.norm[1]) and attrs["pooling"] == "cls"
 

@@ -95,7 +95,7 @@ def test_weights_folder_loads_the_same_network(standin):
     np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)
     assert model.marker and "random weights" in model.marker
     attrs = model.attrs()
-    assert attrs["encoder"] == "standin-vit" and attrs["revision"] == "local" and attrs["width"] == 192
+    assert attrs["encoder"] == "standin-vit" and attrs["revision"] == attrs["weights_hash"] and attrs["width"] == 192
     assert re.fullmatch(r"sha256:[0-9a-f]{16}", attrs["weights_hash"])
     assert attrs["mean"] == [0.485, 0.456, 0.406] and attrs["input_size"] == 224
     same_file = load(spec("standin-vit"), weights=standin / "model.safetensors", device="cpu", bf16=False)
@@ -141,7 +141,7 @@ def test_loads_from_the_hub_cache_with_its_commit(standin, offline):
 def test_offline_without_weights_is_one_line(name, offline):
     with pytest.raises(EncoderError) as err:
         load(spec(name))
-    line = err.value.message({"weights": "--weights"})
+    line = err.value.message({"weights": "--weights PATH"})
     e = spec(name)
     assert "\n" not in line
     assert f"{name} ({e.repo})" in line and "cannot reach the Hugging Face Hub" in line

@@ -92,7 +92,7 @@ def test_stain_jitter_is_mild_and_off_at_zero():
 
 def test_data_errors(tmp_path):
     plain = make_store(tmp_path / "plain.zarr", {"a": 3}, embeddings=False)
-    with pytest.raises(DataError, match="no embeddings but the preset is conditional.*engine.embed"):
+    with pytest.raises(DataError, match="no path-foundation embeddings but the preset is conditional.*engine.embed"):
         list_slides([plain], 32, conditional=True)
     with pytest.raises(DataError, match="larger than its 64 px patches"):
         list_slides([plain], 128, conditional=False)
@@ -102,7 +102,7 @@ def test_data_errors(tmp_path):
         list_slides([empty], 32, conditional=False)
     with pytest.raises(DataError, match="not a patch store"):
         list_slides([tmp_path / "missing.zarr"], 32, conditional=False)
-    with pytest.raises(DataError, match="no embeddings to condition on"):
+    with pytest.raises(DataError, match="no path-foundation embeddings to condition on"):
         embeddings_from(plain, 4, 0)
     emb = embeddings_from(make_store(tmp_path / "e.zarr", {"a": 3}), 5, 0)
     assert emb.shape == (5, 384)

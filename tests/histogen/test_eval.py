@@ -305,7 +305,7 @@ def test_conditioning_is_measured_with_the_model_that_made_the_conditions(store,
     assert main(["eval", "--run", str(run), "--real", str(store), "--out", str(tmp_path / "c"), "--encoder",
                  str(model)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "has no embeddings to condition on" in errors[0]
+    assert len(errors) == 1 and "has no path-foundation embeddings to condition on" in errors[0]
 
 
 def test_a_run_evaluates_where_its_training_stores_are_not(store, run, encoder_file, tmp_path):

@@ -252,7 +252,7 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
         (["train", "--model", "diffusion", "--data", str(empty), "--out", str(tmp_path / "r1"), "--preset",
           "diffusion-tiny"], "no complete slide"),
         (["train", "--model", "diffusion", "--data", str(plain), "--out", str(tmp_path / "r2"), "--preset", "ldm-tiny"],
-         "no embeddings but the preset is conditional"),
+         "no path-foundation embeddings but the preset is conditional"),
         (base + ["--model", "diffusion", "--out", str(tmp_path / "r3"), "--preset", "nope"], "unknown preset"),
         (base + ["--model", "diffusion", "--out", str(tmp_path / "r4"), "--preset", "diffusion-tiny", "--set",
                  "model.chanels=3"], "unknown diffusion model key"),

@@ -3,8 +3,8 @@
 on the Evaluation, or says on it why it was skipped; a new metric is a module and a line here."""
 from __future__ import annotations
 
-from histogen.evaluation.metrics import (c2st, conditioning, diversity, frechet, memorisation, nuclei, per_label,
-                                         precision_recall, reconstruction, stain)
+from histogen.evaluation.metrics import (c2st, conditioning, diversity, frechet, memorisation, more_encoders, nuclei,
+                                         per_label, precision_recall, reconstruction, stain)
 
-METRICS = (c2st, nuclei, stain, diversity, frechet, precision_recall, conditioning, reconstruction, memorisation,
-           per_label)
+METRICS = (c2st, nuclei, stain, diversity, frechet, precision_recall, more_encoders, conditioning, reconstruction,
+           memorisation, per_label)

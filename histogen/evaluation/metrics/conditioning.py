@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.encoder_registry import ENCODERS
 from histogen import metrics
 from histogen.evaluation.comparison import Comparison
 from histogen.evaluation.record import Evaluation
@@ -20,8 +21,10 @@ def measure(ev: Evaluation, c: Comparison) -> None:
     made_by = c.floor_patches.embedded_by()
     made = f"{made_by.get('model')}@{made_by.get('revision')}"
     if made != c.encoder.key or cond.shape[1] != c.generated.side.features.shape[1]:
+        name, model = made_by.get("encoder"), made_by.get("model")
+        same = f"{name}" if name in ENCODERS and model == ENCODERS[name].repo else f"{name}={model}" if name else model
         ev.skipped["conditioning"] = (f"the conditions are embeddings by {made}, the encoder is {c.encoder.key}; "
-                                      f"evaluate with --encoder {made_by.get('model')}")
+                                      f"evaluate with --encoder {same}")
         return
 
     def scores(features: np.ndarray, cond: np.ndarray) -> dict:

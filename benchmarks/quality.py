@@ -3,10 +3,11 @@ for a fixed budget, sample, evaluate on the slides the runs held out (histogen.e
 write sample grids beside real grids and a table of every metric with its real-vs-real floor.
 
     python -m benchmarks quality [--data DIR] [--budget smoke|cpu|gpu] [--models diffusion gan diffusion-pf]
-                                 [--set KEY=VALUE ...] [--encoder MODEL]
+                                 [--set KEY=VALUE ...] [--encoder NAME[=WEIGHTS] | --encoder DIR]
 
-`diffusion-pf` is the study's route: the stores are embedded with --encoder (Path Foundation, or a
-model with its interface) and the diffusion preset is conditioned on each patch's embedding, with
+`diffusion-pf` is the study's route: the stores are embedded with --encoder (a name of
+engine.encoder_registry, Path Foundation by default, or a SavedModel folder with its interface)
+and the diffusion preset is conditioned on each patch's embedding by it (data.embedding), with
 classifier-free dropout of the condition; evaluation conditions on the held-out patches' embeddings.
 
 Each sub-folder of DIR (or DIR itself when it holds slides) becomes one patch store, tiled at
@@ -27,13 +28,15 @@ from pathlib import Path
 
 
 from benchmarks import report
-from engine.embed import DEFAULT_MODEL, EmbedConfig, EmbedError, embed_store
+from engine.embed import EmbedConfig, EmbedError, embed_store
+from engine.encoder_registry import DEFAULT, named
 from engine.errors import UserError, run_command, setup_logging
 from engine.discover import find_slides
 from engine.plan import PlanParams
 from engine.tile import TileConfig, tile_slides
 from histogen import config
 from histogen.evaluate import EvalConfig, evaluate
+from histogen.evaluation.settings import encoder_flags
 from histogen.images import beside, grid
 from histogen.train import train
 
@@ -159,15 +162,24 @@ def tile(data: Path, work: Path, budget: Budget, assume_mpp: float | None, show:
     return stores
 
 
+def embed_config(encoder: str) -> EmbedConfig:
+    """--encoder as engine.embed takes it: a registry NAME[=WEIGHTS], else Path Foundation's SavedModel folder."""
+    if named(encoder) is None:
+        return EmbedConfig(model=encoder)
+    name, weights = named(encoder)
+    return EmbedConfig(encoder=name, weights=weights)
+
+
 def embed(stores: list[Path], encoder: str, show: bool | None) -> None:
     """Embed every store with `encoder` (slides already embedded by it are skipped)."""
     for store in stores:
         try:
-            summary = embed_store(store, EmbedConfig(model=encoder), show_progress=show)
+            summary = embed_store(store, embed_config(encoder), show_progress=show)
         except EmbedError as e:
             raise QualityError(f"diffusion-pf needs an encoder to condition on: {e.problem}",
                                "pass {model} DIR, a SavedModel with Path Foundation's interface "
-                               "(python -m histosynth.standin_model DIR makes a stand-in with random weights)") from e
+                               "(python -m histosynth.standin_model DIR makes a stand-in with random weights), "
+                               "or {model} NAME=WEIGHTS for another encoder of engine.encoder_registry") from e
         if summary.count("failed"):
             raise QualityError(f"{store}: {summary.count('failed')} slide(s) failed to embed:\n{summary.text()}",
                                "see the lines above")
@@ -199,11 +211,14 @@ def continue_from(shipped: Path, run: Path) -> None:
 
 
 def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, budget: Budget, extra: list[str],
-                show: bool | None) -> tuple[Path, dict]:
-    """Train (or resume) `kind` under the budget; (run folder, what the table says about the run)."""
+                show: bool | None, embedding: str = DEFAULT) -> tuple[Path, dict]:
+    """Train (or resume) `kind` under the budget, conditioned on `embedding`'s embeddings where it is
+    conditional; (run folder, what the table says about the run)."""
     base, kind_overrides = KIND_OVERRIDES.get(kind, (kind, ()))
     preset = budget.presets[base]
-    overrides = [*budget.overrides, *kind_overrides, *extra]
+    conditional = "data.conditional=true" in kind_overrides
+    named_embedding = [f"data.embedding={embedding}"] if conditional and embedding != DEFAULT else []
+    overrides = [*budget.overrides, *kind_overrides, *named_embedding, *extra]
     cfg = config.resolve(preset, overrides)
     run = run_folder(work, budget_name, preset, cfg, stores)
     if budget.start_from and not extra:
@@ -263,7 +278,8 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
         embed(stores, encoder, show)
     evals, runs = {}, {}
     for kind in kinds:
-        run, runs[kind] = train_model(kind, stores, work, budget_name, budget, extra, show)
+        run, runs[kind] = train_model(kind, stores, work, budget_name, budget, extra, show,
+                                      embed_config(encoder).encoder)
         t1 = time.perf_counter()
         evals[kind] = evaluate(stores, pictures / f"eval-{kind}", run=run,
                                cfg=EvalConfig(n=budget.n_eval, steps=budget.sample_steps, encoder=encoder))
@@ -300,8 +316,10 @@ def main(argv, work: Path, out: Path) -> int:
                    help="override a key of both presets, e.g. --set model.lr=3e-4 (a run folder of its own)")
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px of folders without an entry in the built-in "
                                                                    "table whose files carry no MPP")
-    p.add_argument("--encoder", default=DEFAULT_MODEL, help="for evaluation's learned-space metrics (skipped when it "
-                   "cannot load) and diffusion-pf's conditions; default %(default)s")
+    p.add_argument("--encoder", default=DEFAULT, metavar="NAME[=WEIGHTS]",
+                   help="a name of engine.encoder_registry (=PATH: local weights) or a SavedModel folder with Path "
+                        "Foundation's interface: for evaluation's learned-space metrics (skipped when it cannot load) "
+                        "and diffusion-pf's conditions; default %(default)s")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     setup_logging()
@@ -312,4 +330,4 @@ def main(argv, work: Path, out: Path) -> int:
         return 0
 
     return run_command(job, log, "stores and finished runs are kept; run the same command to resume",
-                       flags={"data": "--data", "assume_mpp": "--assume-mpp", "model": "--encoder"})
+                       flags={"data": "--data", "assume_mpp": "--assume-mpp", **encoder_flags(a.encoder)})

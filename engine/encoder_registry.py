@@ -115,3 +115,10 @@ def spec(name: str) -> EncoderSpec:
     except KeyError:
         raise EncoderError(f"unknown encoder {name!r}", f"choose one of {', '.join(ENCODERS)}") from None
 
+
+
+def named(ref: str) -> tuple[str, str | None] | None:
+    """A command line's encoder reference `NAME` or `NAME=WEIGHTS` as (name, local weights or None);
+    None where `ref` names no registry encoder (a SavedModel folder, a hub id, a TorchScript file)."""
+    name, _, weights = ref.partition("=")
+    return (name, weights or None) if name in ENCODERS else None

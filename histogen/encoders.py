@@ -26,7 +26,7 @@ import torch
 
 from engine import torch_encoder
 from engine.embed import EmbedError, load_model
-from engine.encoder_registry import ENCODERS, spec
+from engine.encoder_registry import named, spec
 from engine.pipeline import Transform, make_resizer
 
 UNTRAINED_MARKER = "untrained.json"  # {"what": "a stand-in with random weights (...)"}; any content marks it
@@ -135,9 +135,8 @@ def load_encoder(ref: str, revision: str | None = None, pipeline: str = "auto", 
                  allow_pickle: bool = False) -> Encoder:
     """A registry name (`NAME` or `NAME=WEIGHTS`), a TorchScript file (.pt/.ts), or a SavedModel
     directory / Hugging Face repo id with Path Foundation's interface."""
-    name, _, weights = ref.partition("=")
-    if name in ENCODERS:
-        return registry_encoder(name, weights or None, revision, pipeline, batch_size, allow_pickle)
+    if named(ref):
+        return registry_encoder(*named(ref), revision, pipeline, batch_size, allow_pickle)
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix in (".pt", ".ts", ".pth"):
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.encoder_registry import DEFAULT, ENCODERS
+from engine.encoder_registry import DEFAULT, named
 from engine.errors import UserError
 from histogen.nuclei import NucleiParams
 from histogen.sampling import Sampling
@@ -38,6 +38,5 @@ class EvalConfig:
 
 def encoder_flags(ref: str) -> dict[str, str]:
     """engine's settings as eval spells them: a model and its local weights are given with --encoder."""
-    name = ref.partition("=")[0]
-    return {"model": "--encoder", "weights": f"--encoder {name if name in ENCODERS else 'NAME'}=PATH",
+    return {"model": "--encoder", "weights": f"--encoder {named(ref)[0] if named(ref) else 'NAME'}=PATH",
             "allow_pickle": "--allow-pickle"}

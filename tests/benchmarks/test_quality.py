@@ -151,6 +151,27 @@ def test_smoke_of_the_conditioned_route(tmp_path, monkeypatch):
     assert PatchStore.open(store.path).embeddings_attrs(sid) == before
 
 
+def test_conditioned_route_with_a_registry_encoder(tmp_path, monkeypatch):
+    """--encoder NAME=WEIGHTS: the stores get embeddings/NAME, the run conditions on them, evaluation is in
+    its space."""
+    from histosynth.standin_model import save_torch_standin
+
+    monkeypatch.setattr("engine.torch_encoder.native_bf16", lambda device: False)
+    images(tmp_path / "data" / "tissue-a", seed=5)
+    weights = save_torch_standin(tmp_path / "vit")
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data",
+            str(tmp_path / "data"), "--budget", "smoke", "--assume-mpp", "0.5", "--quiet", "--encoder",
+            f"standin-vit={weights}", "--models", "diffusion-pf"]
+    assert main(argv) == 0
+    store = PatchStore.open(next((tmp_path / "work" / "quality" / "stores").glob("*.zarr")))
+    sid = store.slide_ids()[0]
+    assert store.embedding_names(sid) == ["standin-vit"] and store.embedding_width("standin-vit") == 192
+    payload = json.loads((tmp_path / "out" / "quality-smoke-diffusion-pf.json").read_text())
+    assert "data.embedding=standin-vit" in payload["diffusion-pf overrides"]
+    assert "embedding: standin-vit" in (Path(payload["diffusion-pf run"]) / "config.yaml").read_text()
+    assert payload["diffusion-pf encoder"].startswith(str(weights.resolve()))
+
+
 def test_conditioned_route_without_an_encoder_says_what_to_do(tmp_path, caplog):
     images(tmp_path / "data" / "tissue-a", seed=4)
     argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data",

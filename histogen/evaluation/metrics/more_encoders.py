@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from engine.encoder_registry import named
 from engine.errors import UserError
 from histogen.encoders import load_encoder
 from histogen.evaluation.cache import cached_side
@@ -27,7 +28,7 @@ def measure(ev: Evaluation, c: Comparison) -> None:
             encoder = load_encoder(ref, cfg.revision, cfg.pipeline, allow_pickle=cfg.allow_pickle)
         except UserError as e:
             for name in NAMES:
-                ev.skipped[f"{name}[{ref.partition('=')[0]}]"] = f"no encoder: {e.message(encoder_flags(ref))}"
+                ev.skipped[f"{name}[{(named(ref) or (ref,))[0]}]"] = f"no encoder: {e.message(encoder_flags(ref))}"
             continue
         images = c.generated.images
         batches = (images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size))

@@ -6,7 +6,6 @@ whole and a re-run skips it without asking the server.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import UserError
+from engine.errors import UserError, disk_full
 
 log = logging.getLogger("engine.fetch")
 CHUNK = 8 << 20
@@ -120,11 +119,27 @@ def reason(e: BaseException) -> str:
         return str(e)
     if isinstance(e, FileNotFoundError):
         return f"no such object ({e.filename or e})"
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return "the disk is full; free space and run again (what arrived is kept and resumes)"
     if isinstance(e, PermissionError):
         return f"not allowed ({e}); check the credentials or the folder's permissions"
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def shared_cause(e: BaseException) -> str | None:
+    """What fails every slide after `e` the same way, with what to do: a full disk, or a server that
+    cannot be reached (named by its host); None for a cause of the slide's own."""
+    if disk_full(e):
+        return "no space left on the disk; free space there or choose another --out"
+    text = _first_line(e)
     if isinstance(e, (ConnectionError, TimeoutError)) or "connect" in text.lower() or "resolve" in text.lower():
-        return f"cannot reach the server ({type(e).__name__}: {text}); check the network, then run again to resume"
-    return f"{type(e).__name__}: {text}"
+        host = _HOST.search(text)
+        where = host.group(1) or host.group(2) if host else "the server"
+        return f"cannot reach {where} ({type(e).__name__}); check the network"
+    return None
+
+
+# the host in a client's message: "...endpoint URL: "https://HOST/key"", or "Cannot connect to host HOST:443 ..."
+_HOST = re.compile(r"https?://([^/\s\"']+)|host ([^\s:/]+(?::\d+)?)")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""

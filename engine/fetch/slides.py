@@ -13,11 +13,13 @@ import logging
 import posixpath
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from engine.errors import UserError
+from engine.errors import UserError, disk_full
 from engine.fetch import download
 from engine.fetch.download import RemoteObject, describe, fetch_object, filesystem
 from engine.fetch.manifest import Entry, write_record
@@ -45,6 +47,7 @@ class SlideFetch:
     n_bytes: int = 0  # transferred by this run
     error: str = ""
     entry: Entry | None = None  # with the size and checksum verified, where one object
+    shared: str = ""  # a cause that failed other slides the same way (download.shared_cause), said once for all
 
 
 def slide_path(entry: Entry, out: Path) -> Path:
@@ -73,11 +76,28 @@ def objects_of(entry: Entry) -> list[tuple[RemoteObject, str]]:
     return [(describe(entry.location, entry.size, entry.checksum), slide_path(entry, Path()).name)]
 
 
-def fetch_slide(entry: Entry, out: Path, on_bytes=lambda n: None) -> SlideFetch:
-    """Fetch one slide into `out` (skipped where already whole); never raises."""
+def server(entry: Entry) -> str:
+    """Where the slide's objects are asked for (scheme and bucket or host): a server that cannot be
+    reached fails all its slides."""
+    url = entry.series[0] if entry.location.startswith("idc://") and entry.series else entry.location
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+ALL = "*"  # the key of `stopped` whose cause (a full disk) stops every slide
+
+
+def fetch_slide(entry: Entry, out: Path, on_bytes=lambda n: None, stopped: dict[str, str] | None = None) -> SlideFetch:
+    """Fetch one slide into `out` (skipped where already whole); never raises. `stopped`: causes
+    that fail every slide after them the same way, by server (or ALL); a slide they cover is not
+    tried, and a slide that meets one adds it."""
     final = slide_path(entry, out)
     if final.exists():
         return SlideFetch(entry.name, "present", entry=entry)
+    stopped = {} if stopped is None else stopped
+    cause = stopped.get(ALL) or stopped.get(server(entry))
+    if cause:
+        return SlideFetch(entry.name, "failed", error=f"{entry.name}: not tried: {cause}", shared=cause)
     stage, rejected = out / PARTIAL, out / REJECTED
     try:
         objects = objects_of(entry)
@@ -92,9 +112,17 @@ def fetch_slide(entry: Entry, out: Path, on_bytes=lambda n: None) -> SlideFetch:
             (stage / final.name).replace(final)
             done = dataclasses.replace(entry, size=obj.size, checksum=obj.checksum)
     except Exception as e:  # one line per slide whatever it was; the others go on
+        log.debug("%s", entry.name, exc_info=True)
+        cause = download.shared_cause(e)
+        if cause:  # said once, in the summary, for all the slides it stops
+            # setdefault is one atomic step under the GIL, so the fetch threads share the dict without a
+            # lock; it hands back this very string only to the first slide that met the cause.
+            first = stopped.setdefault(ALL if disk_full(e) else server(entry), cause)
+            if first is cause:
+                log.info("%s; not trying the other slides it concerns", cause.partition(";")[0])
+            return SlideFetch(entry.name, "failed", error=f"{entry.name} ({entry.location}): {cause}", shared=first)
         msg = f"{entry.name} ({entry.location}): {download.reason(e)}"
         log.error("%s", msg)
-        log.debug("%s", entry.name, exc_info=True)
         return SlideFetch(entry.name, "failed", error=msg)
     log.info("%s: %.1f MB", entry.name, n / MB)
     return SlideFetch(entry.name, "fetched", n, entry=done)
@@ -131,7 +159,11 @@ class FetchSummary:
                  f"{self.count('failed')} failed",
                  f"data: {self.n_bytes / MB:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)",
                  f"folder: {self.out}"]
-        return "\n".join(lines + [f"failed: {r.error}" for r in self.results if r.status == "failed"])
+        failed = [r for r in self.results if r.status == "failed"]
+        shared = Counter(r.shared for r in failed if r.shared)
+        return "\n".join(lines + [f"failed: {r.error}" for r in failed if not r.shared]
+                         + [f"failed: {n} slide(s) not fetched: {cause}, then run the same command again to resume "
+                            "(what arrived is kept)" for cause, n in shared.items()])
 
 
 def fetch_slides(entries: list[Entry], out, cfg: FetchConfig = FetchConfig(),
@@ -152,7 +184,8 @@ def fetch_slides(entries: list[Entry], out, cfg: FetchConfig = FetchConfig(),
                     bar.update(whole)
 
         with ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="fetch") as pool:
-            results = list(pool.map(lambda e: fetch_slide(e, out, on_bytes), entries))
+            stopped: dict[str, str] = {}
+            results = list(pool.map(lambda e: fetch_slide(e, out, on_bytes, stopped), entries))
     there = [r.entry for r in results if r.entry is not None]
     if there:
         write_record(out, there)

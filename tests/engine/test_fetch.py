@@ -12,7 +12,7 @@ import pytest
 
 import histosynth as synth
 from engine.discover import find_slides
-from engine.fetch import download
+from engine.fetch import download, slides
 from engine.fetch.cli import main
 from engine.fetch.manifest import ManifestError, load, organs, read_record, study
 from engine.fetch.slides import fetch_slides
@@ -168,7 +168,7 @@ def test_missing_object_full_disk_and_offline_each_fail_alone(s3, objects, tmp_p
     s3.put(str(objects[0]), "camelyon-dataset/CAMELYON16/images/test_001.tif")
     monkeypatch.setattr(download, "open", full_disk, raising=False)
     summary = fetch_slides(entries, out, show_progress=False)
-    assert summary.results[0].status == "failed" and "the disk is full" in summary.results[0].error
+    assert summary.results[0].status == "failed" and "no space left on the disk" in summary.results[0].error
     assert summary.results[1].status == "present"  # nothing already downloaded is lost
     monkeypatch.undo()
 
@@ -177,8 +177,43 @@ def test_missing_object_full_disk_and_offline_each_fail_alone(s3, objects, tmp_p
     fresh_s3fs()
     summary = fetch_slides(entries, out, show_progress=False)
     fresh_s3fs()
-    assert summary.results[0].status == "failed" and "cannot reach the server" in summary.results[0].error
+    assert summary.results[0].status == "failed" and "cannot reach 127.0.0.1:9" in summary.results[0].error
     assert summary.results[1].status == "present" and (out / "C3L-00004-26" / "level-0.dcm").is_file()
+
+
+def test_offline_is_said_once_per_host_and_other_failures_keep_their_line(tmp_path, monkeypatch, capsys, caplog):
+    """Eight slides on two buckets of a server that cannot be reached: one slide of each bucket is
+    tried, and one line says which host, how many slides and that the same command resumes; a
+    slide that fails for its own reason keeps its own line."""
+    candidates = " ".join(f"s3://idc-open-data/{u}/" for u in SERIES.values())
+    rows = [f"test_{i:03d},lymph_node,camelyon16,s3://camelyon-dataset/CAMELYON16/images/test_{i:03d}.tif,,,"
+            for i in range(1, 7)]
+    rows += [f"{name},kidney,idc,idc://cptac_ccrcc/{name},,,{candidates}" for name in SERIES]
+    rows += ["odd,kidney,idc,idc://no-slide-name,,,"]
+    (tmp_path / "m.csv").write_text("name,organ,source,location,size,checksum,series\n" + "\n".join(rows) + "\n")
+    tried = []
+    real = slides.objects_of
+    monkeypatch.setattr(slides, "objects_of", lambda e: tried.append(e.name) or real(e))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    fresh_s3fs()
+    try:
+        code = main(["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "slides"), "--quiet",
+                     "--workers", "1"])
+    finally:
+        fresh_s3fs()
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "slides: 0 fetched, 0 already there, 9 failed" in out
+    assert [line for line in out.splitlines() if line.startswith("failed:")] == [
+        "failed: odd (idc://no-slide-name): idc://no-slide-name: not an IDC slide location; write it as "
+        "idc://COLLECTION/SLIDE, e.g. idc://cptac_ccrcc/C3L-00004-21",
+        "failed: 8 slide(s) not fetched: cannot reach 127.0.0.1:9 (EndpointConnectionError); check the network, "
+        "then run the same command again to resume (what arrived is kept)"]
+    assert tried == ["test_001", "C3L-00004-21", "odd"]  # one slide of each bucket, then the one of its own
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "odd (idc://no-slide-name): idc://no-slide-name: not an IDC slide location; write it as "
+        "idc://COLLECTION/SLIDE, e.g. idc://cptac_ccrcc/C3L-00004-21"]
 
 
 def test_bad_destination_and_manifest_are_one_line(tmp_path, capsys, caplog):

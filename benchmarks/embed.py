@@ -3,7 +3,9 @@ ceiling: inputs already resized, in memory), and of the data path alone (store r
 each pipeline backend. Goal: end to end >= 0.9 of model-only; the data path faster than the model.
 
 The model is the ViT-S/16 stand-in with Path Foundation's interface (histosynth.standin_model): the
-real one is gated and not downloadable here, and costs the same per patch.
+real one is gated and not downloadable here, and costs the same per patch. `--encoder NAME` measures
+another encoder of engine.encoder_registry instead, its architecture with random weights (what the
+real weights cost), in bf16 where the device has native bf16.
 """
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ import numpy as np
 
 from benchmarks import report
 from benchmarks.tiling import make_slide
+import torch
+
 from engine.embed import EmbedConfig, embed_store, load_model
-from engine.pipeline import EMBED, make_resizer, store_batches
+from engine.encoder_registry import DEFAULT, ENCODERS, spec
+from engine.pipeline import Transform, make_resizer, store_batches
 from engine.runtime import cuda_available
+from engine.torch_encoder import TorchModel, build, native_bf16
 from histosynth.standin_model import save_standin
 from engine.store import PatchStore
 from engine.tile import TileConfig, tile_slides
@@ -32,8 +38,8 @@ def make_store(work: Path, size: int) -> Path:
     return out
 
 
-def data_path(store: PatchStore, backend: str, batch: int) -> tuple[float, int]:
-    resize = make_resizer(EMBED, backend, max_batch=batch)
+def data_path(store: PatchStore, transform: Transform, backend: str, batch: int) -> tuple[float, int]:
+    resize = make_resizer(transform, backend, max_batch=batch)
     t0, n = time.perf_counter(), 0
     for _, _, images in store_batches(store, store.slide_ids(), batch):
         n += len(resize(images))
@@ -41,7 +47,9 @@ def data_path(store: PatchStore, backend: str, batch: int) -> tuple[float, int]:
 
 
 def model_only(model, n: int, batch: int) -> float:
-    x = np.random.default_rng(0).random((batch, 224, 224, 3), dtype=np.float32)
+    t = model.spec.transform
+    shape = (batch, t.size, t.size, 3) if t.layout == "NHWC" else (batch, 3, t.size, t.size)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
     model(x)  # warm-up: graph and thread pools
     t0, done = time.perf_counter(), 0
     while done < n:
@@ -49,26 +57,41 @@ def model_only(model, n: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
+def encoder(name: str, work: Path) -> tuple[object, str]:
+    """The model to time and what the report calls it."""
+    e = spec(name)
+    if e.framework == "tensorflow":
+        model_dir = work / "standin-vit-s16"
+        if not model_dir.exists():
+            save_standin(model_dir.with_suffix(".tmp"), arch="vit-s16")
+            model_dir.with_suffix(".tmp").rename(model_dir)
+        return load_model(str(model_dir)), "ViT-S/16 stand-in with Path Foundation's interface (random weights)"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = e.precision == "bf16" and native_bf16(device)
+    model = TorchModel(e, build(e, device).eval(), f"{name} (random weights)", "random", "", bf16)
+    return model, f"{name}: its architecture with random weights, {'bf16 autocast' if bf16 else 'fp32'} on {device}"
+
+
 def main(argv, work: Path, out: Path) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks embed")
     p.add_argument("--size", type=int, default=8192, help="side of the slide the store is tiled from")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (the best counts)")
+    p.add_argument("--encoder", choices=ENCODERS, default=DEFAULT, metavar="NAME",
+                   help="an encoder of engine.encoder_registry, with random weights (default: Path Foundation's "
+                        "stand-in)")
     a = p.parse_args(argv)
     work.mkdir(parents=True, exist_ok=True)
     path = make_store(work, a.size)
     store = PatchStore.open(path)
-    model_dir = work / "standin-vit-s16"
-    if not model_dir.exists():
-        save_standin(model_dir.with_suffix(".tmp"), arch="vit-s16")
-        model_dir.with_suffix(".tmp").rename(model_dir)
-    model = load_model(str(model_dir))
+    model, described = encoder(a.encoder, work)
+    transform = model.spec.transform
 
     rows, rates = [], {}
     backends = ["dali-cpu", "torch"] + (["dali-gpu"] if cuda_available() else [])
-    data_path(store, "dali-cpu", a.batch_size)  # warm-up: the store into the page cache
+    data_path(store, transform, "dali-cpu", a.batch_size)  # warm-up: the store into the page cache
     for be in backends:
-        seconds, n = min(data_path(store, be, a.batch_size) for _ in range(a.repeats))
+        seconds, n = min(data_path(store, transform, be, a.batch_size) for _ in range(a.repeats))
         rates[be] = n / seconds
         rows.append({"name": f"data path: store reads + resize ({be})", "patches": n, "seconds": seconds,
                      "patches/s": n / seconds})
@@ -83,7 +106,7 @@ def main(argv, work: Path, out: Path) -> int:
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(path, copy)
         t0 = time.perf_counter()
-        summary = embed_store(copy, EmbedConfig(model=str(model_dir), batch_size=a.batch_size), model=model,
+        summary = embed_store(copy, EmbedConfig(batch_size=a.batch_size, encoder=a.encoder), model=model,
                               show_progress=False)
         best = min(best, time.perf_counter() - t0)
         assert summary.n_patches == n and not summary.failed, summary.text()
@@ -94,9 +117,9 @@ def main(argv, work: Path, out: Path) -> int:
         r["of model-only"] = r["patches/s"] / rates["model"]
     extra = {
         "store": f"{path.name}: {n} patches of 512 px",
-        "model": "ViT-S/16 stand-in with Path Foundation's interface (random weights)",
+        "model": described,
         "goal end to end / model-only >= 0.9": rates["end"] / rates["model"],
         "slowest data path / model-only (> 1: never the bottleneck)": min(rates[b] for b in backends) / rates["model"],
     }
-    print(report.write(out, "embed", rows, extra))
+    print(report.write(out, "embed" if a.encoder == DEFAULT else f"embed-{a.encoder}", rows, extra))
     return 0

@@ -219,3 +219,20 @@ def test_weights_of_another_encoder_are_refused(standin):
         load(spec("h0-mini"), weights=standin)
     with pytest.raises(EncoderError, match="no embeddings.cls_token.*not phikon's weights"):
         load(spec("phikon"), weights=standin)
+
+
+def test_a_position_embedding_for_another_grid_is_resampled(standin, tmp_path):
+    """A checkpoint laid out for 448 px (a 28 x 28 grid, as DINOv2-style repos often are) loads into the
+    registry's 224 px model: the class token's entry kept, a smooth field resampled to 14 x 14."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(standin / "model.safetensors"))
+    ramp = torch.linspace(0, 1, 28).repeat(28, 1).reshape(1, 784, 1).expand(1, 784, 192)  # rises along x
+    state["pos_embed"] = torch.cat([torch.full((1, 1, 192), 7.0), ramp], dim=1).contiguous()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = load(spec("standin-vit"), weights=tmp_path, device="cpu", bf16=False)
+    pos = model.net.pos_embed.detach()
+    assert pos.shape == (1, 197, 192) and torch.all(pos[0, 0] == 7.0)
+    grid = pos[0, 1:, 0].reshape(14, 14)
+    assert torch.allclose(grid[0], grid[5]) and torch.all(grid[:, 1:] > grid[:, :-1])  # still rises along x only
+    assert 0 <= grid.min() < 0.05 and 0.95 < grid.max() <= 1

@@ -60,9 +60,6 @@ class Transform:
         return "bilinear, antialiased, edges replicated"
 
 
-EMBED = Transform(size=224)  # Path Foundation: 224 px, float32 NHWC in [0, 1]
-
-
 def _dali_available() -> bool:
     try:
         import nvidia.dali  # noqa: F401
@@ -206,7 +203,7 @@ class DaliResizer(Resizer):
         return y
 
 
-def make_resizer(transform: Transform = EMBED, backend: str = "auto", max_batch: int = 64, seed: int = 0,
+def make_resizer(transform: Transform, backend: str = "auto", max_batch: int = 64, seed: int = 0,
                  device_id: int = 0, threads: int | None = None) -> Resizer:
     backend = resolve_backend(backend)
     if backend == "torch":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from engine import cluster, jobs, location
 from engine.dataset.table import Table, TableSlide
-from engine.encoder_registry import spec
 from engine.discover import fingerprint, match_names, slide_files
+from engine.encoder_registry import spec
 from engine.patch_plan import GivenPlan
 from engine.slide import SlideError
 from engine.store import PatchStore

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import histosynth as synth  # noqa: E402
 from engine.embed import EmbedConfig, EmbedError, embed_store, load_model, main  # noqa: E402
-from engine.pipeline import EMBED  # noqa: E402
+from engine.pipeline import Transform  # noqa: E402
 from histosynth.standin_model import save_standin  # noqa: E402
 from engine.store import PatchStore, StoreError  # noqa: E402
 from engine.tile import TileConfig, tile_slides  # noqa: E402
@@ -86,7 +86,7 @@ def test_embeddings_equal_direct_tensorflow(store_path, models, pipeline):
         attrs = store.embeddings_attrs(sid)
         assert attrs["model"] == str(models["tiny"].resolve())
         assert attrs["revision"].startswith("sha256:")
-        assert attrs["input_size"] == 224 and attrs["resize"] == EMBED.method and attrs["status"] == "complete"
+        assert attrs["input_size"] == 224 and attrs["resize"] == Transform().method and attrs["status"] == "complete"
 
 
 def test_rerun_is_idempotent_and_a_new_model_replaces(store_path, models):

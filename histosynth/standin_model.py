@@ -30,9 +30,14 @@ ARCHS = ("tiny", "vit-s16")
 TORCH_ARCH = "torch-vit"
 
 
-def save_standin(out: Path, arch: str = "tiny", width: int = 384, input_size: int = 224, output_key: str = "output_0",
-                 nan: bool = False, seed: int = 0) -> Path:
+def save_standin(out: Path, arch: str = "tiny", width: int | None = None, input_size: int | None = None,
+                 output_key: str = "output_0", nan: bool = False, seed: int = 0) -> Path:
+    """`width` and `input_size`: Path Foundation's, as engine.encoder_registry states them, unless given."""
     import tensorflow as tf
+
+    from engine.encoder_registry import DEFAULT, spec
+
+    width, input_size = width or spec(DEFAULT).width, input_size or spec(DEFAULT).input_size
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose {', '.join(ARCHS)}")

@@ -23,6 +23,7 @@ struct QCRule {
   int ink_radius;   // opening/closing radius of ink on the sub-grid
   int ink_region_radius;  // bluish regions filling a (2r+1) square of the sub-grid are ink; 0 = off
   int focus_step;   // focus on rows 4, 4 + focus_step, ...
+  int focus_detail; // an edge: a grey-level (R+G+B) Laplacian at distance 2 of at least this
   int32_t fold_od;  // tissue with OD sum (R+G+B) above this is fold / over-stain
   int grey_max;     // low-saturation pixels with max channel < this are bubble rims
 };
@@ -31,9 +32,16 @@ struct QCRule {
 // same at distance 4, centres on every focus_step-th row and every column. Distance 1 is left out:
 // JPEG and rounding noise dominate it and keep blurred patches looking sharp. A sharp patch gives
 // about 1 / 4 or more, one blurred by a Gaussian of sigma 2 px tends to 1 / 16 or less.
-float focus(const uint8_t* patch, int64_t h, int64_t w, int step, const int32_t* od) {
+// A patch with fewer than kFocusEdges edges (focus_detail) scores 0: heavily blurred ink or stain is
+// noise at every scale, which keeps the ratio high, and nothing in such a patch is in focus.
+constexpr int kFocusEdges = 3;  // not 1: a speck of dust is no edge of the tissue
+
+inline int grey(const uint8_t* p) { return p[0] + p[1] + p[2]; }
+
+float focus(const uint8_t* patch, int64_t h, int64_t w, int step, int detail, const int32_t* od) {
   if (h < 9 || w < 9) return 1.0f;
   int64_t fine = 0, coarse = 0;
+  int edges = 0;
   const int64_t row = 3 * w;
   for (int64_t y = 4; y < h - 4; y += step) {
     const uint8_t* c = patch + y * row;
@@ -44,8 +52,13 @@ float focus(const uint8_t* patch, int64_t h, int64_t w, int step, const int32_t*
       const int64_t l4 = v - od[p[-12]] - od[p[12]] - od[p[-4 * row]] - od[p[4 * row]];
       fine += l2 * l2;
       coarse += l4 * l4;
+      if (edges < kFocusEdges) {
+        const int g = 4 * grey(p) - grey(p - 6) - grey(p + 6) - grey(p - 2 * row) - grey(p + 2 * row);
+        edges += g >= detail || -g >= detail;
+      }
     }
   }
+  if (edges < kFocusEdges) return 0.0f;
   return coarse == 0 ? 1.0f : static_cast<float>(static_cast<double>(fine) / static_cast<double>(coarse));
 }
 
@@ -82,7 +95,7 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
   const double size = static_cast<double>(n);
   out[kScoreTissue] = n ? static_cast<float>(nt / size) : 0.0f;
   out[kScoreInk] = n ? static_cast<float>(ni / size) : 0.0f;
-  out[kScoreFocus] = focus(patch, h, w, q.focus_step, q.pixel.od);
+  out[kScoreFocus] = focus(patch, h, w, q.focus_step, q.focus_detail, q.pixel.od);
   out[kScoreFold] = nt ? static_cast<float>(static_cast<double>(nf) / static_cast<double>(nt)) : 0.0f;
   out[kScoreBubble] = n ? static_cast<float>(bubble / size) : 0.0f;
   out[kScoreClean] = n ? static_cast<float>((nt - nf) / size) : 0.0f;
@@ -91,16 +104,16 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
 // patches (N,H,W,3) uint8 -> scores (N, kScoreCount) float32, columns in the order of engine.qc.SCORES.
 py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
                             py::array_t<int32_t, py::array::c_style> od_lut, int threshold,
-                            int white, int dark, int step, int ink_radius, int ink_region_radius, int focus_step, int fold_od,
-                            int grey_max) {
+                            int white, int dark, int step, int ink_radius, int ink_region_radius, int focus_step,
+                            int focus_detail, int fold_od, int grey_max) {
   if (patches.ndim() != 4 || patches.shape(3) != 3)
     throw std::invalid_argument("patches must have shape (N, H, W, 3)");
   if (od_lut.ndim() != 1 || od_lut.shape(0) != 256)
     throw std::invalid_argument("od_lut must have 256 entries");
   if (step < 1 || focus_step < 1) throw std::invalid_argument("step and focus_step must be >= 1");
   const int64_t n = patches.shape(0), h = patches.shape(1), w = patches.shape(2);
-  const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, ink_region_radius, focus_step, fold_od,
-                  grey_max};
+  const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, ink_region_radius, focus_step,
+                  focus_detail, fold_od, grey_max};
   const uint8_t* src = patches.data();
   py::array_t<float> scores({n, static_cast<int64_t>(kScoreCount)});
   float* out = scores.mutable_data();
@@ -117,7 +130,7 @@ py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
 void register_check(py::module_& m) {
   m.def("patch_qc", &patch_qc, py::arg("patches"), py::arg("od_lut"), py::arg("threshold"),
         py::arg("white"), py::arg("dark"), py::arg("step"), py::arg("ink_radius"), py::arg("ink_region_radius"),
-        py::arg("focus_step"),
+        py::arg("focus_step"), py::arg("focus_detail"),
         py::arg("fold_od"), py::arg("grey_max"),
         "Scores (N, len(PATCH_SCORES)) of each patch, a column per name of PATCH_SCORES.");
   // The layout this build has: engine.check refuses a build older than engine.qc.SCORES.

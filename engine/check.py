@@ -17,6 +17,9 @@ and at full resolution on every focus_step-th row:
   focus   sum of squared 4-neighbour Laplacians of the red-channel OD at distance 2 over the same at
           distance 4: free of intensity and stain strength; distance 1 is left out because JPEG and
           rounding noise dominate it. Sharp he/ crops give >= 0.15, Gaussian blur of sigma 2 px below.
+          0 where fewer than 3 of those centres are an edge (a grey-level Laplacian at distance 2,
+          R+G+B, of at least focus_detail): a heavily blurred patch is noise at every scale, which
+          keeps the ratio up, and nothing in it is in focus.
 Native kernel csrc/check.cpp (OpenMP over patches, GIL released), its columns laid out by setup.py from
 SCORES; patch_qc_reference is the numpy copy and agrees exactly.
 """
@@ -57,7 +60,7 @@ def patch_qc(
     mp, cp = mask_params or MaskParams(), check_params or CheckParams()
     patches = _validate(patches)
     s = _native.patch_qc(patches, OD_LUT, int(threshold), mp.white, mp.dark, cp.step, cp.ink_radius,
-                         cp.ink_region_radius, cp.focus_step, cp.fold_od, cp.grey_max)
+                         cp.ink_region_radius, cp.focus_step, cp.focus_detail, cp.fold_od, cp.grey_max)
     return {name: np.ascontiguousarray(s[:, k]) for k, name in enumerate(SCORES)}
 
 
@@ -91,7 +94,7 @@ def patch_qc_reference(
             out["tissue"][i], out["ink"][i] = nt / n, int(m["ink"].sum()) / n
             out["bubble"][i], out["clean"][i] = int(m["bubble"].sum()) / n, (nt - nf) / n
         out["fold"][i] = nf / nt if nt else 0.0
-        out["focus"][i] = focus_reference(patch, cp.focus_step)
+        out["focus"][i] = focus_reference(patch, cp.focus_step, cp.focus_detail)
     return out
 
 
@@ -108,16 +111,22 @@ def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: 
     return {"tissue": tissue, "ink": ink, "fold": fold, "bubble": bubble}
 
 
-def focus_reference(patch: np.ndarray, step: int) -> float:
-    """Laplacian energy of the red-channel OD at distance 2 over distance 4, rows 4, 4 + step, ..."""
+def focus_reference(patch: np.ndarray, step: int, detail: int) -> float:
+    """Laplacian energy of the red-channel OD at distance 2 over distance 4, rows 4, 4 + step, ...;
+    0 with fewer than 3 edges (a grey-level Laplacian at distance 2 of at least `detail`)."""
     h, w = patch.shape[:2]
     if h < 9 or w < 9:
         return 1.0
-    od = OD_LUT[patch[..., 0]].astype(np.int64)
     ys = np.arange(4, h - 4, step)
-    c = od[ys, 4:-4]
-    fine = 4 * c - od[ys, 2:-6] - od[ys, 6:-2] - od[ys - 2, 4:-4] - od[ys + 2, 4:-4]
-    coarse = 4 * c - od[ys, :-8] - od[ys, 8:] - od[ys - 4, 4:-4] - od[ys + 4, 4:-4]
+
+    def laplacians(v):
+        c = v[ys, 4:-4]
+        return (4 * c - v[ys, 2:-6] - v[ys, 6:-2] - v[ys - 2, 4:-4] - v[ys + 2, 4:-4],
+                4 * c - v[ys, :-8] - v[ys, 8:] - v[ys - 4, 4:-4] - v[ys + 4, 4:-4])
+
+    fine, coarse = laplacians(OD_LUT[patch[..., 0]].astype(np.int64))
+    if np.count_nonzero(np.abs(laplacians(patch.astype(np.int64).sum(-1))[0]) >= detail) < 3:
+        return 0.0
     e1, e2 = int((fine * fine).sum()), int((coarse * coarse).sum())
     return 1.0 if e2 == 0 else e1 / e2
 

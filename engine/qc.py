@@ -24,6 +24,7 @@ class CheckParams:
     ink_radius: int = 2  # opening/closing of ink on the sub-grid (2: pale-stain false ink goes, strokes stay)
     ink_region_radius: int = 3  # bluish regions filling a (2r+1) square of the sub-grid are ink; 0 = off
     focus_step: int = 8  # focus on every focus_step-th row (cost)
+    focus_detail: int = 40  # an edge: a grey-level (R+G+B) Laplacian at distance 2 this strong; focus 0 without 3
     fold_od: int = 2700  # OD sum (1000 per decade) above which tissue is fold
     grey_max: int = 200  # grey pixels darker than this (max channel) are bubble rims
 
@@ -35,7 +36,8 @@ class CheckParams:
         if isinstance(self.min_focus, bool) or not isinstance(self.min_focus, (int, float)) or self.min_focus < 0:
             raise ValueError(f"min_focus must be a number >= 0, got {self.min_focus!r}")
         for name, lo, hi in (("step", 1, None), ("focus_step", 1, None), ("ink_radius", 0, 64),
-                             ("ink_region_radius", 0, 64), ("fold_od", 0, None), ("grey_max", 0, 256)):
+                             ("ink_region_radius", 0, 64), ("focus_detail", 0, None), ("fold_od", 0, None),
+                             ("grey_max", 0, 256)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
                 bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"

@@ -68,7 +68,7 @@ def test_known_answers(fn):
     assert score(solid((40, 10, 60)), "fold") == 1.0  # dark purple: OD sum above fold_od
     assert score(solid((40, 10, 60)), "clean") == 0.0
     assert score(solid((150, 150, 150)), "bubble") == 1.0  # grey, not glass
-    assert score(solid((150, 150, 150)), "focus") == 1.0  # flat: nothing to judge
+    assert score(solid((150, 150, 150)), "focus") == 0.0  # flat: no edge, nothing in focus
     half = solid((255, 255, 255), 16)
     half[:, :, :8] = PURPLE
     assert score(half, "tissue", cp=CheckParams(step=4)) == 0.5
@@ -120,14 +120,60 @@ def test_empty_batch():
         assert all(v.shape == (0,) and v.dtype == np.float32 for v in out.values())
 
 
+def with_nuclei(patch):
+    """`patch` with a purple dot every 16 px: edges, as tissue in focus has."""
+    out = patch.copy()
+    out[:, 4::16, 4::16] = PURPLE
+    return out
+
+
 def test_check_patches_reasons():
-    patches = np.concatenate([solid((255, 255, 255)), solid(PINK), solid(GREEN_INK), solid((205, 205, 210))])
+    patches = np.concatenate([solid((255, 255, 255)), with_nuclei(solid(PINK)), solid(GREEN_INK),
+                              solid((205, 205, 210))])
     qc = check_patches(patches, 20)
     np.testing.assert_array_equal(qc.scores["tissue"], [0, 1, 0, 0])
     np.testing.assert_array_equal(qc.passed, [False, True, False, False])
-    assert qc.reasons[2] == REASONS["tissue"] | REASONS["ink"]
+    assert qc.reasons[2] == REASONS["tissue"] | REASONS["ink"] | REASONS["blur"]  # flat: no edge in focus either
     # A lower white level turns the light pink into background.
     assert not check_patches(patches, 20, MaskParams(white=140)).passed.any()
+
+
+DARK_VIOLET = (60, 35, 110)  # a violet marker: haematoxylin's own hue, pixel by pixel
+
+
+def blurred_ink_tile(sigma: float, seed: int = 1) -> np.ndarray:
+    """A 512 px tile of glass crossed by a red and a dark-violet marker stroke, no tissue, out of focus
+    by a Gaussian of `sigma` px, with a scanner's noise (1.5 grey levels) and JPEG at quality 80."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    from tests.support.ink import paint, stroke
+
+    rng = np.random.default_rng(seed)
+    tile = np.full((512, 512, 3), (232, 232, 236), np.uint8)
+    tile = paint(tile, stroke(tile.shape[:2], rng, 90), (170, 10, 30), 0.9)
+    tile = paint(tile, stroke(tile.shape[:2], rng, 90), DARK_VIOLET, 0.95)
+    blurred = np.asarray(Image.fromarray(tile).filter(ImageFilter.GaussianBlur(sigma)), np.float64)
+    noisy = np.clip(np.round(blurred + rng.normal(0, 1.5, blurred.shape)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, "JPEG", quality=80)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+@pytest.mark.parametrize("sigma", [6, 8, 12])
+def test_blurred_ink_keeps_no_64px_patch(sigma):
+    """Out-of-focus marker on glass: inside a stroke, a 64 px patch is evenly coloured noise, whose
+    Laplacian ratio looks sharp and whose violet passes for haematoxylin. Without an edge it has no
+    focus, so none is kept (before the edge count: 17, 19 and 18 of the 64 were)."""
+    tile = blurred_ink_tile(sigma)
+    patches = tile.reshape(8, 64, 8, 64, 3).swapaxes(1, 2).reshape(64, 64, 64, 3)
+    for threshold in (20, 40):  # the mask's Otsu threshold is clamped to 20..40
+        qc = check_patches(patches, threshold)
+        assert not qc.passed.any()
+        violet = np.all(np.abs(np.median(patches, (1, 2)) - DARK_VIOLET) < 12, axis=-1)
+        assert violet.sum() >= 3 and (qc.reasons[violet] & REASONS["blur"]).all()
+        assert_same(qc.scores, patch_qc_reference(patches, threshold))
 
 
 def test_reasons_of_rethresholds():

@@ -5,6 +5,7 @@ the next, saying why.
   tiff       ``tifffile``: tile-exact CPU decode with a shared cache of decoded tiles
   cucim      ``cucim``: GPU decode
   dicom      ``wsidicom``: DICOM WSI, a series folder or a single file
+  dicom_frames ``pydicom``: DICOM WSI without per-frame positions (older converters), frames in TILED_FULL order
   openslide  ``openslide``: everything else OpenSlide opens (NDPI, MRXS, ...)
   image      ``pil``: a plain PNG/JPEG as a one-level slide
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from engine import runtime
 from engine.readers.cucim import CuCIMSlide, reason_not_for_cucim
 from engine.readers.dicom import DicomSlide, dicom_files
+from engine.readers.dicom_frames import DicomFramesSlide
 from engine.readers.image import ImageSlide
 from engine.readers.openslide import OpenSlideSlide
 from engine.readers.tiff import TiffSlide
@@ -27,11 +29,11 @@ from engine.slide import Slide, SlideError, TruncatedSlideError
 log = logging.getLogger(__name__)
 
 READERS: dict[str, type[Slide]] = {
-    r.backend: r for r in (TiffSlide, CuCIMSlide, DicomSlide, OpenSlideSlide, ImageSlide)}
+    r.backend: r for r in (TiffSlide, CuCIMSlide, DicomSlide, OpenSlideSlide, DicomFramesSlide, ImageSlide)}
 BACKENDS = ("auto", *READERS)  # what --backend takes
 SLIDE_SUFFIXES = frozenset().union(*(r.suffixes for r in READERS.values()))  # what engine.discover looks for
-# After the first choice fails: a DICOM series only OpenSlide reads besides wsidicom; a plain image none.
-FALLBACKS = {ImageSlide: (), DicomSlide: (OpenSlideSlide,)}
+# After the first choice fails: a DICOM series OpenSlide, then pydicom (frames without positions); a plain image none.
+FALLBACKS = {ImageSlide: (), DicomSlide: (OpenSlideSlide, DicomFramesSlide)}
 
 
 def choose_backend(path: Path) -> tuple[type[Slide], str]:

@@ -18,7 +18,7 @@ from engine.readers import choose_backend, open_slide
 from engine.slide import SlideError
 from engine.store import PatchStore
 from engine.tile import tile_slides
-from tests.support.dicom import CMU_CROP, write_dicom_series
+from tests.support.dicom import CMU_CROP, as_older_converter, write_dicom_series
 from tests.support.tiling import CFG
 
 
@@ -75,6 +75,50 @@ def test_fallback_to_openslide_says_why(cmu_dicom, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, "engine.readers"), open_slide(cmu_dicom) as s:
         assert s.backend == "openslide"
     assert "fallback: wsidicom cannot open it (ValueError: no such module)" in caplog.text
+
+
+@pytest.mark.parametrize("codec", ["raw", "jpeg"])
+def test_older_single_file_without_frame_positions_is_read_by_pydicom(cmu_svs, cmu_crop, tmp_path, codec, caplog):
+    """500 px frames, no ImageType, no DimensionOrganizationType, no pixel spacing, no functional
+    groups: wsidicom and OpenSlide refuse it; its frames in TILED_FULL order give the SVS's pixels."""
+    rgb, mpp = cmu_crop
+    path = as_older_converter(write_dicom_series(rgb, tmp_path / "old", mpp=mpp, tile=500, levels=1, codec=codec))[0]
+    with pytest.raises(SlideError):
+        open_slide(path, "wsidicom")
+    with pytest.raises(SlideError):
+        open_slide(path, "openslide")
+    x0, y0, w, h = CMU_CROP
+    with caplog.at_level(logging.INFO, "engine.readers"), open_slide(path) as s, \
+            open_slide(cmu_svs, "tifffile") as svs:
+        assert s.backend == "pydicom" and s.dimensions == (w, h) and s.level_count == 1
+        assert s.mpp.source == "dicom.ImagedVolumeWidth/TotalPixelMatrixColumns"
+        assert s.mpp.x == pytest.approx(svs.mpp.x) and s.mpp.y == pytest.approx(svs.mpp.y)
+        locs = [(0, 0), (450, 470), (w - 300, h - 300), (w - 100, 980)]  # across frame edges, and past the end
+        got = s.read_regions(locs, 0, (300, 300))
+        want = svs.read_regions([(x + x0, y + y0) for x, y in locs], 0, (300, 300))
+        want[3, 44:] = 255  # below the pixel matrix: white
+        want[3, :, 100:] = 255
+        if codec == "raw":
+            np.testing.assert_array_equal(got, want)
+        else:  # JPEG at quality 95
+            assert np.abs(got.astype(int) - want).mean() < 2.5
+    assert "backend pydicom (fallback: " in caplog.text
+
+
+def test_older_series_of_several_files_with_pixel_spacing_tiles(cmu_crop, tmp_path):
+    from PIL import Image
+
+    rgb, mpp = cmu_crop
+    folder = tmp_path / "slides" / "old-series"
+    as_older_converter(write_dicom_series(rgb, folder, mpp=mpp, tile=500, levels=2, codec="raw"), pixel_spacing=True)
+    with open_slide(folder) as s:
+        assert s.backend == "pydicom" and s.level_dimensions == ((1280, 1024), (640, 512))
+        assert s.mpp.source == "dicom.PixelSpacing" and s.mpp.x == pytest.approx(mpp)
+        np.testing.assert_array_equal(s.read_region((0, 0), 1, (640, 512)), np.asarray(Image.fromarray(rgb).reduce(2)))
+    summary = tile_slides(tmp_path / "slides", tmp_path / "p.zarr", CFG, show_progress=False)
+    assert summary.count("done") == 1, summary.text()
+    attrs = PatchStore.open(tmp_path / "p.zarr").attrs("old-series")
+    assert attrs["backend"] == "pydicom" and attrs["mpp_source"] == "dicom.PixelSpacing"
 
 
 def test_series_folder_is_one_slide_and_changes_its_fingerprint(cmu_dicom, tmp_path):

@@ -128,3 +128,23 @@ def write_dicom_series(rgb: np.ndarray, folder: Path, mpp: float = 0.5, tile: in
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def as_older_converter(paths: list[Path], pixel_spacing: bool = False) -> list[Path]:
+    """The instances rewritten as an older converter writes them: no ImageType, no
+    DimensionOrganizationType and no functional groups (so no per-frame positions, and no pixel
+    spacing unless `pixel_spacing`, then as a top-level PixelSpacing); ImagedVolumeWidth/Height stay."""
+    import pydicom
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        for key in ("ImageType", "DimensionOrganizationType", "DimensionOrganizationSequence",
+                    "SharedFunctionalGroupsSequence", "TotalPixelMatrixOriginSequence", "ImageOrientationSlide"):
+            if key in ds:
+                delattr(ds, key)
+        if pixel_spacing:
+            ds.PixelSpacing = spacing
+        ds.save_as(path)
+    return paths
+

@@ -21,6 +21,7 @@ $(STAMP): requirements.txt setup.py pyproject.toml engine/qc.py $(wildcard csrc/
 install: $(STAMP)
 
 demo: install
+	$(PY) -m histogen sample --run pretrained/he64 --n 64 --steps 25 --out $(DEMO)/he64 --beside pretrained/he64/real-grid.png
 	$(PY) -m histosynth --demo $(DEMO)/slides
 	$(PY) -m engine.tile --slides $(DEMO)/slides --out $(DEMO)/patches.zarr --quiet
 	test "$(MODEL)" != "$(DEMO)/standin-model" || test -d $(MODEL) || $(PY) -m histosynth.standin_model $(MODEL)
@@ -28,6 +29,7 @@ demo: install
 	$(PY) -m histogen train --model diffusion --data $(DEMO)/patches.zarr --out $(DEMO)/runs/diffusion-tiny --preset diffusion-tiny --quiet
 	$(PY) -m histogen sample --run $(DEMO)/runs/diffusion-tiny --n 16 --steps 20 --out $(DEMO)/samples
 	$(PY) -m histogen eval --run $(DEMO)/runs/diffusion-tiny --real $(DEMO)/patches.zarr --n 64 --steps 20 --encoder $(MODEL) --out $(DEMO)/report
+	@echo "the shipped tissue model's samples beside held-out real tissue: $(DEMO)/he64/beside.png"
 	@echo "patch store with embeddings: $(DEMO)/patches.zarr   QA pictures: $(DEMO)/patches.qa/"
 	@echo "tiny diffusion run: $(DEMO)/runs/diffusion-tiny   samples: $(DEMO)/samples/grid.png"
 	@echo "evaluation report: $(DEMO)/report/report.html"

@@ -130,7 +130,7 @@ def measure(case: Case, name: str, variant: Variant, device: torch.device, plan:
     sync(device)
     seconds = (time.perf_counter() - t0) / plan.steps
     if profile is not None:
-        write_profile(profile, f"{case.label} ({case.preset}), {variant}: {plan.profile_steps} training steps", device,
+        write_profile(profile, f"{case.label} ({case.preset}), {name}: {plan.profile_steps} training steps", device,
                       lambda: run_steps(task, opts, nets, batch, steps[-plan.profile_steps :], autocast))
     n = len(batch["images"])
     row = {"name": f"{case.label} step ({case.preset}, batch {n}, {cfg.resolution} px), {name}", "ms": 1e3 * seconds,

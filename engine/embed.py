@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from engine import cluster, jobs, torch_encoder
-from engine.encoder_registry import DEFAULT, ENCODERS, EncoderError, EncoderSpec, spec
+from engine.encoder_registry import DEFAULT, ENCODERS, EncoderError, EncoderSpec, SpecShape, spec
 from engine.errors import run_command, setup_logging
 from engine.hub_download import download
 from engine.location import location
@@ -63,7 +63,7 @@ class EmbedConfig:
 
 
 @dataclass
-class Model:
+class Model(SpecShape):
     """A loaded SavedModel whose serving signature matches Path Foundation's."""
 
     fn: object  # the concrete serving function
@@ -71,14 +71,6 @@ class Model:
     id: str  # what the user asked for: a repo id or the directory
     revision: str  # the hub commit, or a content hash of a local directory
     spec: EncoderSpec  # the registry's entry, as it was when the model was loaded
-
-    @property
-    def input_size(self) -> int:
-        return self.spec.input_size
-
-    @property
-    def width(self) -> int:
-        return self.spec.width
 
     def __call__(self, x) -> np.ndarray:
         """float32 (n, size, size, 3) in [0, 1] -> float32 (n, width); refuses non-finite in or out."""

@@ -122,3 +122,17 @@ def named(ref: str) -> tuple[str, str | None] | None:
     None where `ref` names no registry encoder (a SavedModel folder, a hub id, a TorchScript file)."""
     name, _, weights = ref.partition("=")
     return (name, weights or None) if name in ENCODERS else None
+
+
+class SpecShape:
+    """A loaded encoder's input size and output width, read from its registry entry (`spec`)."""
+
+    spec: EncoderSpec
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def width(self) -> int:
+        return self.spec.width

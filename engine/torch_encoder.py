@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine import encoder_weights
-from engine.encoder_registry import EncoderError, EncoderSpec
+from engine.encoder_registry import EncoderError, EncoderSpec, SpecShape
 from engine.hub_download import download
 from engine.vit import VisionTransformer, pool
 
@@ -41,7 +41,7 @@ def build(spec: EncoderSpec, device: str | torch.device = "cpu") -> VisionTransf
 
 
 @dataclass
-class TorchModel:
+class TorchModel(SpecShape):
     spec: EncoderSpec
     net: VisionTransformer
     id: str  # the hub repo, or the weights' path
@@ -53,14 +53,6 @@ class TorchModel:
     @property
     def device(self) -> torch.device:
         return self.net.cls_token.device
-
-    @property
-    def input_size(self) -> int:
-        return self.spec.input_size
-
-    @property
-    def width(self) -> int:
-        return self.spec.width
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> np.ndarray:

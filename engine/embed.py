@@ -1,7 +1,7 @@
 """Embeddings of every complete slide of a patch store by one encoder of engine.encoder_registry.
 
     python -m engine.embed --store patches.zarr [--encoder NAME] [--weights PATH] [--scheduler ADDRESS]
-    python -m engine.embed --store patches.zarr [--model google/path-foundation | --model DIR]
+    python -m engine.embed --store patches.zarr [--model HUB_ID | --model DIR]   # Path Foundation's interface
 
 Each slide group gets `embeddings/<encoder>` float32 (N, width), row i for patch i, computed on the
 encoder's input made from the stored patches (engine.pipeline: antialiased bilinear resize to its
@@ -42,13 +42,19 @@ from engine.store import PatchStore, StoreError
 
 log = logging.getLogger("engine.embed")
 
-DEFAULT_MODEL = ENCODERS[DEFAULT].repo
 EmbedError = EncoderError  # a model or an input that cannot be used; the message says what to do
+
+
+def __getattr__(name: str):
+    """`DEFAULT_MODEL`: the default encoder's hub id as the registry states it now (not at import)."""
+    if name == "DEFAULT_MODEL":
+        return spec(DEFAULT).repo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    model: str = DEFAULT_MODEL  # Path Foundation: a SavedModel directory or a Hugging Face repo id
+    model: str | None = None  # Path Foundation: a SavedModel directory or a hub repo id; None: the registry's
     revision: str | None = None  # hub revision (branch, tag or commit); None = the registry's pin, else main
     batch_size: int = 64
     pipeline: str = "auto"  # auto | dali-gpu | dali-cpu | torch
@@ -104,11 +110,12 @@ def _dir_hash(path: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def load_model(ref: str = DEFAULT_MODEL, revision: str | None = None, token: str | None = None) -> Model:
-    """A local SavedModel directory or a hub repo id; the serving signature must be Path
-    Foundation's (as the registry states it): one float32 (N, size, size, 3) input, `output_0` of its width."""
+def load_model(ref: str | None = None, revision: str | None = None, token: str | None = None) -> Model:
+    """A local SavedModel directory or a hub repo id (None: the registry's); the serving signature must
+    be Path Foundation's (as the registry states it): one float32 (N, size, size, 3) input, `output_0`
+    of its width."""
     pf = spec(DEFAULT)  # read now, not at import: the registry is the one place its contract lives
-    size, width = pf.input_size, pf.width
+    size, width, ref = pf.input_size, pf.width, ref or pf.repo
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -254,14 +261,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", required=True, type=location,
                    help="patch store made by python -m engine.tile (a path or a URL)")
-    p.add_argument("--encoder", default=d.encoder, choices=ENCODERS, metavar="NAME",
+    p.add_argument("--encoder", default=d.encoder, metavar="NAME",
                    help=f"encoder, one of {', '.join(ENCODERS)} (default: %(default)s)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="local weights, a file or a folder (safetensors), instead of the Hugging Face Hub")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also load pickled checkpoints (.bin, .pth; tensors only, never code)")
     p.add_argument("--model", default=d.model,
-                   help="Path Foundation: SavedModel directory or Hugging Face repo id (default: %(default)s)")
+                   help=f"Path Foundation: SavedModel directory or hub repo id (default: {spec(DEFAULT).repo})")
     p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--pipeline", choices=RESIZE_BACKENDS, default=d.pipeline,
@@ -281,6 +288,7 @@ def main(argv=None) -> int:
     def job() -> int:
         if a.batch_size < 1:
             raise EmbedError("--batch-size must be at least 1")
+        spec(a.encoder)  # an unknown name, or one histogen does not build: one line
         scheduler = None if a.scheduler is None else cluster.Scheduler.parse(a.scheduler, _default_local)
         cfg = EmbedConfig(a.model, a.revision, a.batch_size, a.pipeline, max(1, a.workers), a.overwrite, a.encoder,
                           a.weights, a.allow_pickle)

@@ -48,6 +48,7 @@ RENAMES = {
     "timm": [],
 }
 UNUSED = re.compile(r"^(head|fc_norm|pooler|embeddings\.mask_token)(\.|$)")  # classifier heads, DINOv2's mask token
+POOLER = ("attn_pool_contrast.", "ln_contrast.")  # CONCH's pooler: beside the trunk, under its own names
 
 
 def weight_file(path: Path, allow_pickle: bool = False) -> Path:
@@ -103,6 +104,9 @@ def to_vit(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch
     prefix = cls_key[: -len(cls)]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if spec.vit.attn_pool and key.startswith(POOLER):
+            out[key] = value
+            continue
         if not key.startswith(prefix) or UNUSED.match(key[len(prefix):]):
             continue
         key = key[len(prefix):]

@@ -8,10 +8,11 @@ antialiased bilinear (triangle filter widened by the downscale factor) with edge
 replicated, which is what DALI computes; the torch backend pads by replication so that PyTorch's
 antialiased bilinear sees the same borders.
 
-    from engine.pipeline import Transform, make_resizer, store_batches
-    resize = make_resizer(Transform(size=224))
+    from engine.encoder_registry import spec
+    from engine.pipeline import make_resizer, store_batches
+    resize = make_resizer(spec("uni").transform)   # an encoder's input, as the registry states it
     for sid, start, images in store_batches(store, store.slide_ids(), batch_size=64):
-        x = resize(images)   # torch float32 (n, 224, 224, 3) in [0, 1]
+        x = resize(images)   # torch float32 (n, 3, 224, 224), ImageNet-normalised
 """
 from __future__ import annotations
 

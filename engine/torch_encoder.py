@@ -19,7 +19,7 @@ import torch
 from engine import encoder_weights
 from engine.encoder_registry import EncoderError, EncoderSpec, SpecShape
 from engine.hub_download import download
-from engine.vit import VisionTransformer, pool
+from engine.vit import VisionTransformer
 
 UNTRAINED_MARKER = "untrained.json"  # beside the weights: a stand-in's (histosynth writes it); any content marks it
 
@@ -60,7 +60,7 @@ class TorchModel(SpecShape):
         if not torch.isfinite(x).all():
             raise EncoderError("input batch contains NaN or inf; the patches or the pipeline are broken")
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-            y = pool(self.net(x), self.spec.vit.prefix, self.spec.pooling)
+            y = self.net.embed(x, self.spec.pooling)
         y = y.float().cpu().numpy()
         if not np.isfinite(y).all():
             raise EncoderError(f"{self.spec.name}: model returned NaN or inf embeddings")
@@ -82,10 +82,13 @@ def load(spec: EncoderSpec, weights: str | Path | None = None, revision: str | N
     if weights is None and spec.repo is None:
         raise EncoderError(f"{spec.name} has no hub source (random weights for tests)", "pass {weights} with "
                            "a folder written by python -m histosynth.standin_model --arch torch-vit")
+    if weights is None and spec.checkpoint and not spec.checkpoint.endswith(".safetensors") and not allow_pickle:
+        raise EncoderError(f"{spec.name}'s weights ({spec.repo}: {spec.checkpoint}) are a pickle; pickles are "
+                           "loaded only when asked", "pass {allow_pickle} (tensors only, never code)")
     if weights is not None:
         where, model_id, rev = Path(weights).expanduser(), str(Path(weights).expanduser().resolve()), None
     else:
-        patterns = encoder_weights.HUB_FILES + (list(encoder_weights.PICKLED) if allow_pickle else [])
+        patterns = spec.hub_files or encoder_weights.HUB_FILES + (list(encoder_weights.PICKLED) if allow_pickle else [])
         where = download(spec.repo, revision or spec.revision, token, "{weights}", patterns, spec.name)
         model_id, rev = spec.repo, where.name  # snapshots/<commit>
     file = encoder_weights.weight_file(where, allow_pickle)

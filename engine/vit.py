@@ -8,7 +8,8 @@ the timm-format hub repos load as they are; engine.encoder_weights renames the t
 What differs between the encoders is data (`ViTConfig`): sizes, the MLP (GELU, or SwiGLU with
 fc1 packed: silu(first half) * second half), register tokens, whether the position embedding
 covers the prefix tokens (timm's original layout) or the patch tokens only (DINOv2 with registers,
-timm's `no_embed_class`), LayerScale, the norms' epsilon.
+timm's `no_embed_class`), LayerScale, the norms' epsilon, and for CONCH v1.5 the CoCa attentional
+pooler on top (`attn_pool_contrast`, `ln_contrast`: the names of MahmoodLab's checkpoint).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ViTConfig:
     pos_on_prefix: bool = True  # the position embedding has entries for the class and register tokens
     layer_scale: bool = False
     norm_eps: float = 1e-6
+    attn_pool: int = 0  # width of a CoCa attentional pooler (one query, 8 heads) + LayerNorm on top; 0: none
 
     @property
     def grid(self) -> int:
@@ -95,6 +97,28 @@ class _Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+class _AttentionalPooler(nn.Module):
+    """CoCa's pooler (CONCH's `attn_pool_contrast`): learned queries attend to the layer-normed tokens."""
+
+    def __init__(self, width: int, context: int, heads: int = 8, queries: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(queries, width))
+        self.ln_k = nn.LayerNorm(context)
+        self.ln_q = nn.LayerNorm(width)
+        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_kv = nn.Linear(context, 2 * width, bias=False)
+        self.to_out = nn.Linear(width, width, bias=False)
+
+    def forward(self, x):
+        n, h = len(x), self.heads
+        q = self.to_q(self.ln_q(self.query)).expand(n, -1, -1)
+        k, v = self.to_kv(self.ln_k(x)).chunk(2, dim=-1)
+        q, k, v = (t.reshape(n, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, -1, h * q.shape[-1])
+        return self.to_out(out)
+
+
 class _PatchEmbed(nn.Module):
     def __init__(self, c: ViTConfig):
         super().__init__()
@@ -119,6 +143,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, positions, c.dim) * 0.02)
         self.blocks = nn.Sequential(*(_Block(c) for _ in range(c.depth)))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        if c.attn_pool:
+            self.attn_pool_contrast = _AttentionalPooler(c.attn_pool, c.dim)
+            self.ln_contrast = nn.LayerNorm(c.attn_pool)
 
     def forward(self, x):
         x = self.patch_embed(x)
@@ -131,15 +158,24 @@ class VisionTransformer(nn.Module):
             x = torch.cat(prefix + [x + self.pos_embed], dim=1)
         return self.norm(self.blocks(x))
 
+    def embed(self, x, how: str):
+        """float32 NCHW images -> (n, width): the tokens pooled as `how` says (POOLINGS)."""
+        return pool(self(x), self.config.prefix, how, self)
 
-POOLINGS = ("cls", "cls+mean")
+
+POOLINGS = ("cls", "cls+mean", "attn")
 
 
-def pool(tokens: torch.Tensor, prefix: int, how: str) -> torch.Tensor:
+def pool(tokens: torch.Tensor, prefix: int, how: str, net: VisionTransformer | None = None) -> torch.Tensor:
     """The class token, or (`cls+mean`, as Virchow and others publish) the class token followed by
-    the mean of the patch tokens (registers left out)."""
+    the mean of the patch tokens (registers left out), or (`attn`, CONCH v1.5) `net`'s attentional
+    pooler over every token, layer-normed."""
     if how == "cls":
         return tokens[:, 0]
     if how == "cls+mean":
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=-1)
+    if how == "attn" and net is not None and net.config.attn_pool:
+        return net.ln_contrast(net.attn_pool_contrast(tokens)[:, 0])
+    if how == "attn":
+        raise ValueError("attn pooling needs a network built with attn_pool")
     raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {how!r}")

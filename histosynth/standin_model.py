@@ -2,9 +2,10 @@
 
 Path Foundation is gated on the Hugging Face Hub and cannot be downloaded everywhere; these models
 let the demo, the tests and the benchmarks run the real loading and inference path:
-`tf.saved_model.load(dir).signatures["serving_default"]`, input float32 (N, 224, 224, 3) in
-[0, 1], output `{"output_0": (N, 384)}`. `vit-s16` costs what the real model (a ViT-S/16) costs
-per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
+`tf.saved_model.load(dir).signatures["serving_default"]`, input float32 (N, size, size, 3) in
+[0, 1], output `{"output_0": (N, width)}`, with Path Foundation's size and width as
+engine.encoder_registry states them when the model is saved. `vit-s16` costs what the real model
+(a ViT-S/16) costs per patch; `tiny` is for tests. The other arguments build deliberately wrong models for tests.
 
 `torch-vit` is the registry's `standin-vit` instead (engine.encoder_registry): a ViT-Ti/16 with
 random weights in a folder laid out as a timm repo on the hub (config.json, model.safetensors),
@@ -64,7 +65,7 @@ def save_standin(out: Path, arch: str = "tiny", width: int | None = None, input_
                 return tf.reduce_mean(h, axis=(1, 2)) @ self.head
             h = tf.nn.conv2d(x, self.patch, 16, "VALID")
             n = tf.shape(h)[0]
-            h = tf.reshape(h, (n, -1, 384)) + self.pos
+            h = tf.reshape(h, (n, -1, self.pos.shape[-1])) + self.pos
             def norm(t):
                 return (t - tf.reduce_mean(t, -1, keepdims=True)) * tf.math.rsqrt(
                     tf.math.reduce_variance(t, -1, keepdims=True) + 1e-6)
@@ -72,7 +73,7 @@ def save_standin(out: Path, arch: str = "tiny", width: int | None = None, input_
             for b in self.blocks:
                 q, k, v = tf.split(tf.reshape(norm(h) @ b["qkv"], (n, -1, 3 * 6, 64)), 3, axis=2)
                 a = tf.nn.softmax(tf.einsum("nqhd,nkhd->nhqk", q, k) / 8.0)
-                h = h + tf.reshape(tf.einsum("nhqk,nkhd->nqhd", a, v), (n, -1, 384)) @ b["proj"]
+                h = h + tf.reshape(tf.einsum("nhqk,nkhd->nqhd", a, v), (n, -1, self.pos.shape[-1])) @ b["proj"]
                 h = h + tf.nn.gelu(norm(h) @ b["fc1"]) @ b["fc2"]
             return norm(tf.reduce_mean(h, axis=1)) @ self.head
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine import location
-from engine.dataset.schema import INPUT_SIZE, MODEL, DatasetError, card_type, features, schema
+from engine.dataset.schema import DatasetError, card_type, features, input_size, model_id, schema
 from engine.encoder_registry import DEFAULT
 from engine.store import PatchStore
 
@@ -48,7 +48,7 @@ def _slide_batches(store: PatchStore, sid: str, organ: str | None, sch: pa.Schem
     `chunk` patches in memory at a time."""
     attrs = store.attrs(sid)
     emb, coords, images = store.embeddings(sid, name=encoder), store.coords(sid), store.images(sid)
-    size = int(store.embeddings_attrs(sid, encoder).get("input_size", INPUT_SIZE))
+    size = int(store.embeddings_attrs(sid, encoder).get("input_size") or input_size(encoder))
     organ = organ or attrs.get("organ") or "unknown"
     n, d = emb.shape
     for i in range(0, n, chunk):
@@ -155,7 +155,8 @@ def export_parquet(store_path, out_dir, organ: str | None = None, with_images: b
     for name in names:
         (partial / name).replace(data / name)
     partial.rmdir()
-    models = sorted({f"{encoder} ({store.embeddings_attrs(s, encoder).get('model', MODEL)})" for s in ready})
+    models = sorted({f"{encoder} ({store.embeddings_attrs(s, encoder).get('model') or model_id(encoder)})"
+                     for s in ready})
     paths = [data / name for name in names]
     (out_dir / "README.md").write_text(_card(store_path, ready, total, n_bytes, paths, with_images, models))
     log.info("%s: %d rows of %d slide(s) in %d file(s) under %s", store_path, total, len(ready), n_files, data)

@@ -8,15 +8,25 @@ import pyarrow as pa
 
 from engine.encoder_registry import DEFAULT, ENCODERS
 from engine.errors import UserError
-
-MODEL = ENCODERS[DEFAULT].repo  # the study's encoder, where a table does not name one
-INPUT_SIZE = ENCODERS[DEFAULT].input_size  # its input, where neither the embeddings nor a table say
 REQUIRED = ("slide_name", "x", "y", "level", "patch_size")
 EMBEDDING_COLUMNS = ("image_embedding_vector", "embedding_vector")  # the study's name, then some re-uploads'
 
 
 class DatasetError(UserError, ValueError):
     """A table or an export that cannot be used or made as asked; the message says what to do."""
+
+
+def model_id(encoder: str = DEFAULT) -> str:
+    """The encoder's model id, where stored embeddings do not record one (older stores are the study's
+    encoder's), as the registry states it now."""
+    e = ENCODERS.get(encoder)
+    return (e.repo or e.name) if e else encoder
+
+
+def input_size(encoder: str = DEFAULT) -> int:
+    """The encoder's input side, where neither the embeddings nor a table say (tables without an
+    encoder column are the study's), as the registry states it now."""
+    return ENCODERS[encoder if encoder in ENCODERS else DEFAULT].input_size
 
 
 def _value(dtype: str) -> dict:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.dataset.schema import EMBEDDING_COLUMNS, INPUT_SIZE, REQUIRED, DatasetError
+from engine.dataset.schema import EMBEDDING_COLUMNS, REQUIRED, DatasetError, input_size
 from engine.encoder_registry import DEFAULT
 
 
@@ -190,17 +190,18 @@ class Table:
             if not n:
                 continue
             has = t.column_names
+            encoders = (_array(t["encoder"], what("encoder")).astype(str) if "encoder" in has
+                        else np.full(n, DEFAULT))
             parts.append({
                 "slide_name": _array(t["slide_name"], what("slide_name")).astype(str),
                 "x": _numbers(t["x"], what("x"), 1),
                 "y": _numbers(t["y"], what("y"), 1),
                 "level": _numbers(t["level"], what("level"), 1),
                 "patch_size": _numbers(t["patch_size"], what("patch_size"), 2),
-                "resize": _numbers(t["resize"], what("resize"), 2) if "resize" in has
-                          else np.full((n, 2), INPUT_SIZE, np.int64),
+                "resize": _numbers(t["resize"], what("resize"), 2) if "resize" in has  # else the encoder's input
+                          else _input_sizes(encoders),
                 "organ": _array(t["organ"], what("organ")).astype(str) if "organ" in has else np.full(n, ""),
-                "encoder": _array(t["encoder"], what("encoder")).astype(str) if "encoder" in has
-                           else np.full(n, DEFAULT),
+                "encoder": encoders,
                 "file": np.full(n, fi),
                 "group": np.full(n, gi),
                 "row": np.arange(n),
@@ -211,3 +212,10 @@ class Table:
         rows = self.rows[name]
         cols = {k: v[rows] for k, v in self.cols.items() if k != "slide_name"}
         return TableSlide(name, self.label, cols, tuple(self.files), tuple(self.embedding_column))
+
+
+def _input_sizes(encoders: np.ndarray) -> np.ndarray:
+    """(n, 2) int64: each row's encoder's input side, as the registry states it."""
+    names, index = np.unique(encoders, return_inverse=True)
+    side = np.array([input_size(str(e)) for e in names], np.int64)[index.reshape(-1)]
+    return np.stack([side, side], axis=1)

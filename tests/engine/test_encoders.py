@@ -40,8 +40,15 @@ def test_full_size_architecture_matches_published_figures(name):
     with torch.device("meta"):
         tokens = net(torch.zeros(2, 3, e.input_size, e.input_size))
     assert tokens.shape == (2, e.vit.prefix + e.vit.grid ** 2, e.vit.dim)
-    assert pool(tokens, e.vit.prefix, e.pooling).shape == (2, e.width)
+    assert pool(tokens, e.vit.prefix, e.pooling, net).shape == (2, e.width)
     assert e.transform.size == e.vit.image and e.transform.layout == "NCHW"
+
+
+def test_the_input_size_is_stated_once():
+    """The ViT's position grid follows the entry's input size (CONCH v1.5: 448 px, a 28 x 28 grid)."""
+    assert spec("conch-v1.5").vit.grid == 28 and spec("uni").vit.grid == 14
+    smaller = dataclasses.replace(spec("standin-vit"), input_size=112)
+    assert smaller.vit.image == 112 and smaller.vit.grid == 7
 
 
 def test_published_widths_and_poolings():
@@ -49,6 +56,18 @@ def test_published_widths_and_poolings():
     assert widths["virchow2"] == (2560, "cls+mean") and widths["midnight-12k"] == (3072, "cls+mean")
     assert widths["h0-mini"] == (1536, "cls+mean") and widths["uni2-h"] == (1536, "cls")
     assert widths["path-foundation"] == (384, "cls") and ENCODERS["path-foundation"].framework == "tensorflow"
+    assert widths["conch-v1.5"] == (768, "attn") and spec("conch-v1.5").input_size == 448
+
+
+def test_conch_v1_is_one_line_pointing_at_v1_5():
+    from engine.encoder_registry import named
+
+    for call in (lambda: spec("conch"), lambda: named("conch"), lambda: named("conch=/weights")):
+        with pytest.raises(EncoderError) as err:
+            call()
+        line = err.value.message()
+        assert "\n" not in line and "not on the package index" in line and "MahmoodLab/CONCH" in line
+        assert "--encoder conch-v1.5" in line
 
 
 def patches(n=2, seed=0) -> np.ndarray:
@@ -236,3 +255,117 @@ def test_a_position_embedding_for_another_grid_is_resampled(standin, tmp_path):
     grid = pos[0, 1:, 0].reshape(14, 14)
     assert torch.allclose(grid[0], grid[5]) and torch.all(grid[:, 1:] > grid[:, :-1])  # still rises along x only
     assert 0 <= grid.min() < 0.05 and 0.95 < grid.max() <= 1
+
+
+def conch_like(width=48):
+    """CONCH v1.5's entry at a tiny size: the same layout, trunk, pooler and checkpoint file."""
+    from engine.vit import ViTConfig
+
+    return dataclasses.replace(spec("conch-v1.5"), input_size=64, width=width,
+                               vit=ViTConfig(64, 2, 4, 128, patch=16, layer_scale=True, attn_pool=width))
+
+
+def reference_attentional_pooler(tokens, state, heads=8):
+    """CoCa's pooler as MahmoodLab's code computes it (einsum, max subtracted), written out here."""
+    ln = torch.nn.functional.layer_norm
+    p = "attn_pool_contrast."
+    x = ln(tokens, tokens.shape[-1:], state[p + "ln_k.weight"], state[p + "ln_k.bias"])
+    q = ln(state[p + "query"], state[p + "query"].shape[-1:], state[p + "ln_q.weight"], state[p + "ln_q.bias"])
+    q = (q @ state[p + "to_q.weight"].T).expand(len(x), -1, -1)
+    k, v = (x @ state[p + "to_kv.weight"].T).chunk(2, dim=-1)
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).permute(0, 2, 1, 3)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    sim = torch.einsum("bhid,bhjd->bhij", q * q.shape[-1] ** -0.5, k)
+    out = torch.einsum("bhij,bhjd->bhid", (sim - sim.amax(-1, keepdim=True)).softmax(-1), v)
+    out = out.permute(0, 2, 1, 3).reshape(len(x), -1, q.shape[1] * q.shape[-1]) @ state[p + "to_out.weight"].T
+    w = state["ln_contrast.weight"]
+    return ln(out[:, 0], w.shape, w, state["ln_contrast.bias"])
+
+
+def test_conch_v1_5_checkpoint_loads_with_its_pooler(tmp_path):
+    """A pickled checkpoint laid out as MahmoodLab/conchv1_5's (trunk.*, attn_pool_contrast.*, ln_contrast.*)
+    loads only with --allow-pickle, and embeds as the trunk then CoCa's pooler and LayerNorm do."""
+    e = conch_like()
+    torch.manual_seed(4)
+    net = build(e).eval()
+    state = {("" if k.startswith(("attn_pool_contrast.", "ln_contrast.")) else "trunk.") + k: v
+             for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / e.checkpoint)
+    with pytest.raises(EncoderError, match="only pickled weights"):
+        load(e, weights=tmp_path)
+    model = load(e, weights=tmp_path, allow_pickle=True, device="cpu", bf16=False)
+    x = make_resizer(e.transform, "torch")(patches())
+    with torch.no_grad():
+        want = reference_attentional_pooler(net(x), net.state_dict()).numpy()
+    y = model(x)
+    assert y.shape == (2, 48) and model.attrs()["pooling"] == "attn"
+    np.testing.assert_allclose(y, want, atol=1e-5)
+
+
+def test_conch_v1_5_from_the_hub_asks_for_allow_pickle_before_downloading(offline):
+    with pytest.raises(EncoderError) as err:
+        load(spec("conch-v1.5"))
+    line = err.value.message({"allow_pickle": "--allow-pickle"})
+    assert "MahmoodLab/conchv1_5: pytorch_model_vision.bin" in line and "--allow-pickle" in line
+    assert spec("conch-v1.5").hub_files == ["*.json", "pytorch_model_vision.bin"]
+
+
+def test_path_foundations_contract_is_read_from_the_registry_by_every_consumer(tmp_path, monkeypatch, offline):
+    """Path Foundation's entry changed (hub id, input size, width) reaches engine.embed's default model,
+    its SavedModel check and store record, the stand-in's interface, the dataset's defaults for older
+    stores and tables, and evaluation's encoder, with nothing else edited (the stand-in ViT's chain
+    through training is tests/histogen/test_encoder_chain.py)."""
+    import pyarrow.parquet as pq
+
+    import engine.embed
+    from engine import encoder_registry
+    from engine.dataset import schema
+    from engine.dataset.export import export_parquet
+    from engine.dataset.table import _input_sizes
+    from engine.store import PatchStore
+    from histogen.encoders import load_encoder
+    from histosynth.standin_model import save_standin
+    from tests.support.stores import make_store
+
+    changed = dataclasses.replace(spec("path-foundation"), repo="histogen-test/pf-next", input_size=112, width=64)
+    monkeypatch.setitem(encoder_registry.ENCODERS, "path-foundation", changed)
+
+    assert engine.embed.DEFAULT_MODEL == "histogen-test/pf-next"
+    with pytest.raises(EncoderError, match="histogen-test/pf-next.*cannot reach the Hugging Face Hub"):
+        engine.embed.load_encoder(engine.embed.EmbedConfig())  # the default model is the registry's, read now
+    pf = save_standin(tmp_path / "pf")  # the stand-in takes the changed interface
+    model = engine.embed.load_model(str(pf))
+    assert (model.input_size, model.width, model.spec.transform.size) == (112, 64, 112)
+
+    store = make_store(tmp_path / "p.zarr", {"s1": 5, "s2": 4}, patch=32, embeddings=False)
+    assert engine.embed.main(["--store", str(store), "--weights", str(pf), "--quiet", "--pipeline", "torch"]) == 0
+    s = PatchStore.open(store)
+    assert s.embedding_width() == 64 and s.embeddings_attrs("s1")["input_size"] == 112
+
+    assert (schema.model_id(), schema.input_size()) == ("histogen-test/pf-next", 112)
+    assert _input_sizes(np.array(["path-foundation", "uni"])).tolist() == [[112, 112], [224, 224]]
+    for sid in s.slide_ids():  # an older record: no input size, no model id
+        s.slide(sid).attrs.update(level=0, read_size=32)
+        attrs = {k: v for k, v in s.embeddings_attrs(sid).items() if k not in ("input_size", "model", "status")}
+        s.write_embeddings(sid, s.embeddings(sid), attrs, "path-foundation")
+    out = tmp_path / "out"
+    table = pq.read_table(export_parquet(store, out))
+    assert table["resize"][0].as_py() == [112, 112] and len(table["image_embedding_vector"][0].as_py()[0]) == 64
+    assert "path-foundation (histogen-test/pf-next)" in (out / "README.md").read_text()
+
+    encoder = load_encoder(f"path-foundation={pf}", pipeline="torch")
+    assert (encoder.transform.size, encoder.width) == (112, 64)
+    assert encoder(s.read_patches("s1", [0, 1])).shape == (2, 64)
+
+
+def test_the_readme_table_is_the_registry():
+    """README's encoder table is `python -m engine.encoder_registry`'s output, entry for entry."""
+    from pathlib import Path
+
+    from engine.encoder_registry import markdown_table
+
+    lines = (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    start = lines.index("  | name | hub repo | architecture | input | width | pooling | params | licence | gated |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  |"))
+    assert [line.strip() for line in lines[start:end]] == markdown_table().splitlines(), \
+        "README's encoder table differs from the registry: paste `python -m engine.encoder_registry` into it"

@@ -1,7 +1,8 @@
 """Small DICOM whole-slide images for the tests: a pyramid written as a VL Whole Slide Microscopy
 Image series (one instance per level, TILED_FULL), the way IDC serves slides, with JPEG baseline
-frames (as IDC's), uncompressed ones (pixels exactly the source's) or JPEG-LS (which OpenSlide 4.0
-does not decode)."""
+frames (as IDC's), uncompressed ones (pixels exactly the source's), JPEG-LS (which OpenSlide 4.0
+does not decode), lossless JPEG or lossless JPEG 2000; encapsulated frames with or without a basic
+offset table, in one fragment each or several, or behind an extended offset table."""
 from __future__ import annotations
 
 import io
@@ -12,7 +13,9 @@ from PIL import Image
 
 CMU_CROP = (600, 800, 1280, 1024)  # x, y, width, height of the shared CMU slide made into DICOM series
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
-CODECS = {"jpeg": "1.2.840.10008.1.2.4.50", "raw": "1.2.840.10008.1.2.1", "jpegls": "1.2.840.10008.1.2.4.80"}
+CODECS = {"jpeg": "1.2.840.10008.1.2.4.50", "raw": "1.2.840.10008.1.2.1", "jpegls": "1.2.840.10008.1.2.4.80",
+          "jpeg-lossless": "1.2.840.10008.1.2.4.70", "jpeg2k": "1.2.840.10008.1.2.4.90"}
+OFFSETS = ("basic", "none", "extended")  # how encapsulated frames are found: the basic offset table, none, the extended
 
 
 def _code(value: str, scheme: str, meaning: str):
@@ -40,18 +43,24 @@ def _frames(level: np.ndarray, tile: int, codec: str, quality: int) -> list[byte
                 out.append(buf.getvalue())
             elif codec == "jpegls":
                 out.append(bytes(imagecodecs.jpegls_encode(t)))
+            elif codec == "jpeg-lossless":  # first-order prediction, an Adobe marker saying RGB
+                out.append(bytes(imagecodecs.jpeg8_encode(t, lossless=True, predictor=1)))
+            elif codec == "jpeg2k":  # reversible, no colour transform
+                out.append(bytes(imagecodecs.jpeg2k_encode(t, level=0, codecformat="J2K", mct=False)))
             else:
                 out.append(t.tobytes())
     return out
 
 
 def write_dicom_series(rgb: np.ndarray, folder: Path, mpp: float = 0.5, tile: int = 256, levels: int = 3,
-                       container: str = "SLIDE-1", codec: str = "jpeg", quality: int = 95) -> list[Path]:
+                       container: str = "SLIDE-1", codec: str = "jpeg", quality: int = 95, offsets: str = "basic",
+                       fragments: int = 1) -> list[Path]:
     """`rgb` (h, w, 3) as a DICOM WSI series in `folder`: level k is `rgb` reduced 2**k times (box
     filter), each an instance file named by its level; `container` is the slide's label
-    (ContainerIdentifier). Returns the files, level 0 first."""
+    (ContainerIdentifier). Encapsulated frames: `offsets` one of OFFSETS, `fragments` per frame
+    (the extended table takes one). Returns the files, level 0 first."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
+    from pydicom.encaps import encapsulate, encapsulate_extended
     from pydicom.uid import generate_uid
 
     folder = Path(folder)
@@ -120,8 +129,11 @@ def write_dicom_series(rgb: np.ndarray, folder: Path, mpp: float = 0.5, tile: in
         ds.OpticalPathSequence = [optical]
         if codec == "raw":
             ds.PixelData = b"".join(frames)
+        elif offsets == "extended":
+            ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+            ds["PixelData"].is_undefined_length = True
         else:
-            ds.PixelData = encapsulate(frames)
+            ds.PixelData = encapsulate(frames, fragments_per_frame=fragments, has_bot=offsets == "basic")
             ds["PixelData"].is_undefined_length = True
         ds["PixelData"].VR = "OB"
         path = folder / f"level-{k}.dcm"

@@ -105,14 +105,14 @@ void patch_scores(const uint8_t* patch, int64_t h, int64_t w, const QCRule& q, f
 py::array_t<float> patch_qc(py::array_t<uint8_t, py::array::c_style> patches,
                             py::array_t<int32_t, py::array::c_style> od_lut, int threshold,
                             int white, int dark, int step, int ink_radius, int ink_region_radius, int focus_step,
-                            int focus_detail, int fold_od, int grey_max) {
+                            int focus_detail, int fold_od, int grey_max, int inks) {
   if (patches.ndim() != 4 || patches.shape(3) != 3)
     throw std::invalid_argument("patches must have shape (N, H, W, 3)");
   if (od_lut.ndim() != 1 || od_lut.shape(0) != 256)
     throw std::invalid_argument("od_lut must have 256 entries");
   if (step < 1 || focus_step < 1) throw std::invalid_argument("step and focus_step must be >= 1");
   const int64_t n = patches.shape(0), h = patches.shape(1), w = patches.shape(2);
-  const QCRule q{{white, dark, od_lut.data()}, threshold, step, ink_radius, ink_region_radius, focus_step,
+  const QCRule q{{white, dark, od_lut.data(), inks}, threshold, step, ink_radius, ink_region_radius, focus_step,
                   focus_detail, fold_od, grey_max};
   const uint8_t* src = patches.data();
   py::array_t<float> scores({n, static_cast<int64_t>(kScoreCount)});
@@ -131,7 +131,7 @@ void register_check(py::module_& m) {
   m.def("patch_qc", &patch_qc, py::arg("patches"), py::arg("od_lut"), py::arg("threshold"),
         py::arg("white"), py::arg("dark"), py::arg("step"), py::arg("ink_radius"), py::arg("ink_region_radius"),
         py::arg("focus_step"), py::arg("focus_detail"),
-        py::arg("fold_od"), py::arg("grey_max"),
+        py::arg("fold_od"), py::arg("grey_max"), py::arg("inks"),
         "Scores (N, len(PATCH_SCORES)) of each patch, a column per name of PATCH_SCORES.");
   // The layout this build has: engine.check refuses a build older than engine.qc.SCORES.
   py::tuple names(static_cast<size_t>(kScoreCount));

@@ -149,13 +149,13 @@ py::tuple tissue_mask(py::array_t<uint8_t, py::array::c_style> rgb,
                       int saturation_t, int min_saturation, int max_saturation,
                       int close_radius, int open_radius, int ink_speck_radius, int ink_region_radius,
                       int64_t max_hole_area,
-                      int64_t min_object_area) {
+                      int64_t min_object_area, int inks) {
   if (rgb.ndim() != 3 || rgb.shape(2) != 3)
     throw std::invalid_argument("rgb must have shape (H, W, 3)");
   if (od_lut.ndim() != 1 || od_lut.shape(0) != 256)
     throw std::invalid_argument("od_lut must have 256 entries");
   const int64_t h = rgb.shape(0), w = rgb.shape(1), n = h * w;
-  const PixelRule rule{white, dark, od_lut.data()};
+  const PixelRule rule{white, dark, od_lut.data(), inks};
   const uint8_t* src = rgb.data();
   py::array_t<uint8_t> mask({h, w});
   uint8_t* out = mask.mutable_data();
@@ -205,7 +205,7 @@ void register_mask(py::module_& m) {
   m.def("tissue_mask", &tissue_mask, py::arg("rgb"), py::arg("od_lut"), py::arg("white"),
         py::arg("dark"), py::arg("saturation"), py::arg("min_saturation"),
         py::arg("max_saturation"), py::arg("close_radius"), py::arg("open_radius"), py::arg("ink_speck_radius"),
-        py::arg("ink_region_radius"), py::arg("max_hole_area"), py::arg("min_object_area"),
+        py::arg("ink_region_radius"), py::arg("max_hole_area"), py::arg("min_object_area"), py::arg("inks"),
         "Mask (0 background, 1 tissue, 2 ink) of an RGB thumbnail -> (mask, threshold, ink_count).");
 }
 

@@ -60,7 +60,8 @@ def patch_qc(
     mp, cp = mask_params or MaskParams(), check_params or CheckParams()
     patches = _validate(patches)
     s = _native.patch_qc(patches, OD_LUT, int(threshold), mp.white, mp.dark, cp.step, cp.ink_radius,
-                         cp.ink_region_radius, cp.focus_step, cp.focus_detail, cp.fold_od, cp.grey_max)
+                         mp.ink_region_radius_of(cp.ink_region_radius), cp.focus_step, cp.focus_detail, cp.fold_od,
+                         cp.grey_max, mp.ink_bits)
     return {name: np.ascontiguousarray(s[:, k]) for k, name in enumerate(SCORES)}
 
 
@@ -101,9 +102,9 @@ def patch_qc_reference(
 def patch_maps_reference(patch: np.ndarray, threshold: int, mp: MaskParams, cp: CheckParams) -> dict[str, np.ndarray]:
     """bool maps on the sub-grid of one patch (P, P, 3): tissue, ink, fold, bubble."""
     sampled = patch[:: cp.step, :: cp.step]
-    cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark)
+    cls, sat = pixel_classes_reference(sampled, mp.white, mp.dark, mp.inks)
     ink = (opening_reference((cls == PEN) | (cls == DARK), cp.ink_radius)
-           | ink_regions_reference(sampled, cp.ink_region_radius))
+           | ink_regions_reference(sampled, mp.ink_region_radius_of(cp.ink_region_radius)))
     ink = closing_reference(ink, cp.ink_radius) == 1
     tissue = (cls == CANDIDATE) & (sat >= threshold) & ~ink
     fold = tissue & (optical_density(sampled).sum(-1) > cp.fold_od)

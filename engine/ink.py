@@ -21,11 +21,15 @@ are small and lie among eosin-pink or white pixels.
 Tuned on painted strokes (four shades per marker family, tests/support/ink.py) over the even-index
 half of the 303 images of ../shared/data/he; held-out figures (odd half, tests/support/qc_real.py) are
 in tests/engine/test_qc_real.py and the README. All integer: native and reference agree exactly.
+Each family can be left out (MaskParams.inks, `engine.tile --inks`): dense eosinophilic tissue (bone,
+osteoid, red-cell clusters) has a red marker's own colour, e.g. osteosarcoma's bone at RGB (186, 64, 85)
+against a marker's (200, 40, 60), so a study of bone or haemorrhage without red ink tiles without "red".
 """
 from __future__ import annotations
 
 import numpy as np
 
+INK_FAMILIES = ("green", "black", "red", "blue")  # bit k of an inks mask is INK_FAMILIES[k] (csrc/pixel.hpp)
 OD_LUT = np.round(-np.log10((np.arange(256) + 1) / 256) * 1000).astype(np.int32)
 OD_LUT.flags.writeable = False
 
@@ -35,8 +39,17 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return OD_LUT[rgb]
 
 
-def is_ink_reference(rgb: np.ndarray) -> np.ndarray:
-    """bool (...): the OD ink rule per pixel."""
+def ink_bits(families) -> int:
+    """The bit mask of ink families the native kernels take (bit k: INK_FAMILIES[k])."""
+    unknown = sorted(set(families) - set(INK_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown ink famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                         f"choose from {', '.join(INK_FAMILIES)}")
+    return sum(1 << k for k, name in enumerate(INK_FAMILIES) if name in families)
+
+
+def is_ink_reference(rgb: np.ndarray, families=INK_FAMILIES) -> np.ndarray:
+    """bool (...): the OD ink rule per pixel, for the ink `families` named."""
     o = optical_density(rgb)
     r, g, b = o[..., 0], o[..., 1], o[..., 2]
     t = r + g + b
@@ -47,7 +60,8 @@ def is_ink_reference(rgb: np.ndarray) -> np.ndarray:
         (100 * r < 19 * t) & (100 * b > 24 * t) & (t >= 1100)) | (
         (100 * r < 25 * t) & (100 * b > 22 * t) & (t >= 1800))
     blue = (100 * r > 36 * t) & (100 * b > 8 * t) & (100 * b < 20 * t) & (100 * g < 52 * t) & (t >= 700)
-    return green | black | red | blue
+    found = dict(zip(INK_FAMILIES, (green, black, red, blue)))
+    return np.logical_or.reduce([found[f] for f in INK_FAMILIES if f in families] or [np.zeros_like(t, bool)])
 
 
 def is_bluish_reference(rgb: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import _native
-from engine.ink import OD_LUT, is_bluish_reference, is_ink_reference
+from engine.ink import INK_FAMILIES, OD_LUT, ink_bits, is_bluish_reference, is_ink_reference
 
 # Pixel classes, in the order the rule tests them (csrc/pixel.hpp).
 WHITE, DARK, PEN, CANDIDATE = 0, 1, 2, 3
@@ -50,6 +50,7 @@ class MaskParams:
     ink_region_radius: int = 3  # bluish regions that fill a (2r+1) square are ink; 0 = off
     max_hole_area: int = 0  # largest hole filled (mask pixels); 0 = no limit
     min_object_area: int = 16  # smaller tissue components are dropped
+    inks: tuple[str, ...] = INK_FAMILIES  # marker families looked for (engine.ink); the check uses the same
 
     def __post_init__(self) -> None:
         for name in ("white", "dark"):
@@ -61,9 +62,19 @@ class MaskParams:
         for name in ("close_radius", "open_radius", "ink_speck_radius", "ink_region_radius", "max_hole_area",
                      "min_object_area"):
             _check_int(name, getattr(self, name), 0, None)
+        bits = ink_bits(self.inks)  # raises on an unknown name
+        object.__setattr__(self, "inks", tuple(f for k, f in enumerate(INK_FAMILIES) if bits >> k & 1))
+
+    @property
+    def ink_bits(self) -> int:
+        return ink_bits(self.inks)
+
+    def ink_region_radius_of(self, radius: int) -> int:
+        """The bluish-region rule is the blue family's: off (0) where blue ink is not looked for."""
+        return radius if "blue" in self.inks else 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "inks": list(self.inks)}
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,10 @@ def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult
         params.close_radius,
         params.open_radius,
         params.ink_speck_radius,
-        params.ink_region_radius,
+        params.ink_region_radius_of(params.ink_region_radius),
         params.max_hole_area,
         params.min_object_area,
+        params.ink_bits,
     )
     return MaskResult(mask, int(threshold), pen / (rgb.shape[0] * rgb.shape[1]))
 
@@ -99,15 +111,16 @@ def tissue_mask(rgb: np.ndarray, params: MaskParams | None = None) -> MaskResult
 # Plain numpy/scipy reference of the same algorithm (tests compare against it).
 
 
-def pixel_classes_reference(rgb: np.ndarray, white: int, dark: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel class (WHITE/DARK/PEN/CANDIDATE) and saturation, both (H, W)."""
+def pixel_classes_reference(rgb: np.ndarray, white: int, dark: int,
+                            inks=INK_FAMILIES) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel class (WHITE/DARK/PEN/CANDIDATE) and saturation, both (H, W); PEN for the ink families `inks`."""
     r, g, b = (rgb[..., k].astype(np.int32) for k in range(3))
     mx = np.maximum(np.maximum(r, g), b)
     mn = np.minimum(np.minimum(r, g), b)
     sat = np.where(mx == 0, 0, (255 * (mx - mn)) // np.maximum(mx, 1))
     cls = np.full(r.shape, CANDIDATE, np.uint8)
     # Assign in reverse rule order so the earlier rule wins.
-    cls[is_ink_reference(rgb)] = PEN
+    cls[is_ink_reference(rgb, inks)] = PEN
     cls[mx < dark] = DARK
     cls[mn >= white] = WHITE
     return cls, sat
@@ -170,7 +183,7 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
 
     params = params or MaskParams()
     rgb = _validate_rgb(rgb)
-    cls, sat = pixel_classes_reference(rgb, params.white, params.dark)
+    cls, sat = pixel_classes_reference(rgb, params.white, params.dark, params.inks)
     if params.saturation is not None:
         threshold = params.saturation
     else:
@@ -183,7 +196,7 @@ def tissue_mask_reference(rgb: np.ndarray, params: MaskParams | None = None) -> 
     mask = opening_reference(closing_reference((cls == CANDIDATE) & (sat >= threshold), params.close_radius),
                              params.open_radius)
     ink = opening_reference((cls == PEN) | (cls == DARK), params.ink_speck_radius)
-    ink |= ink_regions_reference(rgb, params.ink_region_radius)
+    ink |= ink_regions_reference(rgb, params.ink_region_radius_of(params.ink_region_radius))
     ink = opening_reference(closing_reference(ink, params.close_radius), params.open_radius)
     mask[ink == 1] = INK
 

@@ -28,7 +28,8 @@ from engine.qc import REASONS, CheckParams
 from engine.discover import fingerprint, slide_files, slide_ids, slide_organs
 from engine.errors import run_command, setup_logging
 from engine.location import Location, location, open_write, with_suffix
-from engine.mask import MaskParams, tissue_mask
+from engine.ink import INK_FAMILIES
+from engine.mask import INK, TISSUE, MaskParams, tissue_mask
 from engine.patch_plan import Geometry, GridPlan, PatchPlan, mpp_info
 from engine.plan import PlanParams
 from engine.prefetch import ordered_map
@@ -97,6 +98,19 @@ def read_batch(slide: Slide, coords: np.ndarray, geom: Geometry, patch_size: int
     return patches, ok, errors
 
 
+WIDE_INK = 0.25  # of a slide's tissue and ink on the mask: more than marker strokes usually cover
+
+
+def warn_wide_ink(path, mask: np.ndarray) -> None:
+    """One line where the mask takes a large part of a slide's tissue for ink: bone, osteoid and blood
+    have red ink's colour, and what the mask calls ink is never tiled."""
+    ink, tissue = int((mask == INK).sum()), int((mask == TISSUE).sum())
+    if ink > WIDE_INK * (ink + tissue):
+        log.warning("%s: the mask reads %.0f %% of the tissue as marker ink and tiles none of it; if that is "
+                    "dense bone, osteoid or blood rather than ink (see its QA picture), tile with "
+                    "--inks green,black,blue", path, 100 * ink / (ink + tissue))
+
+
 def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, plan: PatchPlan, provenance: dict,
                qa_dir: Location | None = None, progress: bool | None = False) -> tuple[np.ndarray, jobs.Written]:
     """Tile one open slide into its group of `store` as `plan` (engine.patch_plan) says; returns the
@@ -106,6 +120,7 @@ def tile_slide(slide: Slide, slide_id: str, store: PatchStore, cfg: TileConfig, 
     geom = plan.geometry(slide, info)
     thumb = slide.thumbnail(cfg.mask_downsample)
     mres = tissue_mask(thumb, cfg.mask)
+    warn_wide_ink(slide.path, mres.mask)
     coords = plan.coords(slide, mres.mask, geom)
     attrs = {
         **provenance,
@@ -280,9 +295,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "instead of decoding them at 1/2, 1/4 or 1/8 first (slower; same patches within a few grey levels)")
     p.add_argument("--keep-rejected", action="store_true",
                    help="store the patches the check rejects too, with their reasons")
+    p.add_argument("--inks", type=ink_families, default=MaskParams().inks, metavar="FAMILIES",
+                   help="marker ink families the mask and the check look for, comma-separated (default "
+                   f"{','.join(INK_FAMILIES)}); leave red out where dense bone, osteoid or blood reads as red ink")
     add_check_options(p)
     add_run_options(p)
     return p.parse_args(argv)
+
+
+def ink_families(text: str) -> tuple[str, ...]:
+    """--inks: comma-separated families of engine.ink.INK_FAMILIES ('none' or '' for none)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    try:
+        return MaskParams(inks=names).inks
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_check_options(p: argparse.ArgumentParser) -> None:
@@ -313,7 +340,7 @@ def main(argv=None) -> int:
     def job() -> int:
         cfg, scheduler = run_setup(a, PlanParams(a.patch_size, a.stride, a.min_tissue), mpp=a.mpp,
                                    dct_scaling=not a.no_dct_scaling, check=check_params(a),
-                                   keep_rejected=a.keep_rejected)
+                                   mask=MaskParams(inks=a.inks), keep_rejected=a.keep_rejected)
         summary = tile_slides(a.slides, a.out, cfg, overwrite=a.overwrite, qa_dir=a.qa_dir,
                               show_progress=False if a.quiet else None, scheduler=scheduler)
         print(summary.text())

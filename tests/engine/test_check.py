@@ -38,7 +38,8 @@ def assert_same(a, b):
 def test_native_matches_reference(seed, cp):
     rng = np.random.default_rng(seed)
     patches = patches_of(rng, 5, int(rng.integers(16, 80)))
-    for threshold, mp in ((20, MaskParams()), (90, MaskParams()), (45, MaskParams(white=200, dark=80))):
+    for threshold, mp in ((20, MaskParams()), (90, MaskParams()), (45, MaskParams(white=200, dark=80)),
+                          (30, MaskParams(inks=("green", "black", "blue"))), (30, MaskParams(inks=("red",)))):
         assert_same(patch_qc(patches, threshold, mp, cp), patch_qc_reference(patches, threshold, mp, cp))
 
 

@@ -25,6 +25,7 @@ from engine.tile import TileConfig, main, tile_slides
 
 from tests.support.data import ROOT  # noqa: E402
 from tests.support.filesystems import du, grow, small_filesystem
+from tests.support.ink import HE as HE_DIR
 from tests.support.tiling import ARGS
 FAST = dict(workers=2, batch_size=8)
 
@@ -444,3 +445,33 @@ def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide
     assert a.attrs["n_patches"] >= 4
     np.testing.assert_array_equal(a["coords"][:], b["coords"][:])
     np.testing.assert_array_equal(a["images"][:], b["images"][:])
+
+
+BONE_SLIDE = "osteosarcoma/Non-Tumor___Case-3-A17-7799-34542_102.jpg"  # cortical bone: red ink's own colour
+
+
+@pytest.mark.skipif(not (HE_DIR / BONE_SLIDE).is_file(), reason=f"real H&E {HE_DIR / BONE_SLIDE} is absent")
+def test_bone_read_as_red_ink_is_told_and_tiled_without_red(tmp_path, caplog):
+    """A field of bone: the default mask takes it for red ink, tiles almost nothing and says so in one
+    line naming the file and the flag; --inks without red tiles the bone, and the store records it."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(HE_DIR / BONE_SLIDE, slides)
+    args = ["--slides", str(slides), "--patch-size", "256", "--quiet", "--no-qa"]
+    assert main([*args, "--out", str(tmp_path / "a.zarr")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "marker ink" in r.getMessage()]
+    assert len(warned) == 1 and BONE_SLIDE.split("/")[1] in warned[0] and "--inks green,black,blue" in warned[0]
+    default = PatchStore.open(tmp_path / "a.zarr")
+    caplog.clear()
+    assert main([*args, "--out", str(tmp_path / "b.zarr"), "--inks", "green,black,blue"]) == 0
+    assert not [r for r in caplog.records if "marker ink" in r.getMessage()]
+    no_red = PatchStore.open(tmp_path / "b.zarr")
+    sid = no_red.slide_ids()[0]
+    assert default.n_patches(sid) <= 2 and no_red.n_patches(sid) >= 12  # of the 16 in the 1024 px field
+    assert no_red.attrs(sid)["params"]["mask"]["inks"] == ["green", "black", "blue"]
+
+
+def test_unknown_ink_family_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--slides", str(tmp_path), "--out", str(tmp_path / "p.zarr"), "--inks", "red,purple"])
+    assert e.value.code == 2 and "unknown ink family purple" in capsys.readouterr().err

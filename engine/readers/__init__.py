@@ -5,7 +5,8 @@ the next, saying why.
   tiff       ``tifffile``: tile-exact CPU decode with a shared cache of decoded tiles
   cucim      ``cucim``: GPU decode
   dicom      ``wsidicom``: DICOM WSI, a series folder or a single file
-  dicom_frames ``pydicom``: DICOM WSI without per-frame positions (older converters), frames in TILED_FULL order
+  dicom_frames ``pydicom``: DICOM WSI without per-frame positions (older converters), frames in TILED_FULL order,
+               8-bit JPEG frames decoded by the native batch path (engine.jpeg_tiles), others by pydicom
   openslide  ``openslide``: everything else OpenSlide opens (NDPI, MRXS, ...)
   image      ``pil``: a plain PNG/JPEG as a one-level slide
 

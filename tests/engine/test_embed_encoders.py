@@ -65,3 +65,11 @@ def test_offline_without_weights_is_one_line_and_exit_2(store_path, monkeypatch,
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith("uni2-h (MahmoodLab/UNI2-h): cannot reach the Hugging Face Hub")
     assert "https://huggingface.co/MahmoodLab/UNI2-h" in line and "pass --weights PATH" in line and "\n" not in line
+
+
+def test_conch_v1_is_one_line_and_exit_2(store_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert main(["--store", str(store_path), "--encoder", "conch", "--quiet"]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("conch (MahmoodLab/CONCH, CONCH v1's image tower): its code is on GitHub only")
+    assert "not on the package index" in line and "--encoder conch-v1.5" in line and "\n" not in line

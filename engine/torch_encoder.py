@@ -91,6 +91,10 @@ def load(spec: EncoderSpec, weights: str | Path | None = None, revision: str | N
         patterns = spec.hub_files or encoder_weights.HUB_FILES + (list(encoder_weights.PICKLED) if allow_pickle else [])
         where = download(spec.repo, revision or spec.revision, token, "{weights}", patterns, spec.name)
         model_id, rev = spec.repo, where.name  # snapshots/<commit>
+        if not allow_pickle and not spec.checkpoint and not any(where.rglob("*.safetensors")):
+            raise EncoderError(f"{spec.name} ({spec.repo}): its hub snapshot {rev} has no safetensors weights, and "
+                               "pickled ones are fetched only when asked",
+                               "pass {allow_pickle} to fetch and load its pickle (tensors only, never code)")
     file = encoder_weights.weight_file(where, allow_pickle)
     state = encoder_weights.to_vit(encoder_weights.read_checkpoint(file), spec)
     net = build(spec, "meta")

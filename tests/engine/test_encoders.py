@@ -369,3 +369,23 @@ def test_the_readme_table_is_the_registry():
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  |"))
     assert [line.strip() for line in lines[start:end]] == markdown_table().splitlines(), \
         "README's encoder table differs from the registry: paste `python -m engine.encoder_registry` into it"
+
+
+def test_a_hub_repo_without_safetensors_asks_for_allow_pickle(standin, offline, tmp_path):
+    """A repo whose weights are only a pickle (pytorch_model.bin, as many of these are): one line
+    asking for --allow-pickle, and with it the pickle loads from the cache."""
+    from safetensors.torch import load_file
+
+    e = dataclasses.replace(spec("standin-vit"), repo="histogen-test/pickled-vit")
+    pickle = tmp_path / "pytorch_model.bin"
+    torch.save(load_file(str(standin / "model.safetensors")), pickle)
+    commit = hub_cache(offline, e.repo, {"config.json": standin / "config.json", "pytorch_model.bin": pickle})
+    with pytest.raises(EncoderError) as err:
+        load(e)
+    line = err.value.message({"allow_pickle": "--allow-pickle"})
+    assert f"histogen-test/pickled-vit): its hub snapshot {commit} has no safetensors weights" in line
+    assert "pass --allow-pickle" in line and "\n" not in line
+    model = load(e, allow_pickle=True, device="cpu", bf16=False)
+    assert model.revision == commit
+    x = make_resizer(e.transform, "torch")(patches())
+    np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)

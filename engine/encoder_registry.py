@@ -118,9 +118,11 @@ ENCODERS: dict[str, EncoderSpec] = {e.name: e for e in (
     # 448 px, ImageNet mean/std, then CoCa's contrastive attentional pooler (one query of width 768, 8 heads,
     # over every token) and a LayerNorm: 768 wide. Its weights are a pickle (pytorch_model_vision.bin, keys
     # trunk.*, attn_pool_contrast.*, ln_contrast.*), so it loads with --allow-pickle. TRIDENT runs it in fp16.
+    # TRIDENT builds the trunk for 224 px (positions on a 14 x 14 grid, the checkpoint's resampled to it)
+    # and interpolates them to 448 px's 28 x 28 at every forward (DINO's way): pos_grid=14 does the same once.
     # The model card names the architecture (ViT-L/16), not a count: ViT-L's 0.3B is the published figure.
     EncoderSpec("conch-v1.5", "MahmoodLab/conchv1_5", "timm", 448, IMAGENET, 768, "0.3B",
-                ViTConfig(1024, 24, 16, 4096, patch=16, layer_scale=True, attn_pool=768), pooling="attn",
+                ViTConfig(1024, 24, 16, 4096, patch=16, layer_scale=True, attn_pool=768, pos_grid=14), pooling="attn",
                 licence="CC-BY-NC-ND-4.0", gated=True, checkpoint="pytorch_model_vision.bin"),
     # A ViT-Ti/16 with random weights (histosynth.standin_model --arch torch-vit writes one) for tests and
     # benchmarks of the torch path; Path Foundation's stand-ins are SavedModels given as its --weights.

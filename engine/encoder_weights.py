@@ -122,12 +122,21 @@ def to_vit(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch
 
 
 def resample_positions(pos: torch.Tensor, c: ViTConfig) -> torch.Tensor:
-    """A position embedding laid out for another grid, resampled to `c`'s (bicubic, as DINOv2 does)."""
+    """A position embedding laid out for another grid, resampled to `c`'s (bicubic, as DINOv2 does).
+    With `c.pos_grid` (CONCH v1.5), as TRIDENT's code does it: first to that grid (bilinear, timm's
+    resample_abs_pos_embed on loading), then to `c`'s as DINO's forward interpolates (bicubic, scale
+    factor (grid + 0.1) / pos_grid), here once instead of at every forward."""
     pos = pos.reshape(1, -1, pos.shape[-1])
     k = c.prefix if c.pos_on_prefix else 0
     grid = math.isqrt(pos.shape[1] - k)
-    if grid == c.grid or grid * grid != pos.shape[1] - k:
+    if grid * grid != pos.shape[1] - k or (grid == c.grid and not c.pos_grid):
         return pos  # as it is, or not a square grid: the shape check on loading says what differs
     patches = pos[:, k:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=(c.grid, c.grid), mode="bicubic", align_corners=False)
+    if c.pos_grid:
+        if grid != c.pos_grid:
+            patches = F.interpolate(patches, size=(c.pos_grid, c.pos_grid), mode="bilinear", align_corners=False)
+        scale = (c.grid + 0.1) / c.pos_grid
+        patches = F.interpolate(patches, scale_factor=(scale, scale), mode="bicubic")
+    else:
+        patches = F.interpolate(patches, size=(c.grid, c.grid), mode="bicubic", align_corners=False)
     return torch.cat([pos[:, :k], patches.permute(0, 2, 3, 1).reshape(1, c.grid ** 2, -1).to(pos.dtype)], dim=1)

@@ -34,6 +34,9 @@ class ViTConfig:
     layer_scale: bool = False
     norm_eps: float = 1e-6
     attn_pool: int = 0  # width of a CoCa attentional pooler (one query, 8 heads) + LayerNorm on top; 0: none
+    # The grid the reference code keeps the positions on and interpolates from at every forward (DINO's
+    # way); loading does that interpolation once (engine.encoder_weights). 0: the checkpoint's own grid.
+    pos_grid: int = 0
 
     @property
     def grid(self) -> int:

@@ -389,3 +389,30 @@ def test_a_hub_repo_without_safetensors_asks_for_allow_pickle(standin, offline, 
     assert model.revision == commit
     x = make_resizer(e.transform, "torch")(patches())
     np.testing.assert_allclose(model(x), reference_output(x), atol=1e-5)
+
+
+def test_conch_v1_5_positions_are_interpolated_as_trident_does(tmp_path):
+    """CONCH v1.5's positions as TRIDENT computes them at every forward: the checkpoint's resampled to
+    the 224 px grid on loading (timm's resample_abs_pos_embed: bilinear), then to the input's grid
+    (DINO's interpolate_pos_encoding: bicubic, scale factor (grid + 0.1) / 14); here done once."""
+    import torch.nn.functional as F
+    from engine.vit import ViTConfig
+
+    full = spec("conch-v1.5")
+    assert (full.vit.pos_grid, full.vit.grid) == (14, 28)
+    e = dataclasses.replace(conch_like(), vit=ViTConfig(64, 2, 4, 128, patch=16, layer_scale=True, attn_pool=48,
+                                                      pos_grid=2))  # 64 px: a 4 x 4 grid from 2 x 2
+    torch.manual_seed(6)
+    net = build(e).eval()
+    state = {("" if k.startswith(("attn_pool_contrast.", "ln_contrast.")) else "trunk.") + k: v
+             for k, v in net.state_dict().items()}
+    stored = torch.randn(1, 1 + 3 * 3, 64)  # the checkpoint's positions: a 3 x 3 grid and the class entry
+    state["trunk.pos_embed"] = stored
+    torch.save(state, tmp_path / e.checkpoint)
+    model = load(e, weights=tmp_path, allow_pickle=True, device="cpu", bf16=False)
+
+    grid = stored[:, 1:].reshape(1, 3, 3, 64).permute(0, 3, 1, 2)
+    on_224 = F.interpolate(grid, size=(2, 2), mode="bilinear", antialias=False)
+    at_input = F.interpolate(on_224, scale_factor=(4.1 / 2, 4.1 / 2), mode="bicubic")
+    want = torch.cat([stored[:, :1], at_input.permute(0, 2, 3, 1).reshape(1, 16, 64)], dim=1)
+    torch.testing.assert_close(model.net.pos_embed.detach(), want)

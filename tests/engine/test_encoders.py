@@ -416,3 +416,16 @@ def test_conch_v1_5_positions_are_interpolated_as_trident_does(tmp_path):
     at_input = F.interpolate(on_224, scale_factor=(4.1 / 2, 4.1 / 2), mode="bicubic")
     want = torch.cat([stored[:, :1], at_input.permute(0, 2, 3, 1).reshape(1, 16, 64)], dim=1)
     torch.testing.assert_close(model.net.pos_embed.detach(), want)
+
+
+@pytest.mark.gpu
+def test_the_gpu_path_loads_on_cuda_in_bf16_and_matches_the_cpu(standin):
+    """On a CUDA device `load` puts the encoder there and autocasts to bf16 (native there), and its
+    embeddings stay those of the fp32 CPU forward. CPU twin: test_bf16_autocast_stays_close_to_fp32."""
+    x = make_resizer(spec("standin-vit").transform, "torch")(patches(8))
+    gpu = load(spec("standin-vit"), weights=standin, device="cuda")
+    assert gpu.device.type == "cuda" and gpu.bf16
+    cpu = load(spec("standin-vit"), weights=standin, device="cpu", bf16=False)
+    a, b = gpu(x), cpu(x)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape == (8, gpu.width) and cos.min() > 0.99

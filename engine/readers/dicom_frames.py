@@ -18,12 +18,12 @@ import logging
 import math
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from engine.readers.dicom import DICOM_SUFFIX, dicom_files
+from engine.readers.tile_cache import TileCache
 from engine.slide import Mpp, Slide, SlideError, TruncatedSlideError, plausible_mpp, to_rgb
 
 log = logging.getLogger(__name__)
@@ -255,10 +255,8 @@ class DicomFramesSlide(Slide):
         self._fds = [os.open(lv.path, os.O_RDONLY) for lv in self._levels]
         self._threads = threads or os.cpu_count() or 1
         self._decoding = threading.Lock()  # batches take turns: the next finds the frames they share cached
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_bytes = 0
-        self._cache_cap = (min(256 << 20, 4 * base.across * base.tile_w * base.tile_h * 3)
-                           if cache_bytes is None else cache_bytes)
+        self._cache = TileCache(min(256 << 20, 4 * base.across * base.tile_w * base.tile_h * 3)
+                                if cache_bytes is None else cache_bytes)
         super().__init__(path, [(lv.width, lv.height) for lv in self._levels], base.mpp)
 
     def decode_scales(self, level: int) -> tuple[int, ...]:
@@ -288,7 +286,7 @@ class DicomFramesSlide(Slide):
         with self._decoding:
             tiles, data = [], []
             for i in needed:
-                tile = self._cached((level, scale, i))
+                tile = self._cache.get((level, scale, i))
                 data.append(None if tile is not None else lv.frame_bytes(self._fds[level], i))
                 tiles.append(tile)
             if lv.decoder == NATIVE:
@@ -313,27 +311,12 @@ class DicomFramesSlide(Slide):
                 if not failed:
                     _assemble(dict(zip(needed, tiles)), lv.across, tw, th, lw, lh, regions, out)
             bad = {k for k, _ in failed}
-            self._remember(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data))
+            self._cache.put(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data))
                            if d is not None and t is not None and k not in bad)
         if failed:
             k, why = failed[0]
             raise SlideError(f"{self.path}: frame {needed[k]} of level {level} does not decode ({why})")
         return out
-
-    def _cached(self, key):
-        tile = self._cache.get(key)
-        if tile is not None:
-            self._cache.move_to_end(key)
-        return tile
-
-    def _remember(self, items) -> None:
-        """Put (key, decoded frame) pairs in the cache, dropping the least recently used beyond its cap."""
-        for key, tile in items:
-            self._cache[key] = tile
-            self._cache_bytes += tile.nbytes
-        while self._cache_bytes > self._cache_cap and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
 
     def close(self):
         for fd in self._fds:

@@ -8,10 +8,10 @@ import logging
 import math
 import os
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
+from engine.readers.tile_cache import TileCache
 from engine.readers.tiff_meta import TIFF_SUFFIXES, tiff_levels, tiff_mpp
 from engine.slide import Slide, SlideError, TruncatedSlideError, to_rgb
 
@@ -54,9 +54,7 @@ class TiffSlide(Slide):
         self._threads = threads or os.cpu_count() or 1
         self._decoding = threading.Lock()
         self._fd = os.open(path, os.O_RDONLY)
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_bytes, self._cache_cap = 0, self.cache_cap(pages[0]) if cache_bytes is None else cache_bytes
-        self._lock = threading.Lock()
+        self._cache = TileCache(self.cache_cap(pages[0]) if cache_bytes is None else cache_bytes)
         super().__init__(path, [(p.imagewidth, p.imagelength) for p in pages], tiff_mpp(self._tif))
 
     @classmethod
@@ -84,22 +82,9 @@ class TiffSlide(Slide):
         jpeg = self._jpeg[level]
         return jpeg.scales if jpeg is not None else (1,)
 
-    def _cached(self, key):
-        with self._lock:
-            tile = self._cache.get(key)
-            if tile is not None:
-                self._cache.move_to_end(key)
-            return tile
-
     def _remember(self, items) -> None:
-        """Put (key, decoded tile) pairs in the cache, dropping the least recently used beyond its cap."""
-        with self._lock:
-            for key, tile in items:
-                self._cache[key] = tile
-                self._cache_bytes += tile.nbytes
-            while self._cache_bytes > self._cache_cap and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cache_bytes -= old.nbytes
+        """Put (key, decoded tile) pairs in the cache (tests watch the tiles decoded here)."""
+        self._cache.put(items)
 
     def _tile_bytes(self, level: int, index: int) -> bytes:
         page = self._pages[level]
@@ -110,7 +95,7 @@ class TiffSlide(Slide):
 
     def _tile(self, level: int, index: int) -> np.ndarray:
         """One tile decoded by tifffile (the reference path), through the cache."""
-        tile = self._cached((level, 1, index))
+        tile = self._cache.get((level, 1, index))
         if tile is not None:
             return tile
         page = self._pages[level]
@@ -182,7 +167,7 @@ class TiffSlide(Slide):
         with self._decoding:
             tiles, data = [], []
             for i in needed:
-                tile = self._cached((level, scale, i))
+                tile = self._cache.get((level, scale, i))
                 data.append(None if tile is not None else self._tile_bytes(level, i))
                 tiles.append(tile if tile is not None else np.empty((th, tw, 3), np.uint8))
             failed = _native.jpeg_decode_assemble(tiles, data, jpeg.tables, jpeg.colorspace, scale,

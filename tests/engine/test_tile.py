@@ -424,8 +424,8 @@ def test_tile_cache_sized_to_the_slide_decodes_no_tile_twice(tmp_path, svs_slide
         items = list(items)
         decoded[self._cache_key] += len(items)
         remember(self, items)
-        held.append(self._cache_bytes)
-        caps.append(self._cache_cap)
+        held.append(self._cache.bytes)
+        caps.append(self._cache.cap)
 
     monkeypatch.setattr(readers.TiffSlide, "_remember", watching_remember)
     for cache in (None, 1 << 40, tile_row):

@@ -21,6 +21,7 @@ from engine.slide import SlideError, TruncatedSlideError
 from engine.store import PatchStore
 from engine.tile import tile_slides
 from tests.support.dicom import CMU_CROP, as_older_converter, write_dicom_series
+from tests.support.regions import PAD, assert_regions_are_crops, scaled_whole
 from tests.support.tiling import CFG
 
 
@@ -196,22 +197,12 @@ def test_older_jpeg_frames_read_dct_scaled(cmu_crop, tmp_path, scale):
     with DicomFramesSlide(path) as s:
         assert s.decode_scales(0) == (1, 2, 4)
         w, h = 1280 // scale, 1024 // scale
-        pad = 64
-        whole = np.full((h + 2 * pad, w + 2 * pad, 3), 255, np.uint8)
-        whole[pad : pad + h, pad : pad + w] = s.read_regions([(0, 0)], 0, (w, h), scale=scale)[0]
+        whole = scaled_whole(s, (1280, 1024), scale)
         full = s.read_region((0, 0), 0, (1280, 1024))
         box = np.asarray(Image.fromarray(full).resize((w, h), Image.Resampling.BOX))
-        mse = np.mean((whole[pad : pad + h, pad : pad + w].astype(float) - box) ** 2)
+        mse = np.mean((whole[PAD : PAD + h, PAD : PAD + w].astype(float) - box) ** 2)
         assert 10 * np.log10(255**2 / mse) > 40
-        rng = np.random.default_rng(scale)
-        xs, ys = rng.integers(-pad * scale, 1280, 20), rng.integers(-pad * scale, 1024, 20)
-        got = s.read_regions(list(zip(xs.tolist(), ys.tolist())), 0, (57, 40), scale=scale)
-    for k, (x, y) in enumerate(zip(xs, ys)):
-        cx, cy = int(x // scale) + pad, int(y // scale) + pad
-        want = np.full((40, 57, 3), 255, np.uint8)
-        crop = whole[cy : cy + 40, cx : cx + 57]
-        want[: crop.shape[0], : crop.shape[1]] = crop
-        np.testing.assert_array_equal(got[k], want)
+        assert_regions_are_crops(s, whole, (1280, 1024), scale, 20)
 
 
 @pytest.mark.parametrize("codec,decoder,words", [("jpeg-lossless", "native", "the native batch JPEG path"),

@@ -14,6 +14,7 @@ from PIL import Image
 from engine import jpeg_tiles
 from engine.readers import TiffSlide
 from engine.slide import SlideError
+from tests.support.regions import assert_regions_are_crops, scaled_whole
 
 
 def random_regions(slide, rng, n: int, size: tuple[int, int], level: int = 0, margin: int = 300):
@@ -98,20 +99,8 @@ def test_dct_scaled_regions_are_crops_of_the_scaled_slide(svs_slide, scale):
     """Regions read at 1/scale, anywhere (off the edges too), are exactly the matching crops of the
     whole level read at 1/scale in one piece, white outside: the assembly at every scale."""
     slide = TiffSlide(svs_slide, threads=1)
-    W, H = slide.dimensions
-    w, h = -(-W // scale), -(-H // scale)
-    pad = 64
-    whole = np.full((h + 2 * pad, w + 2 * pad, 3), 255, np.uint8)
-    whole[pad : pad + h, pad : pad + w] = slide.read_regions([(0, 0)], 0, (w, h), scale=scale)[0]
-    rng = np.random.default_rng(scale)
-    xs, ys = rng.integers(-pad * scale, W, 30), rng.integers(-pad * scale, H, 30)
-    got = TiffSlide(svs_slide).read_regions(list(zip(xs.tolist(), ys.tolist())), 0, (57, 40), scale=scale)
-    for k, (x, y) in enumerate(zip(xs, ys)):
-        cx, cy = int(x // scale) + pad, int(y // scale) + pad
-        want = np.full((40, 57, 3), 255, np.uint8)
-        crop = whole[cy : cy + 40, cx : cx + 57]
-        want[: crop.shape[0], : crop.shape[1]] = crop
-        np.testing.assert_array_equal(got[k], want)
+    whole = scaled_whole(slide, slide.dimensions, scale)
+    assert_regions_are_crops(TiffSlide(svs_slide), whole, slide.dimensions, scale, 30)
 
 
 def test_scales_offered_only_where_tiles_divide(svs_slide):

@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.readers.dicom import DICOM_SUFFIX, dicom_files
 from engine.readers.tile_cache import TileCache
+from engine.readers.tile_grid import assemble, tiles_covering
 from engine.slide import Mpp, Slide, SlideError, TruncatedSlideError, plausible_mpp, to_rgb
 
 log = logging.getLogger(__name__)
@@ -279,9 +280,7 @@ class DicomFramesSlide(Slide):
         regions = [(math.floor(int(x) / ds), math.floor(int(y) / ds)) for x, y in locations]  # as OpenSlide
         tw, th = lv.tile_w // scale, lv.tile_h // scale
         lw, lh = -(-lv.width // scale), -(-lv.height // scale)
-        needed = sorted({r * lv.across + c for x, y in regions
-                         for r in range(max(0, y // th), min(-(-lh // th), -(-(y + h) // th)))
-                         for c in range(max(0, x // tw), min(-(-lw // tw), -(-(x + w) // tw)))})
+        needed = sorted({i for x, y in regions for i, _, _ in tiles_covering(x, y, w, h, tw, th, lv.across, lw, lh)})
         out = np.empty((len(regions), h, w, 3), np.uint8)
         with self._decoding:
             tiles, data = [], []
@@ -309,7 +308,9 @@ class DicomFramesSlide(Slide):
                             failed.append((k, f"{type(e).__name__}: {e}"))
                             break
                 if not failed:
-                    _assemble(dict(zip(needed, tiles)), lv.across, tw, th, lw, lh, regions, out)
+                    decoded = dict(zip(needed, tiles))
+                    for k, (x, y) in enumerate(regions):
+                        assemble(decoded, x, y, out[k], tw, th, lv.across, lw, lh)
             bad = {k for k, _ in failed}
             self._cache.put(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data))
                            if d is not None and t is not None and k not in bad)
@@ -323,19 +324,3 @@ class DicomFramesSlide(Slide):
             os.close(fd)
         self._fds = []
 
-
-def _assemble(tiles: dict, across: int, tw: int, th: int, lw: int, lh: int, regions, out: np.ndarray) -> None:
-    """Copy each region (top-left in level pixels) from the decoded frames into out; white outside the
-    pixel matrix (and over the frames' padding beyond it)."""
-    h, w = out.shape[1:3]
-    for k, (x, y) in enumerate(regions):
-        patch = out[k]
-        if x < 0 or y < 0 or x + w > lw or y + h > lh:
-            patch[:] = 255
-        for r in range(max(0, y // th), min(-(-lh // th), -(-(y + h) // th))):
-            for c in range(max(0, x // tw), min(-(-lw // tw), -(-(x + w) // tw))):
-                tile, tx, ty = tiles[r * across + c], c * tw, r * th
-                ax0, ay0 = max(x, tx), max(y, ty)
-                ax1, ay1 = min(x + w, tx + tw, lw), min(y + h, ty + th, lh)
-                if ax1 > ax0 and ay1 > ay0:
-                    patch[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]

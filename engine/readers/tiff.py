@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from engine.readers.tile_cache import TileCache
+from engine.readers.tile_grid import assemble, tiles_covering
 from engine.readers.tiff_meta import TIFF_SUFFIXES, tiff_levels, tiff_mpp
 from engine.slide import Slide, SlideError, TruncatedSlideError, to_rgb
 
@@ -115,29 +116,11 @@ class TiffSlide(Slide):
         return -(-lw // scale), -(-lh // scale)
 
     def _tiles_for(self, level, x, y, w, h, scale: int = 1):
-        tw, th, across = self._grid(self._pages[level], scale)
-        lw, lh = self._level_size(level, scale)
-        c0, c1 = max(0, x // tw), min(-(-lw // tw), -(-(x + w) // tw))
-        r0, r1 = max(0, y // th), min(-(-lh // th), -(-(y + h) // th))
-        return [(r * across + c, c * tw, r * th) for r in range(r0, r1) for c in range(c0, c1)]
+        return tiles_covering(x, y, w, h, *self._grid(self._pages[level], scale), *self._level_size(level, scale))
 
     def _level_xy(self, x, y, level, scale: int = 1):
         ds = self.level_downsamples[level] * scale
         return math.floor(x / ds), math.floor(y / ds)  # as OpenSlide: floor, also left of 0
-
-    def _assemble(self, level, x, y, w, h, tiles, out: np.ndarray) -> None:
-        """Copy the request's pixels from decoded tiles into `out` (h, w, 3): the reference of the
-        native call's assembly."""
-        lw, lh = self.level_dimensions[level]
-        if x < 0 or y < 0 or x + w > lw or y + h > lh:
-            out[:] = 255  # partly outside the slide
-        for index, tx, ty in self._tiles_for(level, x, y, w, h):
-            tile = tiles[index]
-            # Overlap of the tile (clipped to the image) with the request, in level coordinates.
-            ax0, ay0 = max(x, tx), max(y, ty)
-            ax1, ay1 = min(x + w, tx + tile.shape[1], lw), min(y + h, ty + tile.shape[0], lh)
-            if ax1 > ax0 and ay1 > ay0:
-                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
 
     def _read(self, x, y, level, w, h):
         return self.read_regions([(x, y)], level, (w, h))[0]
@@ -153,8 +136,9 @@ class TiffSlide(Slide):
         if self._jpeg[level] is not None:
             return self._read_native(level, scale, needed, regions, out)
         tiles = {i: self._tile(level, i) for i in needed}  # the union of tiles, each decoded once
+        grid = (*self._grid(self._pages[level]), *self.level_dimensions[level])
         for k, (x, y) in enumerate(regions):
-            self._assemble(level, x, y, w, h, tiles, out[k])
+            assemble(tiles, x, y, out[k], *grid)
         return out
 
     def _read_native(self, level: int, scale: int, needed: list[int], regions: list, out: np.ndarray) -> np.ndarray:

@@ -22,12 +22,17 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11,
          sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM per image (N,) of x, y (N, C, H, W); data_range = max - min of the value range
-    (2 for [-1, 1]). Computed in float32."""
+    (2 for [-1, 1]). Computed in float32, autocast or not: the variances are differences of
+    near-equal means, which bf16 convolutions cancel to zero or below (the loss went NaN)."""
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim needs two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if min(x.shape[-2:]) < window:
         raise ValueError(f"ssim: images {tuple(x.shape[-2:])} are smaller than the {window} px window")
-    x, y = x.float(), y.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x.float(), y.float(), data_range, window, sigma)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int, sigma: float) -> torch.Tensor:
     g = gaussian_window(window, sigma).to(x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = _blur(x, g), _blur(y, g)

@@ -130,6 +130,18 @@ def test_ssim_matches_direct_numpy():
         ssim(x[..., :8], y[..., :8])
 
 
+def test_ssim_under_bf16_autocast_is_the_float32_value():
+    # A reconstruction close to its image: the variances are differences of near-equal means, which
+    # bf16 convolutions cancelled to zero or below and the autoencoder's loss went NaN at step 3.
+    g = gen(1)
+    x = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
+    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim(x, y)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ssim(x, y), rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- autoencoder
 
 def test_autoencoder_overfits_and_reconstructs(patches):

@@ -1,14 +1,16 @@
-"""The QA picture of a tiled slide: thumbnail, tissue-mask outline, the patches drawn on it in the
-colour of what became of them (kept, rejected by the check for its first reason, unreadable), and
-a legend of the colours it uses."""
+"""The QA picture of a tiled slide: thumbnail, the mask's outlines (tissue, and apart from it what the
+mask took for ink), the patches drawn on it in the colour of what became of them (kept, rejected by
+the check for its first reason, unreadable), and a legend of the colours it uses."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.mask import INK, TISSUE
 from engine.qc import REASONS
 
 KEPT, FAILED, OUTLINE = (0, 90, 255), (255, 0, 0), (0, 200, 0)
+INK_OUTLINE = (110, 0, 110)  # the mask's ink regions: tissue taken for ink shows as such, not as tissue
 # Rejection colours in REASONS order (tissue: orange, as before reasons existed); cycled if more.
 REJECTED = ((255, 160, 0), (255, 0, 255), (0, 230, 230), (255, 255, 0), (150, 60, 220), (140, 90, 40), (255, 150, 200))
 
@@ -37,9 +39,13 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
 def qa_picture(thumb: np.ndarray, mask: np.ndarray, downsample: float, tile0: int,
                kept, rejected=(), reasons=(), failed=(), max_side: int = 1024) -> Image.Image:
     """`downsample`: level-0 pixels per thumbnail pixel; coords are level-0 top-left corners;
-    `reasons`: the REASONS bitmask of each rejected patch (its first reason gives its colour)."""
+    `reasons`: the REASONS bitmask of each rejected patch (its first reason gives its colour);
+    `mask`: the tissue mask's labels (engine.mask: BACKGROUND, TISSUE, INK)."""
     img = thumb.copy()
-    img[mask_outline(mask)] = OUTLINE
+    edges = [("tissue edge", mask_outline(mask == TISSUE), OUTLINE),
+             ("ink edge", mask_outline(mask == INK), INK_OUTLINE)]
+    for _, where, colour in edges:
+        img[where] = colour
     side = max(img.shape[:2])
     scale = max_side / side if side > max_side else max(1.0, 600 / side)  # small thumbnails enlarged
     pic = Image.fromarray(img).resize((round(img.shape[1] * scale), round(img.shape[0] * scale)),
@@ -55,7 +61,8 @@ def qa_picture(thumb: np.ndarray, mask: np.ndarray, downsample: float, tile0: in
     for _, coords, colour in groups:
         for x, y in coords:
             draw.rectangle([x * k, y * k, (x + tile0) * k - 1, (y + tile0) * k - 1], outline=colour)
-    return with_legend(pic, [(name, colour) for name, coords, colour in groups if len(coords)])
+    return with_legend(pic, [(name, colour) for name, coords, colour in groups if len(coords)]
+                       + [(name, colour) for name, where, colour in edges if where.any()])
 
 
 def with_legend(pic: Image.Image, entries: list[tuple[str, tuple]]) -> Image.Image:

@@ -16,9 +16,9 @@ import pytest
 import histosynth as synth
 from engine.check import patch_qc_reference
 from engine.qc import REASONS, CheckParams, reasons_of
-from engine.mask import tissue_mask_reference
+from engine.mask import INK, TISSUE, tissue_mask_reference
 from engine.plan import PlanParams, plan_tiles_reference
-from engine.qa import FAILED, KEPT, qa_picture, reason_colours
+from engine.qa import FAILED, INK_OUTLINE, KEPT, OUTLINE, qa_picture, reason_colours
 from engine.readers import open_slide
 from engine.store import PatchStore
 from engine.tile import TileConfig, main, tile_slides
@@ -401,7 +401,21 @@ def test_qa_picture_colours_rejections_by_first_reason_with_a_legend():
     # only entries present
     assert {KEPT, FAILED, colours["ink"], colours["tissue"]} <= legend and colours["blur"] not in legend
     plain = np.asarray(qa_picture(thumb, mask, 16.0, 160, [(0, 0)]))
-    assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"]} == set()
+    assert {tuple(c) for c in plain[600:].reshape(-1, 3)} & {FAILED, colours["tissue"], OUTLINE, INK_OUTLINE} == set()
+
+
+def test_qa_picture_outlines_tissue_and_the_mask_s_ink_apart():
+    """Tissue the mask took for ink (bone, blood as red ink) shows as ink on the picture, not as tissue."""
+    thumb = np.full((60, 60, 3), 230, np.uint8)
+    mask = np.zeros((60, 60), np.uint8)
+    mask[10:30, 10:30] = TISSUE
+    mask[10:30, 30:50] = INK  # ink beside the tissue, sharing its right edge
+    pic = np.asarray(qa_picture(thumb, mask, 16.0, 160, []))[:600]  # 10x: thumbnail pixel (y, x) at (10y, 10x)
+    assert tuple(pic[105, 150]) == OUTLINE and tuple(pic[105, 295]) == OUTLINE  # tissue's top and right edge
+    assert tuple(pic[105, 305]) == INK_OUTLINE and tuple(pic[155, 495]) == INK_OUTLINE  # ink's left and right edge
+    assert tuple(pic[200, 200]) == (230, 230, 230) and tuple(pic[200, 400]) == (230, 230, 230)  # insides untouched
+    legend = {tuple(c) for c in np.asarray(qa_picture(thumb, mask, 16.0, 160, []))[600:].reshape(-1, 3)}
+    assert {OUTLINE, INK_OUTLINE} <= legend
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.readers.dicom import DICOM_SUFFIX, dicom_files
 from engine.readers.tile_cache import TileCache
-from engine.readers.tile_grid import assemble, tiles_covering
+from engine.readers.tile_grid import assemble, tiles_needed
 from engine.slide import Mpp, Slide, SlideError, TruncatedSlideError, plausible_mpp, to_rgb
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class DicomFramesSlide(Slide):
         regions = [(math.floor(int(x) / ds), math.floor(int(y) / ds)) for x, y in locations]  # as OpenSlide
         tw, th = lv.tile_w // scale, lv.tile_h // scale
         lw, lh = -(-lv.width // scale), -(-lv.height // scale)
-        needed = sorted({i for x, y in regions for i, _, _ in tiles_covering(x, y, w, h, tw, th, lv.across, lw, lh)})
+        needed = tiles_needed(regions, w, h, tw, th, lv.across, lw, lh)
         out = np.empty((len(regions), h, w, 3), np.uint8)
         with self._decoding:
             tiles, data = [], []
@@ -308,9 +308,7 @@ class DicomFramesSlide(Slide):
                             failed.append((k, f"{type(e).__name__}: {e}"))
                             break
                 if not failed:
-                    decoded = dict(zip(needed, tiles))
-                    for k, (x, y) in enumerate(regions):
-                        assemble(decoded, x, y, out[k], tw, th, lv.across, lw, lh)
+                    assemble(dict(zip(needed, tiles)), regions, out, tw, th, lv.across, lw, lh)
             bad = {k for k, _ in failed}
             self._cache.put(((level, scale, i), t) for k, (i, t, d) in enumerate(zip(needed, tiles, data))
                            if d is not None and t is not None and k not in bad)

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from engine.readers.tile_cache import TileCache
-from engine.readers.tile_grid import assemble, tiles_covering
+from engine.readers.tile_grid import assemble, tiles_covering, tiles_needed
 from engine.readers.tiff_meta import TIFF_SUFFIXES, tiff_levels, tiff_mpp
 from engine.slide import Slide, SlideError, TruncatedSlideError, to_rgb
 
@@ -131,14 +131,12 @@ class TiffSlide(Slide):
         self.check_scale(level, scale)
         w, h = (int(v) for v in size)
         regions = [self._level_xy(int(x), int(y), level, scale) for x, y in locations]
-        needed = sorted({i for x, y in regions for i, _, _ in self._tiles_for(level, x, y, w, h, scale)})
+        grid = (*self._grid(self._pages[level], scale), *self._level_size(level, scale))
+        needed = tiles_needed(regions, w, h, *grid)
         out = np.empty((len(regions), h, w, 3), np.uint8)
         if self._jpeg[level] is not None:
             return self._read_native(level, scale, needed, regions, out)
-        tiles = {i: self._tile(level, i) for i in needed}  # the union of tiles, each decoded once
-        grid = (*self._grid(self._pages[level]), *self.level_dimensions[level])
-        for k, (x, y) in enumerate(regions):
-            assemble(tiles, x, y, out[k], *grid)
+        assemble({i: self._tile(level, i) for i in needed}, regions, out, *grid)  # each shared tile decoded once
         return out
 
     def _read_native(self, level: int, scale: int, needed: list[int], regions: list, out: np.ndarray) -> np.ndarray:

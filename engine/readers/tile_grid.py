@@ -13,15 +13,22 @@ def tiles_covering(x: int, y: int, w: int, h: int, tw: int, th: int, across: int
     return [(r * across + c, c * tw, r * th) for r in range(r0, r1) for c in range(c0, c1)]
 
 
-def assemble(tiles: dict, x: int, y: int, out: np.ndarray, tw: int, th: int, across: int, lw: int, lh: int) -> None:
-    """Copy the region at (x, y), the size of `out` (h, w, 3), from the decoded `tiles` (index -> array);
-    white outside the level (and over a tile's padding beyond it)."""
-    h, w = out.shape[:2]
-    if x < 0 or y < 0 or x + w > lw or y + h > lh:
-        out[:] = 255
-    for index, tx, ty in tiles_covering(x, y, w, h, tw, th, across, lw, lh):
-        tile = tiles[index]
-        ax0, ay0 = max(x, tx), max(y, ty)
-        ax1, ay1 = min(x + w, tx + tile.shape[1], lw), min(y + h, ty + tile.shape[0], lh)
-        if ax1 > ax0 and ay1 > ay0:
-            out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
+def tiles_needed(regions, w: int, h: int, tw: int, th: int, across: int, lw: int, lh: int) -> list[int]:
+    """The index of every tile that some w x h region (top-left (x, y) in `regions`) overlaps, ascending,
+    each once: a batch of regions decodes each tile it shares once."""
+    return sorted({i for x, y in regions for i, _, _ in tiles_covering(x, y, w, h, tw, th, across, lw, lh)})
+
+
+def assemble(tiles: dict, regions, out: np.ndarray, tw: int, th: int, across: int, lw: int, lh: int) -> None:
+    """Copy each region (top-left (x, y) in `regions`) into out[k] (n, h, w, 3) from the decoded `tiles`
+    (index -> array); white outside the level (and over a tile's padding beyond it)."""
+    h, w = out.shape[1:3]
+    for patch, (x, y) in zip(out, regions):
+        if x < 0 or y < 0 or x + w > lw or y + h > lh:
+            patch[:] = 255
+        for index, tx, ty in tiles_covering(x, y, w, h, tw, th, across, lw, lh):
+            tile = tiles[index]
+            ax0, ay0 = max(x, tx), max(y, ty)
+            ax1, ay1 = min(x + w, tx + tile.shape[1], lw), min(y + h, ty + tile.shape[0], lh)
+            if ax1 > ax0 and ay1 > ay0:
+                patch[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]

@@ -4,6 +4,8 @@
     runs/NAME/checkpoints/step-00001000.json          step, optimizer hyper-parameters, the
                                                        tensors file's SHA-256; written last
 
+An exported run (histogen.export) holds weights only, in float16, with no optimizer state or RNG.
+
 Both are written to temporary names and renamed, the JSON last, so a checkpoint exists only when
 whole; one that fails (a full disk) leaves nothing behind. A file that does not match its recorded
 hash is reported and passed over.
@@ -57,15 +59,21 @@ def _rng_state() -> dict:
 
 def save(folder: Path, step: int, nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer],
          extra: dict | None = None, keep: int = 3) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for name, net in nets.items():
         for key, value in net.state_dict().items():
             tensors[f"net/{name}/{key}"] = value.detach().cpu().contiguous().clone()  # no shared storage in safetensors
-    meta = {"format": FORMAT, "step": step,
-            "optimizers": {n: _flatten_optimizer(n, o, tensors) for n, o in opts.items()},
-            "extra": extra or {}}
+    optimizers = {n: _flatten_optimizer(n, o, tensors) for n, o in opts.items()}
     tensors.update(_rng_state())
+    return write(folder, step, tensors, optimizers, extra, keep)
+
+
+def write(folder: Path, step: int, tensors: dict[str, torch.Tensor], optimizers: dict, extra: dict | None = None,
+          keep: int = 3) -> Path:
+    """Write one checkpoint of `tensors` (net/NAME/KEY, opt/NAME/..., rng/...) atomically and prune
+    the folder to its last `keep`; `optimizers` holds each optimizer's param_groups."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "step": step, "optimizers": optimizers, "extra": extra or {}}
     stem = folder / f"step-{step:08d}"
     written = [stem.with_suffix(".safetensors.tmp"), stem.with_suffix(".safetensors"), stem.with_suffix(".json.tmp")]
     try:
@@ -117,10 +125,15 @@ def latest(folder: Path) -> tuple[dict, dict] | None:
 
 def restore(meta: dict, tensors: dict, nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer],
             rng: bool = True) -> None:
+    """Load a checkpoint into `nets` and `opts`. An exported one (histogen.export: weights only, the
+    sampling net's being its EMA) leaves the optimizers fresh: their moments start at zero and their
+    EMA at the weights."""
     for name, net in nets.items():
         prefix = f"net/{name}/"
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     for name, opt in opts.items():
+        if name not in meta["optimizers"]:
+            continue
         state: dict = {}
         prefix = f"opt/{name}/"
         for k, v in tensors.items():
@@ -128,7 +141,7 @@ def restore(meta: dict, tensors: dict, nets: dict[str, torch.nn.Module], opts: d
                 idx, key = k[len(prefix):].split("/", 1)
                 state.setdefault(int(idx), {})[key] = v
         opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]["param_groups"]})
-    if rng:
+    if rng and "rng/torch" in tensors:
         torch.set_rng_state(tensors["rng/torch"])
         if torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]

@@ -1,5 +1,6 @@
-"""histogen train | sample | eval: the command line; the work is in histogen.train, histogen.sample
-and histogen.evaluate. Flag defaults come from the settings they fill (Sampling, EvalConfig)."""
+"""histogen train | sample | eval | export: the command line; the work is in histogen.train,
+histogen.sample, histogen.evaluate and histogen.export. Flag defaults come from the settings they fill
+(Sampling, EvalConfig)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from histogen import config
 from histogen.config import ConfigError
 from histogen.evaluate import EvalConfig, evaluate
 from histogen.evaluation.settings import encoder_flags
+from histogen.export import export_run
 from histogen.report import console_lines
 from histogen.models.registry import KINDS
 from histogen.sample import sample_run
@@ -72,7 +74,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=d.guidance)
     e.add_argument("--batch-size", type=int, default=d.batch_size)
     e.add_argument("--seed", type=int, default=d.seed)
+    x = sub.add_parser("export", help="write a run's latest EMA weights (float16, no optimizer state) as a run "
+                                      "folder to ship; latent diffusion's autoencoder goes inside it")
+    x.add_argument("--run", required=True, type=Path)
+    x.add_argument("--out", required=True, type=Path, help="a new folder")
     return p
+
+
+def run_export(a) -> int:
+    step = export_run(a.run, a.out)
+    size = sum(f.stat().st_size for f in a.out.rglob("*.safetensors"))
+    print(f"{a.out}: step {step} of {a.run}, {size / 1e6:.1f} MB of weights")
+    return 0
 
 
 def run_train(a) -> int:
@@ -111,7 +124,7 @@ def run_eval(a) -> int:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     setup_logging()
-    job = {"train": run_train, "sample": run_sample, "eval": run_eval}[a.command]
+    job = {"train": run_train, "sample": run_sample, "eval": run_eval, "export": run_export}[a.command]
     flags = encoder_flags((a.encoder or [EvalConfig().encoder])[0]) if a.command == "eval" else None
     return run_command(lambda: job(a), log, INTERRUPTED, flags=flags)
 

@@ -12,6 +12,7 @@ reads each file once, when first asked for.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -60,7 +61,11 @@ class RunFolder:
         if not self.started:
             raise TrainError(f"{self.path}: not a training run (no config.yaml); "
                              "give the --out folder of histogen train")
-        return config.load(self.path / "config.yaml")
+        cfg = config.load(self.path / "config.yaml")
+        if cfg.autoencoder and not Path(cfg.autoencoder).is_absolute():
+            # an exported run carries its autoencoder inside (histogen.export): relative to this folder
+            cfg = dataclasses.replace(cfg, autoencoder=str((self.path / cfg.autoencoder).resolve()))
+        return cfg
 
     @cached_property
     def vocabulary(self) -> Vocabulary | None:

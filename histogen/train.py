@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     device = d.device()
     comp = compute.decide(device, cfg.train.bf16, cfg.train.channels_last, cfg.train.threads,
                           int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
+    if cfg.autoencoder:  # written absolute: a relative path in config.yaml is the run folder's own (export)
+        cfg = replace(cfg, autoencoder=str(Path(cfg.autoencoder).resolve()))
     folder = RunFolder(out)
     folder.check_resume(cfg)
     try:
@@ -108,6 +110,9 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         checkpoint.restore(meta, tensors, dict(task.nets), opts)
         start = int(meta["step"])
         log.info("resuming %s at step %d", out, start)
+        if not meta["optimizers"]:
+            log.info("%s holds exported weights only: the optimizer's moments start afresh, its EMA at the weights",
+                     out)
     if start >= cfg.train.steps:
         log.info("%s: already trained for %d steps", out, start)
         return Result(start, {}, 0.0, 0.0)

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,10 +78,6 @@ class Budget:
     sample_steps: int = 50  # DDIM steps when sampling for evaluation
     images_per_folder: int | None = None  # a subset of each folder (smoke)
     folders: tuple[str, ...] | None = None  # only these sub-folders of --data (None: all)
-    # A run folder of the checkout whose checkpoint a run of this budget starts from when it is further
-    # along than the run's own: the shipped model's training goes on, sitting after sitting, from the
-    # committed checkpoint (without --set overrides only: other settings are another run).
-    start_from: str | None = None
 
 
 BUDGETS = {
@@ -198,21 +193,6 @@ def run_folder(work: Path, budget: str, preset: str, cfg, stores: list[Path]) ->
     return work / "runs" / f"{budget}-{preset}-{digest([asdict(cfg), [s.name for s in stores]])}"
 
 
-def continue_from(shipped: Path, run: Path) -> None:
-    """Put `shipped`'s newest checkpoint into `run` when it is further along than the run's own."""
-    def newest(folder: Path) -> Path | None:
-        found = sorted((folder / "checkpoints").glob("step-*.json"))
-        return found[-1] if found else None
-
-    theirs, ours = newest(shipped), newest(run)
-    if theirs is None or (ours is not None and ours.name >= theirs.name):
-        return
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for part in (theirs.with_suffix(".safetensors"), theirs):  # the JSON last: a checkpoint exists once whole
-        shutil.copyfile(part, run / "checkpoints" / part.name)
-    log.info("%s: continuing from %s's checkpoint %s", run, shipped, theirs.stem)
-
-
 def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, budget: Budget, extra: list[str],
                 show: bool | None, embedding: str = DEFAULT) -> tuple[Path, dict]:
     """Train (or resume) `kind` under the budget, conditioned on `embedding`'s embeddings where it is
@@ -224,8 +204,6 @@ def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, bud
     overrides = [*budget.overrides, *kind_overrides, *named_embedding, *extra]
     cfg = config.resolve(preset, overrides)
     run = run_folder(work, budget_name, preset, cfg, stores)
-    if budget.start_from and not extra:
-        continue_from(CHECKOUT / budget.start_from, run)
     result = train(cfg, stores, run, show_progress=show)
     info = {"preset": preset, "overrides": " ".join(overrides) or "none", "steps": cfg.train.steps,
             "batch": cfg.train.batch_size, "run": str(run)}

@@ -182,21 +182,3 @@ def test_conditioned_route_without_an_encoder_says_what_to_do(tmp_path, caplog):
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "diffusion-pf needs an encoder" in line and "no-encoder: no such directory" in line
     assert "pass --encoder DIR" in line and "histosynth.standin_model" in line and "--model" not in line
-
-
-def test_a_budget_continues_from_the_shipped_checkpoint_when_it_is_further_along(tmp_path):
-    import torch
-
-    from benchmarks.quality import continue_from
-    from histogen import checkpoint
-
-    net = torch.nn.Linear(2, 2)
-    shipped, run = tmp_path / "shipped", tmp_path / "run"
-    checkpoint.save(shipped / "checkpoints", 400, {"net": net}, {})
-    continue_from(shipped, run)  # a new run: starts from step 400
-    assert checkpoint.latest(run / "checkpoints")[0]["step"] == 400
-    checkpoint.save(run / "checkpoints", 600, {"net": net}, {})
-    continue_from(shipped, run)  # the run is further along: left as it is
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == ["step-00000400.json", "step-00000600.json"]
-    continue_from(tmp_path / "nothing", run)  # no shipped checkpoint: nothing happens
-    assert checkpoint.latest(run / "checkpoints")[0]["step"] == 600

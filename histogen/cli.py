@@ -78,11 +78,14 @@ def parser() -> argparse.ArgumentParser:
                                       "folder to ship; latent diffusion's autoencoder goes inside it")
     x.add_argument("--run", required=True, type=Path)
     x.add_argument("--out", required=True, type=Path, help="a new folder")
+    x.add_argument("--autoencoder", type=Path,
+                   help="latent diffusion: ship this autoencoder run instead of the one it trained on (a decoder "
+                        "fine-tuned on the same encoder, model.train_encoder=false)")
     return p
 
 
 def run_export(a) -> int:
-    step = export_run(a.run, a.out)
+    step = export_run(a.run, a.out, a.autoencoder)
     size = sum(f.stat().st_size for f in a.out.rglob("*.safetensors"))
     print(f"{a.out}: step {step} of {a.run}, {size / 1e6:.1f} MB of weights")
     return 0

@@ -148,6 +148,9 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept; older ones are pruned
     sample_steps: int = Sampling().steps  # DDIM steps for the periodic grids
     guidance: float = Sampling().guidance
+    # a run folder whose latest weights start this run (fine-tuning): its sampling net's EMA, its other nets'
+    # weights; nets it lacks start fresh. Read at step 0 only; the optimizer starts afresh.
+    init_from: str | None = None
 
     def __post_init__(self):
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
@@ -178,6 +181,9 @@ class RunConfig:
         require(8 <= self.resolution <= 1024,
                 f"resolution must be an integer number of pixels (64 to 512 for the presets), not {self.resolution!r}")
         model_config(self.kind, self.model)  # the model section is checked with the rest, before any use
+        require(self.model.get("train_encoder", True) or self.train.init_from,
+                "model.train_encoder=false keeps the encoder as it starts: give the autoencoder run to start from "
+                "(--set train.init_from=RUN)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

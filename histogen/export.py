@@ -14,25 +14,29 @@ from pathlib import Path
 import torch
 
 from histogen import checkpoint, config
-from histogen.run import ema_net, load_run
+from histogen.run import ema_net, load_autoencoder, load_run
 from histogen.run_folder import RunFolder, TrainError
 
 log = logging.getLogger("histogen.export")
 AUTOENCODER = "autoencoder"  # the exported autoencoder's folder, inside the exported run
 
 
-def export_run(run: Path, out: Path) -> int:
-    """Write `run`'s latest checkpoint as an exported run in `out`; returns its step."""
+def export_run(run: Path, out: Path, autoencoder: Path | None = None) -> int:
+    """Write `run`'s latest checkpoint as an exported run in `out`; returns its step. `autoencoder`:
+    for latent diffusion, another autoencoder run to ship in place of the one it trained on, whose
+    encoder must be that one's (a decoder fine-tuned with model.train_encoder false)."""
     source = RunFolder(run)
     if RunFolder(out).started:
         raise TrainError(f"{out} already holds a run; export into a new folder")
+    if autoencoder is not None:
+        check_same_encoder(source, RunFolder(autoencoder))
     task, opts, step = load_run(source, torch.device("cpu"))
     nets = {**dict(task.nets), task.sample_net: ema_net(task, opts)}
     tensors = {f"net/{name}/{key}": (v.half() if v.is_floating_point() else v).contiguous().clone()
                for name, net in nets.items() for key, v in net.state_dict().items()}
     cfg = source.cfg
     if cfg.autoencoder:
-        export_run(Path(cfg.autoencoder), out / AUTOENCODER)
+        export_run(autoencoder or Path(cfg.autoencoder), out / AUTOENCODER)
         cfg = dataclasses.replace(cfg, autoencoder=AUTOENCODER)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("split.json", "labels.json"):
@@ -45,3 +49,15 @@ def export_run(run: Path, out: Path) -> int:
     log.info("%s: step %d exported to %s (%.1f MB)", run, step, out,
              written.with_suffix(".safetensors").stat().st_size / 1e6)
     return step
+
+
+def check_same_encoder(run: RunFolder, autoencoder: RunFolder) -> None:
+    """Refuse an autoencoder whose encoder differs from the one `run`'s latents came from."""
+    if not run.cfg.autoencoder:
+        raise TrainError(f"--autoencoder: {run.path} is not latent diffusion; it has no autoencoder to replace")
+    cpu = torch.device("cpu")
+    trained_on = load_autoencoder(RunFolder(run.cfg.autoencoder), cpu).encoder.state_dict()
+    given = load_autoencoder(autoencoder, cpu).encoder.state_dict()
+    if trained_on.keys() != given.keys() or not all(torch.equal(trained_on[k], given[k]) for k in given):
+        raise TrainError(f"--autoencoder: {autoencoder.path}'s encoder is not the one {run.path} was trained on "
+                         f"({run.cfg.autoencoder}); give a decoder fine-tuned from it with model.train_encoder=false")

@@ -80,6 +80,22 @@ def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, A
     return task, opts, int(meta["step"])
 
 
+def init_from(task: Task, source: RunFolder, device: torch.device) -> None:
+    """Start `task`'s nets from `source`'s latest weights (train.init_from): the sampling net from its
+    EMA, the others from their weights; a net `source` lacks keeps its initialisation."""
+    if source.cfg.kind != task.kind:
+        raise ConfigError(f"train.init_from: {source.path} trained a {source.cfg.kind}, not a {task.kind}")
+    theirs, opts, _ = load_run(source, device)
+    weights = {**dict(theirs.nets), theirs.sample_net: ema_net(theirs, opts)}
+    for name, net in task.nets.items():
+        if name in weights:
+            try:
+                net.load_state_dict(weights[name].state_dict())
+            except RuntimeError as e:
+                raise ConfigError(f"train.init_from: {source.path}'s {name} has another shape than this run's; "
+                                  f"start from a run of the same model settings ({str(e).splitlines()[0]})") from e
+
+
 def load_autoencoder(folder: RunFolder, device: torch.device) -> torch.nn.Module:
     """The frozen EMA autoencoder of an autoencoder run: the latent space of latent diffusion."""
     task, opts, _ = load_run(folder, device)

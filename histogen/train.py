@@ -25,7 +25,7 @@ from histogen.config import RunConfig
 from histogen.images import save_grid
 from histogen.labels import Vocabulary, labelled
 from histogen.models.task import NonFiniteLoss, Task
-from histogen.run import build, ema_net
+from histogen.run import build, ema_net, init_from
 from histogen.run_folder import RunFolder, TrainError
 from histogen.tblog import ScalarWriter
 
@@ -78,6 +78,8 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
                           int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
     if cfg.autoencoder:  # written absolute: a relative path in config.yaml is the run folder's own (export)
         cfg = replace(cfg, autoencoder=str(Path(cfg.autoencoder).resolve()))
+    if cfg.train.init_from:
+        cfg = replace(cfg, train=replace(cfg.train, init_from=str(Path(cfg.train.init_from).resolve())))
     folder = RunFolder(out)
     folder.check_resume(cfg)
     try:
@@ -113,6 +115,9 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         if not meta["optimizers"]:
             log.info("%s holds exported weights only: the optimizer's moments start afresh, its EMA at the weights",
                      out)
+    elif cfg.train.init_from:
+        init_from(task, RunFolder(cfg.train.init_from), device)
+        log.info("%s: starting from the weights of %s", out, cfg.train.init_from)
     if start >= cfg.train.steps:
         log.info("%s: already trained for %d steps", out, start)
         return Result(start, {}, 0.0, 0.0)

@@ -44,6 +44,9 @@ class AutoencoderConfig:
     lr_d: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
+    # False: the encoder keeps its initial weights (train.init_from): a decoder fine-tuned under a latent
+    # diffusion already trained on this encoder's latents (histogen export --autoencoder swaps it in)
+    train_encoder: bool = True
 
     def __post_init__(self):
         require(len(self.channel_mult) >= 1 and self.num_res_blocks >= 1,
@@ -160,6 +163,8 @@ class AutoencoderTask(Task):
                              "(condition the diffusion on them)")
         check_resolution(resolution, cfg.downsample, f"the autoencoder downsamples by {cfg.downsample}")
         nets = {"ae": Autoencoder(cfg)}
+        if not cfg.train_encoder:
+            nets["ae"].encoder.requires_grad_(False)  # no gradient: its optimizer passes it over, its EMA is itself
         if cfg.disc_weight > 0:
             nets["disc"] = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
         super().__init__(nets, cfg.optimizers())

@@ -1,5 +1,7 @@
 """histogen export: a run folder to ship (EMA weights in float16, no optimizer state) that samples as
-its source run does, stands alone with its autoencoder inside, and trains on from its weights."""
+its source run does, stands alone with its autoencoder inside, and trains on from its weights; a
+decoder fine-tuned on a frozen encoder (train.init_from, model.train_encoder false) shipped in place
+of the autoencoder a latent diffusion trained on, and only where the encoder is that one."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +15,7 @@ from safetensors.torch import load_file
 
 from histogen import checkpoint, config
 from histogen.cli import main
+from histogen.config import ConfigError
 from histogen.export import export_run
 from histogen.run import ema_net, load_run
 from histogen.run_folder import RunFolder, TrainError
@@ -29,15 +32,17 @@ def ldm_cfg(ae: Path, steps: int):
                                                "data.conditional=false", f"train.steps={steps}"] + STEPS)
 
 
+AE = ["resolution=16", "train.batch_size=4", "train.steps=3", "model.channel_mult=[1, 2, 2, 2]",
+      "model.disc_channels=8", "model.disc_layers=2"] + STEPS
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(store, autoencoder run, latent diffusion run on it), trained 3 steps each."""
     root = tmp_path_factory.mktemp("export")
     store = make_store(root / "p.zarr", {"s1": 12, "s2": 10, "s3": 9}, patch=32)
     ae = root / "ae"
-    train(config.resolve("ae-tiny", ["resolution=16", "train.batch_size=4", "train.steps=3",
-                                     "model.channel_mult=[1, 2, 2, 2]", "model.disc_channels=8",
-                                     "model.disc_layers=2"] + STEPS), [store], ae, show_progress=False)
+    train(config.resolve("ae-tiny", AE), [store], ae, show_progress=False)
     ldm = root / "ldm"
     train(ldm_cfg(ae, 3), [store], ldm, show_progress=False)
     return store, ae, ldm
@@ -94,3 +99,36 @@ def test_export_refuses_a_folder_that_holds_a_run(runs):
     _, ae, ldm = runs
     with pytest.raises(TrainError, match="already holds a run"):
         export_run(ldm, ae)
+
+
+def ae_of(run: Path) -> torch.nn.Module:
+    task, opts, _ = load_run(RunFolder(run), torch.device("cpu"))
+    return ema_net(task, opts)
+
+
+def test_a_decoder_fine_tuned_on_the_frozen_encoder_ships_with_the_latent_run(runs, tmp_path):
+    store, ae, ldm = runs
+    decoder = tmp_path / "decoder"
+    train(config.resolve("ae-tiny", AE + ["model.train_encoder=false", "model.disc_start=0",
+                                          f"train.init_from={ae}"]), [store], decoder, show_progress=False)
+    before, after = ae_of(ae), ae_of(decoder)
+    for key, value in before.encoder.state_dict().items():  # the encoder is the EMA one the diffusion used
+        torch.testing.assert_close(after.encoder.state_dict()[key], value, rtol=0, atol=0)
+    trained = after.decoder.state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in before.decoder.state_dict().items())
+
+    main(["export", "--run", str(ldm), "--out", str(tmp_path / "x"), "--autoencoder", str(decoder)])
+    shipped = ae_of(tmp_path / "x" / "autoencoder")
+    for key, value in trained.items():
+        torch.testing.assert_close(shipped.decoder.state_dict()[key].float(), value.half().float(), rtol=0, atol=0)
+
+    other = tmp_path / "other"  # trained on its own: another encoder, another latent space
+    train(config.resolve("ae-tiny", AE + ["train.seed=1"]), [store], other, show_progress=False)
+    with pytest.raises(TrainError, match="encoder is not the one"):
+        export_run(ldm, tmp_path / "y", other)
+    assert not (tmp_path / "y").exists()
+
+
+def test_a_frozen_encoder_needs_a_run_to_start_from():
+    with pytest.raises(ConfigError, match="train.init_from"):
+        config.resolve("ae-tiny", AE + ["model.train_encoder=false"])

@@ -95,9 +95,9 @@ BUDGETS = {
                     n_eval=256, sample_steps=20),
     # About 30 minutes per model on an idle 2-core CPU (steps chosen from measured CPU s/step, see the presets).
     "cpu": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"}, n_eval=1000, sample_steps=50),
-    # The shipped model pretrained/he64 (its MODEL_CARD.md): diffusion on the folders whose licences
-    # allow a derived model to be redistributed (CAMELYON16 CC0, osteosarcoma CC BY 3.0), trained in
-    # sittings of the same command, about 4 hours of a 2-core CPU in all.
+    # The first shipped model pretrained/he64 (pixel diffusion; latent diffusion replaced it, whose three runs
+    # its MODEL_CARD.md gives) on the folders whose licences allow a derived model to be redistributed
+    # (CAMELYON16 CC0, osteosarcoma CC BY 3.0): the stores both trained on.
     "he64": Budget({"diffusion": "diffusion-64-he"}, n_eval=1000, sample_steps=50,
                    folders=("camelyon", "osteosarcoma")),
     # The full-size 64 px models for a GPU.

@@ -181,9 +181,6 @@ class RunConfig:
         require(8 <= self.resolution <= 1024,
                 f"resolution must be an integer number of pixels (64 to 512 for the presets), not {self.resolution!r}")
         model_config(self.kind, self.model)  # the model section is checked with the rest, before any use
-        require(self.model.get("train_encoder", True) or self.train.init_from,
-                "model.train_encoder=false keeps the encoder as it starts: give the autoencoder run to start from "
-                "(--set train.init_from=RUN)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -82,6 +82,9 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(Path(cfg.train.init_from).resolve())))
     folder = RunFolder(out)
     folder.check_resume(cfg)
+    if not folder.started and not cfg.model.get("train_encoder", True) and not cfg.train.init_from:
+        raise TrainError("model.train_encoder=false keeps the encoder as it starts: give the autoencoder run to "
+                         "start from (--set train.init_from=RUN)")
     try:
         refs = list_slides(stores, cfg.resolution, cfg.data.conditional, cfg.data.qc, embedding=cfg.data.embedding)
         cond_dim = embedding_width(refs, cfg.data.embedding) if cfg.data.conditional else None

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from histogen import checkpoint, config
 from histogen.cli import main
-from histogen.config import ConfigError
 from histogen.export import export_run
 from histogen.run import ema_net, load_run
 from histogen.run_folder import RunFolder, TrainError
@@ -129,6 +128,8 @@ def test_a_decoder_fine_tuned_on_the_frozen_encoder_ships_with_the_latent_run(ru
     assert not (tmp_path / "y").exists()
 
 
-def test_a_frozen_encoder_needs_a_run_to_start_from():
-    with pytest.raises(ConfigError, match="train.init_from"):
-        config.resolve("ae-tiny", AE + ["model.train_encoder=false"])
+def test_a_frozen_encoder_needs_a_run_to_start_from(runs, tmp_path):
+    with pytest.raises(TrainError, match="train.init_from"):
+        train(config.resolve("ae-tiny", AE + ["model.train_encoder=false"]), [runs[0]], tmp_path / "r",
+              show_progress=False)
+    assert not (tmp_path / "r").exists()  # refused before anything is written

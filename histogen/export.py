@@ -28,9 +28,13 @@ def export_run(run: Path, out: Path, autoencoder: Path | None = None) -> int:
     source = RunFolder(run)
     if RunFolder(out).started:
         raise TrainError(f"{out} already holds a run; export into a new folder")
+    task, opts, meta = load_run(source, torch.device("cpu"))
     if autoencoder is not None:
-        check_same_encoder(source, RunFolder(autoencoder))
-    task, opts, step = load_run(source, torch.device("cpu"))
+        trained_on = getattr(task, "autoencoder", None)  # latent diffusion's frozen autoencoder, loaded with it
+        if trained_on is None:
+            raise TrainError(f"--autoencoder: {run} is not latent diffusion; it has no autoencoder to replace")
+        check_same_encoder(trained_on, source, RunFolder(autoencoder))
+    step = int(meta["step"])
     nets = {**dict(task.nets), task.sample_net: ema_net(task, opts)}
     tensors = {f"net/{name}/{key}": (v.half() if v.is_floating_point() else v).contiguous().clone()
                for name, net in nets.items() for key, v in net.state_dict().items()}
@@ -42,7 +46,6 @@ def export_run(run: Path, out: Path, autoencoder: Path | None = None) -> int:
     for name in ("split.json", "labels.json"):
         if (source.path / name).is_file():
             shutil.copyfile(source.path / name, out / name)
-    meta = checkpoint.latest(source.checkpoints)[0]
     extra = {**meta["extra"], "exported_from": str(run)}
     written = checkpoint.write(RunFolder(out).checkpoints, step, tensors, {}, extra, keep=1)
     config.save(cfg, out / "config.yaml")  # last: the folder is a run once its checkpoint is whole
@@ -51,13 +54,10 @@ def export_run(run: Path, out: Path, autoencoder: Path | None = None) -> int:
     return step
 
 
-def check_same_encoder(run: RunFolder, autoencoder: RunFolder) -> None:
-    """Refuse an autoencoder whose encoder differs from the one `run`'s latents came from."""
-    if not run.cfg.autoencoder:
-        raise TrainError(f"--autoencoder: {run.path} is not latent diffusion; it has no autoencoder to replace")
-    cpu = torch.device("cpu")
-    trained_on = load_autoencoder(RunFolder(run.cfg.autoencoder), cpu).encoder.state_dict()
-    given = load_autoencoder(autoencoder, cpu).encoder.state_dict()
+def check_same_encoder(trained_on: torch.nn.Module, run: RunFolder, autoencoder: RunFolder) -> None:
+    """Refuse an autoencoder whose encoder differs from `trained_on`, the one `run`'s latents came from."""
+    given = load_autoencoder(autoencoder, torch.device("cpu")).encoder.state_dict()
+    trained_on = trained_on.encoder.state_dict()
     if trained_on.keys() != given.keys() or not all(torch.equal(trained_on[k], given[k]) for k in given):
         raise TrainError(f"--autoencoder: {autoencoder.path}'s encoder is not the one {run.path} was trained on "
                          f"({run.cfg.autoencoder}); give a decoder fine-tuned from it with model.train_encoder=false")

@@ -60,8 +60,9 @@ def ema_net(task: Task, opts: dict[str, AdamWEMA]) -> torch.nn.Module:
     return net
 
 
-def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, AdamWEMA], int]:
-    """A trained run's task (weights restored), its optimizers (with the EMA) and its step."""
+def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, AdamWEMA], dict]:
+    """A trained run's task (weights restored), its optimizers (with the EMA) and its latest
+    checkpoint's metadata (histogen.checkpoint: step, extra)."""
     cfg = folder.cfg
     found = checkpoint.latest(folder.checkpoints)
     if found is None:
@@ -77,7 +78,7 @@ def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, A
                          "missing; train it again or restore the file")
     task, opts = build(cfg, device, cond_dim, len(folder.vocabulary.classes) if cfg.data.label else 0)
     checkpoint.restore(meta, tensors, dict(task.nets), opts, rng=False)
-    return task, opts, int(meta["step"])
+    return task, opts, meta
 
 
 def init_from(task: Task, source: RunFolder, device: torch.device) -> None:
@@ -115,7 +116,8 @@ class RunSampler:
         t = folder.cfg.train
         # As the run trained: bf16 autocast where the device has it (3-4x faster sampling on such a CPU).
         self.compute = compute.decide(self.device, t.bf16, t.channels_last, t.threads)
-        self.task, opts, self.step = load_run(folder, self.device)
+        self.task, opts, meta = load_run(folder, self.device)
+        self.step = int(meta["step"])
         self.nets = {**dict(self.task.nets), self.task.sample_net: ema_net(self.task, opts).to(self.device)}
         for net in self.nets.values():
             self.compute.nets(net)

@@ -51,7 +51,8 @@ def test_exported_weights_are_the_ema_in_float16_without_optimizer_state(runs, t
     _, ae, ldm = runs
     assert main(["export", "--run", str(ldm), "--out", str(tmp_path / "x")]) == 0
     for source, exported in ((ldm, tmp_path / "x"), (ae, tmp_path / "x" / "autoencoder")):
-        task, opts, step = load_run(RunFolder(source), torch.device("cpu"))
+        task, opts, meta = load_run(RunFolder(source), torch.device("cpu"))
+        step = int(meta["step"])
         ema = ema_net(task, opts).state_dict()
         files = list((exported / "checkpoints").glob("*.safetensors"))
         assert [f.name for f in files] == [f"step-{step:08d}.safetensors"]

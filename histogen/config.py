@@ -151,10 +151,14 @@ class TrainConfig:
     # a run folder whose latest weights start this run (fine-tuning): its sampling net's EMA, its other nets'
     # weights; nets it lacks start fresh. Read at step 0 only; the optimizer starts afresh.
     init_from: str | None = None
+    # the last `cooldown` steps before train.steps take the learning rate linearly down to 0 (0: constant). A
+    # constant-rate run can end on such a decay when resumed: it may be set or changed on resume, as steps.
+    cooldown: int = 0
 
     def __post_init__(self):
         require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), not {self.ema_decay}")
         require(self.ema_warmup >= 0, f"train.ema_warmup must be at least 0, not {self.ema_warmup}")
+        require(self.cooldown >= 0, f"train.cooldown must be at least 0 (0: a constant rate), not {self.cooldown}")
         require(self.threads >= 0, f"train.threads must be at least 0 (0: from the cores), not {self.threads}")
         for key in ("batch_size", "steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep", "n_samples",
                     "sample_steps"):

@@ -25,9 +25,10 @@ from histogen.config import RunConfig
 from histogen.labels import Vocabulary
 from histogen.selection import select
 
-# Settings a resumed run may change: how long it trains, and how often it logs, samples and saves.
-FREE_ON_RESUME = {f"train.{k}" for k in ("steps", "log_every", "val_every", "sample_every", "ckpt_every", "keep",
-                                         "n_samples", "sample_steps", "guidance")} | {"data.workers"}
+# Settings a resumed run may change: how long it trains (and its final decay), and how often it logs, samples
+# and saves.
+FREE_ON_RESUME = {f"train.{k}" for k in ("steps", "cooldown", "log_every", "val_every", "sample_every", "ckpt_every",
+                                         "keep", "n_samples", "sample_steps", "guidance")} | {"data.workers"}
 
 
 class TrainError(UserError):

@@ -104,6 +104,7 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
     # settings it cannot use are refused before anything is written
     task, opts = build(cfg, device, cond_dim, len(vocab.classes) if vocab else 0)
+    base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in opts.items()}  # the config's
     comp.nets(task.nets)
     if d.main:
         folder.write(cfg, train_refs, val_refs, vocab)
@@ -124,6 +125,9 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
     if start >= cfg.train.steps:
         log.info("%s: already trained for %d steps", out, start)
         return Result(start, {}, 0.0, 0.0)
+    if cfg.train.cooldown:
+        log.info("%s: the learning rate falls linearly to 0 from step %d to %d", out,
+                 max(0, cfg.train.steps - cfg.train.cooldown), cfg.train.steps)
     nets = dict(task.nets)
     if cfg.train.compile:
         nets = {n: torch.compile(m) for n, m in nets.items()}
@@ -143,6 +147,10 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
         for step in range(start, t.steps):
             batch = next(batches)
             batch["images"] = comp.images(batch["images"])
+            scale = lr_scale(step, t.steps, t.cooldown)
+            for name, opt in opts.items():
+                for group, lr in zip(opt.param_groups, base_lr[name]):
+                    group["lr"] = lr * scale
             torch.manual_seed(derive_seed(t.seed, step, d.rank, 2))  # the model's own draws (noise, timesteps)
             task.nets.train()
             with comp.autocast():
@@ -175,6 +183,12 @@ def train(cfg: RunConfig, stores: list[Path], out: Path, show_progress: bool | N
             writer.close()
     seconds = time.perf_counter() - t0
     return Result(t.steps, metrics, seconds, seen / seconds if seconds else 0.0)
+
+
+def lr_scale(step: int, steps: int, cooldown: int) -> float:
+    """The learning rate's factor at (0-based) `step` of a run of `steps`: 1, then over the last `cooldown`
+    steps linearly down towards 0 (the last step's is 1 / cooldown)."""
+    return min(1.0, (steps - step) / cooldown) if cooldown else 1.0
 
 
 def validate(task: Task, refs, cfg: RunConfig, device: torch.device,

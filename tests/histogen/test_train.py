@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -24,7 +25,7 @@ from histogen.config import ConfigError
 from histogen.run import build_task
 from histogen.run_folder import TrainError
 from histogen.sample import sample_run
-from histogen.train import train
+from histogen.train import lr_scale, train
 from tests.support.stores import make_store
 from tests.support.training import SMALL
 
@@ -62,6 +63,30 @@ def test_resume_gives_the_same_weights(store, tmp_path):
     assert_same(final(tmp_path / "straight"), final(tmp_path / "resumed"))
     a = final(tmp_path / "straight")
     assert any(("ema" in k) and not torch.equal(a[k], a[k.replace("/ema", "/exp_avg")]) for k in a)
+
+
+def test_a_resumed_run_may_end_on_a_cooldown(store, tmp_path):
+    """train.cooldown, set when a constant-rate run is resumed: the last steps' updates shrink with the rate."""
+    sets = ["train.ckpt_every=1", "train.sample_every=100", "train.val_every=100"]
+    train(cfg("diffusion-tiny", "train.steps=3", *sets), [store], tmp_path / "a", show_progress=False)
+    for name in ("constant", "cooled"):
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+    train(cfg("diffusion-tiny", "train.steps=4", *sets), [store], tmp_path / "constant", show_progress=False)
+    train(cfg("diffusion-tiny", "train.steps=4", "train.cooldown=2", *sets), [store], tmp_path / "cooled",
+          show_progress=False)
+    before = final(tmp_path / "a")
+    constant, cooled = final(tmp_path / "constant"), final(tmp_path / "cooled")
+    assert lr_scale(3, 4, 2) == 0.5
+    weights = [k for k in before if k.startswith("net/unet/") and k.endswith("weight")]
+    # AdamW's step (moments and decoupled decay alike) is proportional to the rate; the moments are the same
+    for k in weights:
+        torch.testing.assert_close(cooled[k] - before[k], 0.5 * (constant[k] - before[k]), rtol=1e-3, atol=1e-7,
+                                   msg=k)
+    assert sum(float((constant[k] - before[k]).abs().sum()) for k in weights) > 0
+    exp_avg = [k for k in constant if k.endswith("/exp_avg")]
+    assert exp_avg and all(torch.equal(constant[k], cooled[k]) for k in exp_avg)
+    assert [lr_scale(s, 10, 4) for s in range(10)] == [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert lr_scale(5, 10, 0) == 1
 
 
 # `python -m histogen`, SIGKILLed by itself right after the checkpoint of step 4 is written: a

@@ -2,7 +2,7 @@
 for a fixed budget, sample, evaluate on the slides the runs held out (histogen.evaluate), and
 write sample grids beside real grids and a table of every metric with its real-vs-real floor.
 
-    python -m benchmarks quality [--data DIR] [--budget smoke|cpu|gpu] [--models diffusion gan diffusion-pf]
+    python -m benchmarks quality [--data DIR] [--budget smoke|short|cpu|he64|gpu] [--models diffusion gan diffusion-pf]
                                  [--set KEY=VALUE ...] [--encoder NAME[=WEIGHTS] | --encoder DIR]
 
 `diffusion-pf` is the study's route: the stores are embedded with --encoder (a name of
@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ from engine.tile import TileConfig, tile_slides
 from histogen import config
 from histogen.evaluate import EvalConfig, evaluate
 from histogen.evaluation.settings import encoder_flags
+from histogen.export import export_run
 from histogen.images import beside, grid
+from histogen.run_folder import RunFolder
 from histogen.train import train
 
 log = logging.getLogger("benchmarks.quality")
@@ -78,6 +81,11 @@ class Budget:
     sample_steps: int = 50  # DDIM steps when sampling for evaluation
     images_per_folder: int | None = None  # a subset of each folder (smoke)
     folders: tuple[str, ...] | None = None  # only these sub-folders of --data (None: all)
+    # Latent diffusion: the autoencoder preset trained first, whose run the diffusion's `autoencoder` names, and a
+    # preset fine-tuning its decoder from that run (train.init_from) to ship with the diffusion (histogen export
+    # --autoencoder); the evaluation samples the exported run, as a user of the shipped model would.
+    autoencoder: str | None = None
+    decoder: str | None = None
 
 
 BUDGETS = {
@@ -95,11 +103,11 @@ BUDGETS = {
                     n_eval=256, sample_steps=20),
     # About 30 minutes per model on an idle 2-core CPU (steps chosen from measured CPU s/step, see the presets).
     "cpu": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"}, n_eval=1000, sample_steps=50),
-    # The first shipped model pretrained/he64 (pixel diffusion; latent diffusion replaced it, whose three runs
-    # its MODEL_CARD.md gives) on the folders whose licences allow a derived model to be redistributed
-    # (CAMELYON16 CC0, osteosarcoma CC BY 3.0): the stores both trained on.
-    "he64": Budget({"diffusion": "diffusion-64-he"}, n_eval=1000, sample_steps=50,
-                   folders=("camelyon", "osteosarcoma")),
+    # The shipped model pretrained/he64 (its MODEL_CARD.md): latent diffusion on an f=4 autoencoder whose decoder is
+    # then fine-tuned, on the folders whose licences allow a derived model to be redistributed (CAMELYON16 CC0,
+    # osteosarcoma CC BY 3.0). About 2 h 40 min of training on an idle 2-core CPU.
+    "he64": Budget({"diffusion": "ldm-f4-he"}, n_eval=1000, sample_steps=50, folders=("camelyon", "osteosarcoma"),
+                   autoencoder="ae-f4-he", decoder="ae-f4-he-decoder"),
     # The full-size 64 px models for a GPU.
     "gpu": Budget({"diffusion": "diffusion-64", "gan": "gan-64"}, ("train.steps=20000",), n_eval=5000, sample_steps=50),
 }
@@ -193,15 +201,9 @@ def run_folder(work: Path, budget: str, preset: str, cfg, stores: list[Path]) ->
     return work / "runs" / f"{budget}-{preset}-{digest([asdict(cfg), [s.name for s in stores]])}"
 
 
-def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, budget: Budget, extra: list[str],
-                show: bool | None, embedding: str = DEFAULT) -> tuple[Path, dict]:
-    """Train (or resume) `kind` under the budget, conditioned on `embedding`'s embeddings where it is
-    conditional; (run folder, what the table says about the run)."""
-    base, kind_overrides = KIND_OVERRIDES.get(kind, (kind, ()))
-    preset = budget.presets[base]
-    conditional = "data.conditional=true" in kind_overrides
-    named_embedding = [f"data.embedding={embedding}"] if conditional and embedding != DEFAULT else []
-    overrides = [*budget.overrides, *kind_overrides, *named_embedding, *extra]
+def train_preset(preset: str, overrides: list[str], stores: list[Path], work: Path, budget_name: str,
+                 show: bool | None) -> tuple[Path, dict]:
+    """Train (or resume) one preset; (run folder, what the table says about the run)."""
     cfg = config.resolve(preset, overrides)
     run = run_folder(work, budget_name, preset, cfg, stores)
     result = train(cfg, stores, run, show_progress=show)
@@ -211,6 +213,35 @@ def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, bud
         info.update({"train seconds": result.seconds, "steps/s": result.images_per_s / cfg.train.batch_size,
                      "images/s": result.images_per_s})
     return run, info
+
+
+def train_model(kind: str, stores: list[Path], work: Path, budget_name: str, budget: Budget, extra: list[str],
+                show: bool | None, embedding: str = DEFAULT) -> tuple[Path, dict]:
+    """Train (or resume) `kind` under the budget, conditioned on `embedding`'s embeddings where it is
+    conditional, after its autoencoder and with its decoder where the budget has them; (the run to
+    evaluate, what the table says about it)."""
+    base, kind_overrides = KIND_OVERRIDES.get(kind, (kind, ()))
+    conditional = "data.conditional=true" in kind_overrides
+    named_embedding = [f"data.embedding={embedding}"] if conditional and embedding != DEFAULT else []
+    every = [*budget.overrides, *extra]  # the user's --set last: it wins, in every preset the budget trains
+    overrides = [*budget.overrides, *kind_overrides, *named_embedding, *extra]
+    if base != "diffusion" or budget.autoencoder is None:
+        return train_preset(budget.presets[base], overrides, stores, work, budget_name, show)
+    ae, ae_info = train_preset(budget.autoencoder, every, stores, work, budget_name, show)
+    run, info = train_preset(budget.presets[base], [*overrides, f"autoencoder={ae}"], stores, work, budget_name,
+                             show)
+    info.update({f"autoencoder {k}": v for k, v in ae_info.items()})
+    if budget.decoder is None:
+        return run, info
+    decoder, decoder_info = train_preset(budget.decoder, [*every, f"train.init_from={ae}"], stores, work,
+                                         budget_name, show)
+    info.update({f"decoder {k}": v for k, v in decoder_info.items()})
+    shipped = run.with_name(f"{run.name}-export-{digest(decoder.name)}")
+    if not RunFolder(shipped).started:  # export writes its config.yaml last
+        shutil.rmtree(shipped, ignore_errors=True)  # what an interrupted export left
+        export_run(run, shipped, autoencoder=decoder)
+    info["exported"] = str(shipped)
+    return shipped, info
 
 
 def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -243,15 +274,26 @@ def table(evals: dict) -> list[dict]:
 
 
 
+def budget_kinds(budget: Budget) -> list[str]:
+    """The models a budget trains unless --models says otherwise."""
+    return [k for k in KINDS_TRAINED if k in budget.presets]
+
+
 def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list[str], extra: list[str],
                 encoder: str, assume_mpp: float | None = None, show: bool | None = None) -> str:
     """The whole benchmark; returns the markdown it wrote to out/quality-BUDGET[-OVERRIDES].md."""
     budget = BUDGETS[budget_name]
+    trained = budget_kinds(budget)
+    kinds = list(kinds or trained)
+    untrained = [k for k in kinds if KIND_OVERRIDES.get(k, (k,))[0] not in budget.presets]
+    if untrained:
+        raise QualityError(f"budget {budget_name} has no preset for {', '.join(untrained)}",
+                           f"pass {{models}} {' '.join(trained)}, or another budget")
     t0 = time.perf_counter()
     stores = tile(data, work, budget, assume_mpp, show)
     tile_s = time.perf_counter() - t0
     # Runs of other models or settings do not overwrite the plain table.
-    name = "-".join([f"quality-{budget_name}", *(kinds if set(kinds) != set(KINDS_TRAINED) else []),
+    name = "-".join([f"quality-{budget_name}", *(kinds if set(kinds) != set(trained) else []),
                      *([digest(extra)] if extra else [])])
     pictures = out / name
     pictures.mkdir(parents=True, exist_ok=True)
@@ -289,12 +331,15 @@ def main(argv, work: Path, out: Path) -> int:
                                                                      "(default: ../shared/data/he beside the checkout)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu",
                    help="smoke: a minute, every stage; short: a first look, minutes per model; cpu: about 30 min per "
-                        "model on 2 cores; gpu: the full-size models")
-    p.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS_TRAINED),
-                   help="diffusion-pf: diffusion conditioned on --encoder's embedding of each patch "
+                        "model on 2 cores; he64: the shipped model's recipe, about 3 hours on 2 cores; gpu: the "
+                        "full-size models")
+    p.add_argument("--models", nargs="+", choices=KINDS, default=None,
+                   help="default: the budget's (diffusion and gan; he64: diffusion); diffusion-pf: diffusion "
+                        "conditioned on --encoder's embedding of each patch "
                         "(the stores are embedded first)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of both presets, e.g. --set model.lr=3e-4 (a run folder of its own)")
+                   help="override a key of every preset the budget trains, e.g. --set model.lr=3e-4 (a run folder "
+                        "of its own)")
     p.add_argument("--assume-mpp", type=float, default=None, help="µm/px of folders without an entry in the built-in "
                                                                    "table whose files carry no MPP")
     p.add_argument("--encoder", default=DEFAULT, metavar="NAME[=WEIGHTS]",
@@ -311,4 +356,5 @@ def main(argv, work: Path, out: Path) -> int:
         return 0
 
     return run_command(job, log, "stores and finished runs are kept; run the same command to resume",
-                       flags={"data": "--data", "assume_mpp": "--assume-mpp", **encoder_flags(a.encoder)})
+                       flags={"data": "--data", "assume_mpp": "--assume-mpp", "models": "--models",
+                              **encoder_flags(a.encoder)})

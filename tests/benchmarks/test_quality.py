@@ -182,3 +182,63 @@ def test_conditioned_route_without_an_encoder_says_what_to_do(tmp_path, caplog):
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "diffusion-pf needs an encoder" in line and "no-encoder: no such directory" in line
     assert "pass --encoder DIR" in line and "histosynth.standin_model" in line and "--model" not in line
+
+
+def test_he64_budget_chains_the_shipped_recipe(tmp_path, monkeypatch, caplog):
+    """--budget he64 (its runs cut to the smoke budget's size): the autoencoder, the latent diffusion on
+    it, the decoder fine-tuned from it, and the export that ships the two, which is what is evaluated;
+    a second call trains and exports nothing again; a model the budget has no preset for is one line."""
+    import dataclasses
+
+    import torch
+    import yaml
+
+    from benchmarks import quality
+    from histogen.run import ema_net, load_run
+    from histogen.run_folder import RunFolder
+
+    smoke = quality.BUDGETS["smoke"]
+    monkeypatch.setitem(quality.BUDGETS, "he64", dataclasses.replace(
+        quality.BUDGETS["he64"], overrides=smoke.overrides, n_eval=smoke.n_eval, sample_steps=smoke.sample_steps))
+    for i, name in enumerate(("camelyon", "osteosarcoma", "glas")):  # glas: not a folder this budget trains on
+        images(tmp_path / "data" / name, seed=i + 6)
+    argv = ["quality", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data",
+            str(tmp_path / "data"), "--budget", "he64", "--quiet", "--encoder", str(tmp_path / "no-encoder")]
+    assert main(argv) == 0
+    stores = sorted(p.name.split("-")[0] for p in (tmp_path / "work" / "quality" / "stores").glob("*.zarr"))
+    assert stores == ["camelyon", "osteosarcoma"]
+    payload = json.loads((tmp_path / "out" / "quality-he64.json").read_text())
+    assert (payload["diffusion preset"], payload["diffusion autoencoder preset"],
+            payload["diffusion decoder preset"]) == ("ldm-f4-he", "ae-f4-he", "ae-f4-he-decoder")
+    ae, ldm, decoder, shipped = (Path(payload[f"diffusion {k}"]) for k in ("autoencoder run", "run", "decoder run",
+                                                                             "exported"))
+    config_of = lambda run: yaml.safe_load((run / "config.yaml").read_text())  # noqa: E731
+    assert config_of(ldm)["autoencoder"] == str(ae) and config_of(decoder)["train"]["init_from"] == str(ae)
+    assert config_of(shipped)["autoencoder"] == "autoencoder"
+    ev = json.loads((tmp_path / "out" / "quality-he64" / "eval-diffusion" / "metrics.json").read_text())
+    assert ev["info"]["run"] == str(shipped) and ev["info"]["real_is_training"] is False
+    assert 0 <= ev["metrics"]["c2st"]["accuracy"] <= 1
+
+    def ema(run):
+        task, opts, _ = load_run(RunFolder(run), torch.device("cpu"))
+        return ema_net(task, opts)
+
+    # The shipped autoencoder is the fine-tuned decoder (in float16) on the encoder the diffusion trained on.
+    got, want, first = ema(shipped / "autoencoder"), ema(decoder), ema(ae)
+    for part, source in (("decoder", want), ("encoder", first)):
+        ours, theirs = getattr(got, part).state_dict(), getattr(source, part).state_dict()
+        for key, value in theirs.items():
+            torch.testing.assert_close(ours[key].float(), value.half().float(), rtol=0, atol=0)
+    assert any(not torch.equal(want.decoder.state_dict()[k], v) for k, v in first.decoder.state_dict().items())
+
+    exported = {p: p.stat().st_mtime_ns for p in shipped.rglob("*.safetensors")}
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "out" / "quality-he64.json").read_text())
+    assert not [k for k in again if k.endswith("train seconds")] and again["diffusion exported"] == str(shipped)
+    assert exported and {p: p.stat().st_mtime_ns for p in exported} == exported
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--models", "gan"]) == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "budget he64 has no preset for gan" in line and "pass --models diffusion" in line

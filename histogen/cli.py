@@ -74,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=d.guidance)
     e.add_argument("--batch-size", type=int, default=d.batch_size)
     e.add_argument("--seed", type=int, default=d.seed)
+    e.add_argument("--train-floor", action="store_true",
+                   help="also measure the run's training patches against the held-out ones (model-free measures): "
+                        "how far the tissue it learned from is from held-out tissue, which no model of it can be "
+                        "expected to beat")
     x = sub.add_parser("export", help="write a run's latest EMA weights (float16, no optimizer state) as a run "
                                       "folder to ship; latent diffusion's autoencoder goes inside it")
     x.add_argument("--run", required=True, type=Path)
@@ -117,7 +121,8 @@ def run_eval(a) -> int:
         raise ConfigError("--n must be at least 2, --steps and --batch-size at least 1")
     first, *more = a.encoder or [EvalConfig().encoder]
     cfg = EvalConfig(n=a.n, batch_size=a.batch_size, seed=a.seed, steps=a.steps, guidance=a.guidance, encoder=first,
-                     more_encoders=tuple(more), revision=a.revision, allow_pickle=a.allow_pickle)
+                     more_encoders=tuple(more), revision=a.revision, allow_pickle=a.allow_pickle,
+                     train_floor=a.train_floor)
     ev = evaluate(a.real, a.out, run=a.run, samples=a.samples, cfg=cfg)
     print("\n".join(console_lines(ev)))
     print(f"report: {a.out / 'report.html'}, numbers: {a.out / 'metrics.json'}")

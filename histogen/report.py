@@ -110,11 +110,12 @@ def console_lines(ev) -> list[str]:
     lines = [f"WARNING: {n}" for n in ev.notes[:1] if ev.info.get("encoder_untrained")]
     meaningless = set(ev.info.get("meaningless", []))
     for k in _order(ev):
-        v, f = ev.metrics[k], ev.floor.get(k)
+        v, f, data = ev.metrics[k], ev.floor.get(k), ev.train_floor.get(k, {})
         if isinstance(v, dict):
             floored = f if isinstance(f, dict) else {}
             body = ", ".join(f"{k2} {_num(x)}"
                              + (f" [floor {_num(floored[k2])}]" if k2 in floored and k2 != "space" else "")
+                             + (f" [training patches {_num(data[k2])}]" if k2 in data else "")
                              for k2, x in v.items())
         else:
             body = _num(v) + (f" [floor {_num(f)}]" if f is not None else "")
@@ -146,23 +147,26 @@ def write_report(ev, path: Path) -> Path:
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in ev.notes[1 if ev.info.get("encoder_untrained") else 0 :]]
     meaningless = set(ev.info.get("meaningless", []))
 
-    def row(k):
+    def row(k, data=False):
         floor = _fmt(ev.floor[k]) if k in ev.floor else f"<i>none: {html.escape(ev.floor_skipped.get(k, ''))}</i>"
         flag = "<br><b>meaningless: untrained encoder</b>" if k in meaningless else ""
+        trained_on = f"<td>{_fmt(ev.train_floor.get(k, ''))}</td>" if data else ""
         return (f"<tr{' class=bad' if k in meaningless else ''}><td>{k}{flag}</td><td>{_fmt(ev.metrics[k])}</td>"
-                f"<td>{floor}</td><td>{html.escape(GUIDE.get(k, ''))}</td></tr>")
+                f"<td>{floor}</td>{trained_on}<td>{html.escape(GUIDE.get(k, ''))}</td></tr>")
 
-    head = ("<tr><th>metric</th><th>real vs generated</th><th>floor: real vs real (disjoint draws)</th>"
-            "<th>how to read it</th></tr>")
+    def header(data=False):
+        return ("<tr><th>metric</th><th>real vs generated</th><th>floor: real vs real (disjoint draws)</th>"
+                + ("<th>the run's training patches vs real (no model of them is expected to beat this)</th>"
+                   if data else "") + "<th>how to read it</th></tr>")
     held = [k for k in _order(ev) if k in MODEL_FREE]
     rest = [k for k in _order(ev) if k not in MODEL_FREE]
     skipped = "".join(f'<tr class="skip"><td>{k}</td><td>skipped</td><td></td><td>{html.escape(v)}</td></tr>'
                       for k, v in ev.skipped.items())
     parts.append("<h2>Model-free measures</h2><p>No learned encoder involved. A value near its floor is as close as "
                  "two draws of real patches are to each other.</p>"
-                 f"<table>{head}{''.join(row(k) for k in held)}</table>")
+                 f"<table>{header(bool(ev.train_floor))}{''.join(row(k, bool(ev.train_floor)) for k in held)}</table>")
     parts.append(f"<h2>In the encoder's space ({html.escape(i['encoder'])})</h2>"
-                 f"<table>{head}{''.join(row(k) for k in rest)}{skipped}</table>")
+                 f"<table>{header()}{''.join(row(k) for k in rest)}{skipped}</table>")
     if ev.per_label:
         def cells(d):
             return "".join(f"<td>{_fmt(d.get(k, '')) if d else ''}</td>" for k in cols)

@@ -16,11 +16,13 @@ class Evaluation:
     hists: dict = field(default_factory=dict)  # "real" / "generated" / "real_b" -> (2, OD_BINS)
     nuclei: dict = field(default_factory=dict)  # "real" / "generated" / "real_b" -> histogen.nuclei.Nuclei
     per_label: dict = field(default_factory=dict)  # class -> {"metrics", "floor"} (runs conditioned on labels)
+    train_floor: dict = field(default_factory=dict)  # model-free metric -> the run's training patches against real A
 
     def to_json(self) -> dict:
         return {"info": self.info, "metrics": self.metrics, "floor": self.floor, "floor_skipped": self.floor_skipped,
                 "skipped": self.skipped, "notes": self.notes,
-                **({"per_label": self.per_label} if self.per_label else {})}
+                **({"per_label": self.per_label} if self.per_label else {}),
+                **({"train_floor": self.train_floor} if self.train_floor else {})}
 
     def record(self, name: str, value, floor=None, why_no_floor: str | None = None) -> None:
         self.metrics[name] = value

@@ -34,6 +34,7 @@ class EvalConfig:
     two_sample: TwoSampleConfig = TwoSampleConfig()  # its max_per_class is also how many patches nuclei are measured on
     nuclei: NucleiParams = NucleiParams()
     extremes: int = 16  # patches shown per side of the classifier's most confident calls
+    train_floor: bool = False  # the model-free measures of the run's training patches against the held-out draw too
 
 
 def encoder_flags(ref: str) -> dict[str, str]:

@@ -188,6 +188,32 @@ def test_real_patches_score_the_floor_and_copies_as_memorised(store, run, encode
     assert mem["share_below_real_p1"] == 1.0 and mem["ratio"] < 0.01
 
 
+def test_train_floor_is_the_training_patches_scored_as_samples(store, run, encoder_file, tmp_path):
+    """--train-floor: the run's training patches in the samples' place, by the model-free measures; the
+    numbers those patches get when evaluated as samples, reported beside the floor."""
+    from histogen.batches import list_slides
+    from histogen.evaluation.patches import Patches
+
+    trained_on = [r for r in list_slides([store]) if r.slide == "s2"]
+    drawn = Patches.draw(trained_on, 40, 1)  # the evaluation's seed 0, plus one: the draw memorisation compares with
+    patches = np.concatenate([x for x, _ in drawn.batches(16, 8)])
+    rc, as_samples = evaluate_cli(tmp_path / "a", "--run", run, "--samples", write_samples(tmp_path / "t", patches),
+                                  "--real", store, "--n", 40, "--encoder", encoder_file)
+    assert rc == 0 and as_samples["info"]["n_generated"] == 9
+    rc, m = evaluate_cli(tmp_path / "b", "--run", run, "--real", store, "--n", 40, "--encoder", encoder_file,
+                         "--steps", 2, "--train-floor")
+    assert rc == 0 and m["info"]["n_train_floor"] == 9
+    assert m["train_floor"] == {k: as_samples["metrics"][k] for k in ("c2st", "nuclei", "stain", "diversity")}
+    assert m["train_floor"]["stain"] != m["metrics"]["stain"]  # the samples' own numbers are not it
+    assert "training patches vs real" in (tmp_path / "b" / "report" / "report.html").read_text()
+    rc, plain = evaluate_cli(tmp_path / "c", "--run", run, "--real", store, "--n", 40, "--encoder", encoder_file,
+                             "--steps", 2)
+    assert rc == 0 and "train_floor" not in plain
+    rc, alone = evaluate_cli(tmp_path / "d", "--samples", tmp_path / "t", "--real", store, "--n", 40, "--encoder",
+                             encoder_file, "--train-floor")
+    assert rc == 0 and "train_floor" not in alone and any("--train-floor" in n for n in alone["notes"])
+
+
 def test_offline_runs_the_model_free_metrics_and_says_what_was_skipped(store, run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: the model is not there

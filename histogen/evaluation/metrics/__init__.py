@@ -4,7 +4,7 @@ on the Evaluation, or says on it why it was skipped; a new metric is a module an
 from __future__ import annotations
 
 from histogen.evaluation.metrics import (c2st, conditioning, diversity, frechet, memorisation, more_encoders, nuclei,
-                                         per_label, precision_recall, reconstruction, stain)
+                                         per_label, precision_recall, reconstruction, stain, train_floor)
 
 METRICS = (c2st, nuclei, stain, diversity, frechet, precision_recall, more_encoders, conditioning, reconstruction,
-           memorisation, per_label)
+           memorisation, per_label, train_floor)

@@ -105,7 +105,7 @@ BUDGETS = {
     "cpu": Budget({"diffusion": "diffusion-64-cpu", "gan": "gan-64-cpu"}, n_eval=1000, sample_steps=50),
     # The shipped model pretrained/he64 (its MODEL_CARD.md): latent diffusion on an f=4 autoencoder whose decoder is
     # then fine-tuned, on the folders whose licences allow a derived model to be redistributed (CAMELYON16 CC0,
-    # osteosarcoma CC BY 3.0). About 2 h 40 min of training on an idle 2-core CPU.
+    # osteosarcoma CC BY 3.0). About 3 hours on an idle 2-core CPU, most of it the diffusion's 14 000 steps.
     "he64": Budget({"diffusion": "ldm-f4-he"}, n_eval=1000, sample_steps=50, folders=("camelyon", "osteosarcoma"),
                    autoencoder="ae-f4-he", decoder="ae-f4-he-decoder"),
     # The full-size 64 px models for a GPU.
@@ -279,9 +279,10 @@ def budget_kinds(budget: Budget) -> list[str]:
     return [k for k in KINDS_TRAINED if k in budget.presets]
 
 
-def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list[str], extra: list[str],
+def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list[str] | None, extra: list[str],
                 encoder: str, assume_mpp: float | None = None, show: bool | None = None) -> str:
-    """The whole benchmark; returns the markdown it wrote to out/quality-BUDGET[-OVERRIDES].md."""
+    """The whole benchmark (`kinds` None: the budget's models); returns the markdown it wrote to
+    out/quality-BUDGET[-OVERRIDES].md."""
     budget = BUDGETS[budget_name]
     trained = budget_kinds(budget)
     kinds = list(kinds or trained)

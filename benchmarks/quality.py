@@ -86,6 +86,7 @@ class Budget:
     # --autoencoder); the evaluation samples the exported run, as a user of the shipped model would.
     autoencoder: str | None = None
     decoder: str | None = None
+    train_floor: bool = False  # the table also gives each metric for the runs' training patches (eval --train-floor)
 
 
 BUDGETS = {
@@ -107,7 +108,7 @@ BUDGETS = {
     # then fine-tuned, on the folders whose licences allow a derived model to be redistributed (CAMELYON16 CC0,
     # osteosarcoma CC BY 3.0). About 3 hours on an idle 2-core CPU, most of it the diffusion's 14 000 steps.
     "he64": Budget({"diffusion": "ldm-f4-he"}, n_eval=1000, sample_steps=50, folders=("camelyon", "osteosarcoma"),
-                   autoencoder="ae-f4-he", decoder="ae-f4-he-decoder"),
+                   autoencoder="ae-f4-he", decoder="ae-f4-he-decoder", train_floor=True),
     # The full-size 64 px models for a GPU.
     "gpu": Budget({"diffusion": "diffusion-64", "gan": "gan-64"}, ("train.steps=20000",), n_eval=5000, sample_steps=50),
 }
@@ -257,10 +258,12 @@ def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 
 def table(evals: dict) -> list[dict]:
-    """One row per metric: each model's value and the real-vs-real floor of its evaluation
-    (Evaluation.floor, shaped as its metrics), in the order evaluate() reports them."""
+    """One row per metric: each model's value, the real-vs-real floor of its evaluation (Evaluation.floor,
+    shaped as its metrics) and, where measured, its training patches' (Evaluation.train_floor), in the
+    order evaluate() reports them."""
     values = {kind: flat(ev.metrics) for kind, ev in evals.items()}
     floors = {kind: flat(ev.floor) for kind, ev in evals.items()}
+    trained_on = {kind: flat(ev.train_floor) for kind, ev in evals.items() if ev.train_floor}
     names = list(dict.fromkeys(k for v in values.values() for k in v))
     rows = []
     for name in names:
@@ -268,6 +271,8 @@ def table(evals: dict) -> list[dict]:
         for kind in evals:
             row[kind] = values[kind].get(name, "")
             row[f"{kind} floor"] = floors[kind].get(name, "")
+            if kind in trained_on:
+                row[f"{kind} training patches"] = trained_on[kind].get(name, "")
         rows.append(row)
     return rows
 
@@ -306,7 +311,8 @@ def run_quality(data: Path, work: Path, out: Path, budget_name: str, kinds: list
                                       embed_config(encoder).encoder)
         t1 = time.perf_counter()
         evals[kind] = evaluate(stores, pictures / f"eval-{kind}", run=run,
-                               cfg=EvalConfig(n=budget.n_eval, steps=budget.sample_steps, encoder=encoder))
+                               cfg=EvalConfig(n=budget.n_eval, steps=budget.sample_steps, encoder=encoder,
+                                              train_floor=budget.train_floor))
         runs[kind]["eval seconds"] = time.perf_counter() - t1
         ev = evals[kind]
         for k, why in ev.skipped.items():

@@ -97,15 +97,17 @@ def test_second_call_reuses_stores_and_runs(smoke):
 
 def test_table_takes_each_metric_and_its_floor():
     """The floor column comes from the evaluation's floor, shaped as its metrics; strings are left out."""
-    ev = lambda m, f: SimpleNamespace(metrics=m, floor=f)  # noqa: E731
+    ev = lambda m, f, t=None: SimpleNamespace(metrics=m, floor=f, train_floor=t or {})  # noqa: E731
     rows = table({"gan": ev({"stain": {"eosin_w1": 0.3, "tissue_pixels_real": 7}, "c2st": 0.9},
                             {"stain": {"eosin_w1": 0.01}}),
-                  "diffusion": ev({"c2st": 0.6, "memorisation": {"space": "pixels", "ratio": 1.5}}, {})})
+                  "diffusion": ev({"c2st": 0.6, "memorisation": {"space": "pixels", "ratio": 1.5}}, {}, {"c2st": 0.7})})
+    t = "diffusion training patches"
     assert rows == [
-        {"metric": "stain.eosin_w1", "gan": 0.3, "gan floor": 0.01, "diffusion": "", "diffusion floor": ""},
-        {"metric": "stain.tissue_pixels_real", "gan": 7.0, "gan floor": "", "diffusion": "", "diffusion floor": ""},
-        {"metric": "c2st", "gan": 0.9, "gan floor": "", "diffusion": 0.6, "diffusion floor": ""},
-        {"metric": "memorisation.ratio", "gan": "", "gan floor": "", "diffusion": 1.5, "diffusion floor": ""},
+        {"metric": "stain.eosin_w1", "gan": 0.3, "gan floor": 0.01, "diffusion": "", "diffusion floor": "", t: ""},
+        {"metric": "stain.tissue_pixels_real", "gan": 7.0, "gan floor": "", "diffusion": "", "diffusion floor": "",
+         t: ""},
+        {"metric": "c2st", "gan": 0.9, "gan floor": "", "diffusion": 0.6, "diffusion floor": "", t: 0.7},
+        {"metric": "memorisation.ratio", "gan": "", "gan floor": "", "diffusion": 1.5, "diffusion floor": "", t: ""},
     ]
 
 
@@ -218,6 +220,8 @@ def test_he64_budget_chains_the_shipped_recipe(tmp_path, monkeypatch, caplog):
     ev = json.loads((tmp_path / "out" / "quality-he64" / "eval-diffusion" / "metrics.json").read_text())
     assert ev["info"]["run"] == str(shipped) and ev["info"]["real_is_training"] is False
     assert 0 <= ev["metrics"]["c2st"]["accuracy"] <= 1
+    rows = {r["metric"]: r for r in payload["rows"]}  # the training data's own numbers beside the floor
+    assert rows["c2st.accuracy"]["diffusion training patches"] == ev["train_floor"]["c2st"]["accuracy"]
 
     def ema(run):
         task, opts, _ = load_run(RunFolder(run), torch.device("cpu"))

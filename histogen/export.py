@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from histogen import checkpoint, config
-from histogen.run import ema_net, load_autoencoder, load_run
+from histogen.run import load_autoencoder, load_run, sampling_nets
 from histogen.run_folder import RunFolder, TrainError
 
 log = logging.getLogger("histogen.export")
@@ -35,7 +35,7 @@ def export_run(run: Path, out: Path, autoencoder: Path | None = None) -> int:
             raise TrainError(f"--autoencoder: {run} is not latent diffusion; it has no autoencoder to replace")
         check_same_encoder(trained_on, source, RunFolder(autoencoder))
     step = int(meta["step"])
-    nets = {**dict(task.nets), task.sample_net: ema_net(task, opts)}
+    nets = sampling_nets(task, opts)
     tensors = {f"net/{name}/{key}": (v.half() if v.is_floating_point() else v).contiguous().clone()
                for name, net in nets.items() for key, v in net.state_dict().items()}
     cfg = source.cfg

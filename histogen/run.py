@@ -60,6 +60,11 @@ def ema_net(task: Task, opts: dict[str, AdamWEMA]) -> torch.nn.Module:
     return net
 
 
+def sampling_nets(task: Task, opts: dict[str, AdamWEMA]) -> dict[str, torch.nn.Module]:
+    """The task's nets as it samples with them: the sampling net's EMA copy in its place."""
+    return {**dict(task.nets), task.sample_net: ema_net(task, opts)}
+
+
 def load_run(folder: RunFolder, device: torch.device) -> tuple[Task, dict[str, AdamWEMA], dict]:
     """A trained run's task (weights restored), its optimizers (with the EMA) and its latest
     checkpoint's metadata (histogen.checkpoint: step, extra)."""
@@ -86,8 +91,7 @@ def init_from(task: Task, source: RunFolder, device: torch.device) -> None:
     EMA, the others from their weights; a net `source` lacks keeps its initialisation."""
     if source.cfg.kind != task.kind:
         raise ConfigError(f"train.init_from: {source.path} trained a {source.cfg.kind}, not a {task.kind}")
-    theirs, opts, _ = load_run(source, device)
-    weights = {**dict(theirs.nets), theirs.sample_net: ema_net(theirs, opts)}
+    weights = sampling_nets(*load_run(source, device)[:2])
     for name, net in task.nets.items():
         if name in weights:
             try:
@@ -118,7 +122,7 @@ class RunSampler:
         self.compute = compute.decide(self.device, t.bf16, t.channels_last, t.threads)
         self.task, opts, meta = load_run(folder, self.device)
         self.step = int(meta["step"])
-        self.nets = {**dict(self.task.nets), self.task.sample_net: ema_net(self.task, opts).to(self.device)}
+        self.nets = sampling_nets(self.task, opts)
         for net in self.nets.values():
             self.compute.nets(net)
 

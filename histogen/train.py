@@ -25,7 +25,7 @@ from histogen.config import RunConfig
 from histogen.images import save_grid
 from histogen.labels import Vocabulary, labelled
 from histogen.models.task import NonFiniteLoss, Task
-from histogen.run import build, ema_net, init_from
+from histogen.run import build, init_from, sampling_nets
 from histogen.run_folder import RunFolder, TrainError
 from histogen.tblog import ScalarWriter
 
@@ -203,12 +203,10 @@ def validate(task: Task, refs, cfg: RunConfig, device: torch.device,
 
 
 def sample_grid(task: Task, opts, cfg: RunConfig, device: torch.device, path: Path, batch: dict) -> None:
-    net = ema_net(task, opts)
     n = min(cfg.train.n_samples, len(batch["images"])) if task.reconstructs else cfg.train.n_samples
     # The batch's conditions and labels, repeated where the grid has more samples than the batch.
     cycled = lambda v: None if v is None else v[torch.arange(n) % len(v)]  # noqa: E731
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
-    nets = {**dict(task.nets), task.sample_net: net}
-    images = task.sample(nets, n, gen, cond=cycled(batch["cond"]), images=batch["images"][:n],
+    images = task.sample(sampling_nets(task, opts), n, gen, cond=cycled(batch["cond"]), images=batch["images"][:n],
                          steps=cfg.train.sample_steps, guidance=cfg.train.guidance, label=cycled(batch.get("label")))
     save_grid(images, path)
